@@ -1,0 +1,112 @@
+import { Command, Option } from 'commander';
+import { resolve } from 'node:path';
+import { loadConfig, ConfigError, type Config } from './config/load.js';
+import { createLogger, type Logger } from './log.js';
+import { UsageError, errorMessage } from './errors.js';
+import { runMigrate } from './commands/migrate.js';
+import { runRelay } from './commands/run.js';
+import { runCheck } from './commands/check.js';
+import { runTeardown } from './commands/teardown.js';
+import { runDemo } from './commands/demo.js';
+
+interface GlobalOpts {
+  config: string;
+  logLevel: string;
+}
+
+function withCommon(cmd: Command): Command {
+  return cmd
+    .addOption(
+      new Option('-c, --config <file>', 'the service configuration').env('FRAISEQL_RELAY_CONFIG').default('./fraiseql.toml'),
+    )
+    .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).env('LOG_LEVEL').default('info'));
+}
+
+function setup(opts: GlobalOpts): { config: Config; log: Logger } {
+  const log = createLogger(opts.logLevel);
+  const config = loadConfig(resolve(opts.config));
+  if (config.ignoredKeys.length > 0) {
+    log.warn({ keys: config.ignoredKeys }, 'FraiseQL [observers] keys the relay does not use are ignored');
+  }
+  return { config, log };
+}
+
+/** Runs an action and maps errors to the exit codes of DESIGN.md §3.1. */
+async function guard(fn: () => Promise<number | void>): Promise<void> {
+  try {
+    const code = await fn();
+    process.exitCode = code ?? 0;
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof UsageError) {
+      process.stderr.write(`fraiseql-relay: ${err.message}\n`);
+      process.exitCode = 2;
+    } else {
+      process.stderr.write(`fraiseql-relay: ${errorMessage(err)}\n`);
+      process.exitCode = 1;
+    }
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('fraiseql-relay')
+    .description('Transactional outbox relay for FraiseQL: PostgreSQL logical decoding ▶ NATS JetStream, and back to SQL handlers')
+    .showHelpAfterError()
+    .exitOverride((err: { exitCode: number }) => {
+      // usage errors exit 2 (help and version exit 0)
+      process.exit(err.exitCode === 0 ? 0 : 2);
+    });
+
+  withCommon(program.command('migrate'))
+    .description("create or upgrade the relay's schema, functions, publication and slot (idempotent)")
+    .option('--dry-run', 'print the SQL and change nothing')
+    .action((o: GlobalOpts & { dryRun?: boolean }) =>
+      guard(async () => {
+        const { config, log } = setup(o);
+        return runMigrate(config, log, { dryRun: o.dryRun === true });
+      }),
+    );
+
+  withCommon(program.command('run'))
+    .description('run the relay until SIGTERM/SIGINT')
+    .action((o: GlobalOpts) =>
+      guard(async () => {
+        const { config, log } = setup(o);
+        return runRelay(config, log);
+      }),
+    );
+
+  withCommon(program.command('check'))
+    .description('validate the configuration and probe PostgreSQL and NATS without changing anything')
+    .action((o: GlobalOpts) =>
+      guard(async () => {
+        const { config, log } = setup(o);
+        return runCheck(config, log);
+      }),
+    );
+
+  withCommon(program.command('teardown'))
+    .description('drop the replication slot and publications (stops holding WAL)')
+    .option('--yes', 'really drop them')
+    .action((o: GlobalOpts & { yes?: boolean }) =>
+      guard(async () => {
+        const { config, log } = setup(o);
+        return runTeardown(config, log, o.yes === true);
+      }),
+    );
+
+  program
+    .command('demo')
+    .description('start throwaway PostgreSQL and NATS and run the order example end to end')
+    .addOption(new Option('--log-level <level>', 'log level').env('LOG_LEVEL').default('warn'))
+    .option('--orders <n>', 'orders before, during and after the NATS outage', '20')
+    .option('--outage <seconds>', 'how long NATS is down', '3')
+    .action((o: { logLevel: string; orders: string; outage: string }) =>
+      guard(async () => runDemo({ logLevel: o.logLevel, orders: Number(o.orders), outageSeconds: Number(o.outage) })),
+    );
+
+  return program;
+}
+
+await buildProgram().parseAsync(process.argv);

@@ -1,0 +1,150 @@
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect as natsConnect } from '@nats-io/transport-node';
+import type { Config } from '../config/load.js';
+import type { Logger } from '../log.js';
+import { connect, quoteIdent } from '../db.js';
+import { errorMessage } from '../errors.js';
+import { loadMigrations, needsSlot, outboxPublication } from '../migrate.js';
+import { requiredSubjects } from '../sink/stream.js';
+import { filterCovers } from '../sink/subjects.js';
+
+type Status = 'ok' | 'warn' | 'fail';
+interface Probe {
+  what: string;
+  status: Status;
+  detail: string;
+}
+
+async function probePostgres(config: Config, out: Probe[]): Promise<void> {
+  let client;
+  try {
+    client = await connect(config.database.url, { connectionTimeoutMillis: 5000 });
+  } catch (err) {
+    out.push({ what: 'postgres', status: 'fail', detail: `cannot connect ([database] url): ${errorMessage(err)}` });
+    return;
+  }
+  try {
+    out.push({ what: 'postgres', status: 'ok', detail: 'connected' });
+    const wal = (await client.query<{ wal_level: string }>('SHOW wal_level')).rows[0]?.wal_level;
+    out.push(
+      wal === 'logical'
+        ? { what: 'wal_level', status: 'ok', detail: 'logical' }
+        : { what: 'wal_level', status: 'fail', detail: `${wal}: set wal_level = logical and restart PostgreSQL` },
+    );
+    const s = config.relay.schema;
+    const latest = Math.max(...loadMigrations(s).map((m) => m.id));
+    const m = await client.query<{ max: number | null }>(
+      `SELECT CASE WHEN to_regclass($1) IS NULL THEN NULL ELSE 0 END AS max`,
+      [`${quoteIdent(s)}.migrations`],
+    );
+    if (m.rows[0]?.max === null) {
+      out.push({ what: 'schema', status: 'fail', detail: `schema ${s} is not migrated: run fraiseql-relay migrate` });
+    } else {
+      const applied = (await client.query<{ max: number | null }>(`SELECT max(id) AS max FROM ${quoteIdent(s)}.migrations`)).rows[0]?.max ?? 0;
+      out.push(
+        applied >= latest
+          ? { what: 'schema', status: 'ok', detail: `${s} at migration ${applied}` }
+          : { what: 'schema', status: 'fail', detail: `${s} at migration ${applied}, ${latest} available: run fraiseql-relay migrate` },
+      );
+    }
+    const pub = outboxPublication(config);
+    const p = await client.query<{ pubinsert: boolean; has_outbox: boolean }>(
+      `SELECT p.pubinsert, EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = p.pubname AND t.schemaname = $2 AND t.tablename = 'outbox') AS has_outbox
+         FROM pg_publication p WHERE p.pubname = $1`,
+      [pub, s],
+    );
+    const pr = p.rows[0];
+    out.push(
+      !pr
+        ? { what: 'publication', status: 'fail', detail: `${pub} is missing: run fraiseql-relay migrate` }
+        : !pr.has_outbox || !pr.pubinsert
+          ? { what: 'publication', status: 'fail', detail: `${pub} does not publish inserts into ${s}.outbox: run fraiseql-relay migrate` }
+          : { what: 'publication', status: 'ok', detail: `${pub} publishes ${s}.outbox inserts` },
+    );
+    if (needsSlot(config)) {
+      const slot = config.relay.slot;
+      const r = await client.query<{ plugin: string; active_pid: number | null; wal_status: string | null; lag: string | null }>(
+        `SELECT plugin, active_pid, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag
+           FROM pg_replication_slots WHERE slot_name = $1`,
+        [slot],
+      );
+      const row = r.rows[0];
+      if (!row) out.push({ what: 'slot', status: 'fail', detail: `${slot} is missing: run fraiseql-relay migrate` });
+      else if (row.plugin !== 'pgoutput') out.push({ what: 'slot', status: 'fail', detail: `${slot} uses plugin ${row.plugin}, expected pgoutput` });
+      else if (row.wal_status === 'lost') out.push({ what: 'slot', status: 'fail', detail: `${slot} was invalidated (wal_status = lost)` });
+      else {
+        out.push({
+          what: 'slot',
+          status: 'ok',
+          detail: `${slot}: ${row.active_pid ? `active (pid ${row.active_pid})` : 'inactive'}, wal_status ${row.wal_status ?? 'n/a'}, lag ${row.lag ?? '?'} bytes`,
+        });
+      }
+    }
+  } catch (err) {
+    out.push({ what: 'postgres', status: 'fail', detail: errorMessage(err) });
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+async function probeNats(config: Config, out: Probe[]): Promise<void> {
+  const url = config.observers.nats_url;
+  if (config.observers.backend !== 'nats') return;
+  if (!url) {
+    out.push({ what: 'nats', status: 'fail', detail: '[observers] nats_url is not set' });
+    return;
+  }
+  let nc;
+  try {
+    nc = await natsConnect({ servers: url.split(','), timeout: 5000, name: 'fraiseql-relay check' });
+  } catch (err) {
+    out.push({ what: 'nats', status: 'fail', detail: `cannot connect ([observers] nats_url): ${errorMessage(err)}` });
+    return;
+  }
+  try {
+    out.push({ what: 'nats', status: 'ok', detail: `connected, server ${nc.info?.version ?? '?'}, max_payload ${nc.info?.max_payload ?? '?'}` });
+    let jsm;
+    try {
+      jsm = await jetstreamManager(nc, { timeout: 5000 });
+    } catch (err) {
+      out.push({ what: 'jetstream', status: 'fail', detail: `JetStream is not enabled on the server (start nats-server with -js): ${errorMessage(err)}` });
+      return;
+    }
+    const cfg = config.relay.stream;
+    let subjects: string[] | null = null;
+    try {
+      subjects = (await jsm.streams.info(cfg.name)).config.subjects ?? [];
+    } catch {
+      subjects = null;
+    }
+    for (const subject of requiredSubjects(config)) {
+      if (subjects && subjects.some((s) => filterCovers(s, subject))) {
+        out.push({ what: `subject ${subject}`, status: 'ok', detail: `captured by stream ${cfg.name}` });
+        continue;
+      }
+      let other: string | null = null;
+      try {
+        other = await jsm.streams.find(subject);
+      } catch {
+        other = null;
+      }
+      if (other) out.push({ what: `subject ${subject}`, status: 'ok', detail: `captured by stream ${other}` });
+      else if (cfg.create) out.push({ what: `subject ${subject}`, status: 'warn', detail: `not captured yet; run will add it to stream ${cfg.name}` });
+      else out.push({ what: `subject ${subject}`, status: 'fail', detail: `no stream captures it and [relay.stream] create = false` });
+    }
+  } finally {
+    await nc.close().catch(() => {});
+  }
+}
+
+/** Validates the configuration and probes PostgreSQL and NATS. Changes nothing. */
+export async function runCheck(config: Config, _log: Logger): Promise<number> {
+  const out: Probe[] = [{ what: 'config', status: 'ok', detail: config.file }];
+  await probePostgres(config, out);
+  await probeNats(config, out);
+  const w = Math.max(...out.map((p) => p.what.length));
+  for (const p of out) {
+    process.stdout.write(`${p.status === 'ok' ? 'ok  ' : p.status === 'warn' ? 'warn' : 'FAIL'}  ${p.what.padEnd(w)}  ${p.detail}\n`);
+  }
+  return out.some((p) => p.status === 'fail') ? 1 : 0;
+}

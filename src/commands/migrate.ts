@@ -1,0 +1,16 @@
+import type { Config } from '../config/load.js';
+import type { Logger } from '../log.js';
+import { migrate, migrationPlan } from '../migrate.js';
+
+export async function runMigrate(config: Config, log: Logger, opts: { dryRun: boolean }): Promise<number> {
+  if (opts.dryRun) {
+    process.stdout.write(migrationPlan(config));
+    return 0;
+  }
+  const r = await migrate(config, log.child({ component: 'migrate' }));
+  log.info(
+    { applied: r.applied, publicationCreated: r.publicationCreated, slotCreated: r.slotCreated, schema: config.relay.schema },
+    r.applied.length === 0 && !r.publicationCreated && !r.slotCreated ? 'already up to date' : 'migrated',
+  );
+  return 0;
+}

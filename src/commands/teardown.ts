@@ -1,0 +1,33 @@
+import type { Config } from '../config/load.js';
+import type { Logger } from '../log.js';
+import { withClient, quoteIdent } from '../db.js';
+import { UsageError } from '../errors.js';
+import { outboxPublication } from '../migrate.js';
+
+/** Drops the slot and publications: the way to stop holding WAL. Tables and data stay. */
+export async function runTeardown(config: Config, log: Logger, yes: boolean): Promise<number> {
+  const slot = config.relay.slot;
+  const pubs = [outboxPublication(config), `${config.relay.publication}_tables`];
+  if (!yes) {
+    throw new UsageError(
+      `teardown drops replication slot "${slot}" and publications ${pubs.join(', ')}; events committed after that are not relayed ` +
+        `until \`migrate\` recreates them. Run again with --yes to proceed.`,
+    );
+  }
+  await withClient(config.database.url, async (c) => {
+    const s = await c.query<{ active_pid: number | null }>(`SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, [slot]);
+    const row = s.rows[0];
+    if (row) {
+      if (row.active_pid !== null) {
+        throw new Error(`replication slot "${slot}" is in use by process ${row.active_pid}; stop the relay first`);
+      }
+      await c.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
+      log.info({ slot }, 'dropped replication slot');
+    }
+    for (const p of pubs) {
+      await c.query(`DROP PUBLICATION IF EXISTS ${quoteIdent(p)}`);
+    }
+    log.info({ publications: pubs }, 'dropped publications');
+  });
+  return 0;
+}

@@ -1,0 +1,69 @@
+import pg from 'pg';
+
+/**
+ * Type parsers that keep every value as the text PostgreSQL sent: jsonb is forwarded as
+ * written, timestamps keep their microseconds. Per client, never the global registry.
+ */
+export const rawTypes = {
+  getTypeParser: () => (value: string | Buffer) => (typeof value === 'string' ? value : value.toString('utf8')),
+} as unknown as pg.CustomTypesConfig;
+
+export function connectionConfig(url: string, extra: pg.ClientConfig = {}): pg.ClientConfig {
+  return { connectionString: url, application_name: 'fraiseql-relay', ...extra };
+}
+
+export async function connect(url: string, extra: pg.ClientConfig = {}): Promise<pg.Client> {
+  const client = new pg.Client(connectionConfig(url, extra));
+  // an 'error' after connect (server restart) must not crash the process; the next query fails instead
+  client.on('error', () => {});
+  await client.connect();
+  return client;
+}
+
+/** Runs fn with a fresh connection and always closes it. */
+export async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = await connect(url);
+  try {
+    return await fn(c);
+  } finally {
+    await c.end().catch(() => {});
+  }
+}
+
+export function quoteIdent(name: string): string {
+  return '"' + name.replace(/"/g, '""') + '"';
+}
+
+/** `schema.name` or `name` → a safely quoted SQL name. */
+export function quoteQualified(name: string): string {
+  return splitQualified(name).map(quoteIdent).join('.');
+}
+
+export function splitQualified(name: string): string[] {
+  const parts: string[] = [];
+  let i = 0;
+  while (i < name.length) {
+    if (name[i] === '"') {
+      let j = i + 1;
+      let s = '';
+      for (;;) {
+        if (j >= name.length) throw new Error(`unterminated quoted identifier in ${name}`);
+        if (name[j] === '"') {
+          if (name[j + 1] === '"') { s += '"'; j += 2; continue; }
+          break;
+        }
+        s += name[j];
+        j++;
+      }
+      parts.push(s);
+      i = j + 1;
+    } else {
+      const dot = name.indexOf('.', i);
+      const end = dot === -1 ? name.length : dot;
+      parts.push(name.slice(i, end).toLowerCase());
+      i = end;
+    }
+    if (name[i] === '.') i++;
+  }
+  return parts;
+}

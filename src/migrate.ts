@@ -1,0 +1,164 @@
+import { readFileSync, readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+import type pg from 'pg';
+import type { Config } from './config/load.js';
+import { connect, quoteIdent } from './db.js';
+import { UsageError } from './errors.js';
+import type { Logger } from './log.js';
+
+export interface Migration {
+  id: number;
+  name: string;
+  sql: string;
+}
+
+const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql');
+
+/** Numbered plain-SQL migrations from sql/, with the schema placeholder replaced. */
+export function loadMigrations(schema: string, dir = SQL_DIR): Migration[] {
+  return readdirSync(dir)
+    .filter((f) => /^\d+_.*\.sql$/.test(f))
+    .sort()
+    .map((f) => ({
+      id: Number.parseInt(f, 10),
+      name: f,
+      sql: readFileSync(join(dir, f), 'utf8').replaceAll('__SCHEMA__', quoteIdent(schema)),
+    }));
+}
+
+export function outboxPublication(config: Config): string {
+  return `${config.relay.publication}_outbox`;
+}
+
+/** The relay needs a slot when anything flows outbound (a subscriber-only service needs none). */
+export function needsSlot(config: Config): boolean {
+  const o = config.observers;
+  return o.publish.length > 0 || o.rules.length > 0 || o.subscribe.length === 0;
+}
+
+function publicationSql(config: Config): string {
+  const pub = quoteIdent(outboxPublication(config));
+  const table = `${quoteIdent(config.relay.schema)}.outbox`;
+  return `CREATE PUBLICATION ${pub} FOR TABLE ${table} WITH (publish = 'insert');`;
+}
+
+/** Every statement migrate may run, for `migrate --dry-run`. Changes nothing. */
+export function migrationPlan(config: Config): string {
+  const s = quoteIdent(config.relay.schema);
+  const out: string[] = [
+    `-- fraiseql-relay migrate (dry run): schema ${config.relay.schema}`,
+    `-- every step is skipped when already applied; each migration runs in its own transaction`,
+    `-- under the advisory lock pg_advisory_lock(hashtext('fraiseql-relay/migrate'), hashtext('${config.relay.schema}'))`,
+    `CREATE SCHEMA IF NOT EXISTS ${s};`,
+    `CREATE TABLE IF NOT EXISTS ${s}.migrations (id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());`,
+  ];
+  for (const m of loadMigrations(config.relay.schema)) {
+    out.push(`\n-- migration ${m.name}\nBEGIN;\n${m.sql.trim()}\nINSERT INTO ${s}.migrations (id, name) VALUES (${m.id}, '${m.name}');\nCOMMIT;`);
+  }
+  out.push(`\n-- publication (only changes of the outbox's INSERTs are streamed; cleanup deletes are not)`);
+  out.push(publicationSql(config));
+  if (needsSlot(config)) {
+    out.push(`\n-- permanent logical replication slot (created before producers write, never silently recreated)`);
+    out.push(`SELECT pg_create_logical_replication_slot('${config.relay.slot}', 'pgoutput');`);
+  }
+  return out.join('\n') + '\n';
+}
+
+export interface MigrateResult {
+  applied: string[];
+  publicationCreated: boolean;
+  slotCreated: boolean;
+}
+
+/** Fails with a UsageError (exit 2) when the server cannot do logical decoding. */
+export async function assertLogicalWal(client: pg.Client): Promise<void> {
+  const { rows } = await client.query<{ wal_level: string }>('SHOW wal_level');
+  const level = rows[0]?.wal_level;
+  if (level !== 'logical') {
+    throw new UsageError(
+      `PostgreSQL has wal_level = '${level}', but fraiseql-relay streams the outbox by logical decoding, which needs wal_level = logical.\n` +
+        `  Set it in postgresql.conf (wal_level = logical) or run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL.\n` +
+        `  (On managed services: RDS/Aurora rds.logical_replication = 1, Cloud SQL cloudsql.logical_decoding = on, Azure wal_level = LOGICAL.)\n` +
+        `  Nothing was changed.`,
+    );
+  }
+}
+
+/**
+ * Creates or upgrades the relay's schema, functions, publication and slot. Idempotent and safe
+ * to run concurrently: everything happens under a session advisory lock.
+ */
+export async function migrate(config: Config, log: Logger): Promise<MigrateResult> {
+  const schema = config.relay.schema;
+  const s = quoteIdent(schema);
+  const client = await connect(config.database.url);
+  const result: MigrateResult = { applied: [], publicationCreated: false, slotCreated: false };
+  try {
+    await assertLogicalWal(client);
+    await client.query(`SELECT pg_advisory_lock(hashtext('fraiseql-relay/migrate'), hashtext($1))`, [schema]);
+    try {
+      await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
+      await client.query(
+        `CREATE TABLE IF NOT EXISTS ${s}.migrations (id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
+      );
+      const done = new Set(
+        (await client.query<{ id: number }>(`SELECT id FROM ${s}.migrations`)).rows.map((r) => r.id),
+      );
+      for (const m of loadMigrations(schema)) {
+        if (done.has(m.id)) continue;
+        await client.query('BEGIN');
+        try {
+          await client.query(m.sql);
+          await client.query(`INSERT INTO ${s}.migrations (id, name) VALUES ($1, $2)`, [m.id, m.name]);
+          await client.query('COMMIT');
+        } catch (err) {
+          await client.query('ROLLBACK').catch(() => {});
+          throw new Error(`migration ${m.name} failed: ${(err as Error).message}`, { cause: err });
+        }
+        result.applied.push(m.name);
+        log.info({ migration: m.name }, 'applied migration');
+      }
+
+      const pub = outboxPublication(config);
+      const existing = await client.query(`SELECT 1 FROM pg_publication WHERE pubname = $1`, [pub]);
+      if (existing.rowCount === 0) {
+        await client.query(publicationSql(config));
+        result.publicationCreated = true;
+        log.info({ publication: pub }, 'created publication');
+      } else {
+        // keep it exactly right on upgrade: only the outbox, only inserts
+        await client.query(`ALTER PUBLICATION ${quoteIdent(pub)} SET TABLE ${s}.outbox`);
+        await client.query(`ALTER PUBLICATION ${quoteIdent(pub)} SET (publish = 'insert')`);
+      }
+
+      if (needsSlot(config)) {
+        const slot = config.relay.slot;
+        const found = await client.query<{ plugin: string; database: string; slot_type: string }>(
+          `SELECT plugin, database, slot_type FROM pg_replication_slots WHERE slot_name = $1`,
+          [slot],
+        );
+        const row = found.rows[0];
+        if (!row) {
+          await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [slot]);
+          result.slotCreated = true;
+          log.info({ slot }, 'created replication slot');
+        } else {
+          const db = (await client.query<{ db: string }>('SELECT current_database() AS db')).rows[0]?.db;
+          if (row.slot_type !== 'logical' || row.plugin !== 'pgoutput' || row.database !== db) {
+            throw new UsageError(
+              `replication slot "${slot}" exists but is a ${row.slot_type} slot with plugin ${row.plugin} on database ${row.database}; ` +
+                `fraiseql-relay needs a logical pgoutput slot on database ${db}. Choose another name with [relay] slot, ` +
+                `or drop it (SELECT pg_drop_replication_slot('${slot}')) if nothing else uses it.`,
+            );
+          }
+        }
+      }
+    } finally {
+      await client.query(`SELECT pg_advisory_unlock(hashtext('fraiseql-relay/migrate'), hashtext($1))`, [schema]).catch(() => {});
+    }
+  } finally {
+    await client.end().catch(() => {});
+  }
+  return result;
+}

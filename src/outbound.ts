@@ -1,0 +1,276 @@
+import type { Config } from './config/load.js';
+import type { Logger } from './log.js';
+import type { Change, OutboundMessage, Relation, Tuple, TupleValue } from './types.js';
+import { AckWatermark, type TxnTicket } from './ack.js';
+import { ReplicationConnection } from './source/replication.js';
+import { PgoutputDecoder } from './source/pgoutput.js';
+import { parseFrame } from './source/frames.js';
+import { formatLsn } from './source/lsn.js';
+import { OutboxRouter } from './route/outbox.js';
+import type { JetStreamSink } from './sink/jetstream.js';
+import type { DeadLetterWriter } from './sink/deadletter.js';
+import { outboxPublication } from './migrate.js';
+import { errorMessage } from './errors.js';
+
+export interface OutboundStats {
+  published: number;
+  unrouted: number;
+  deadLettered: number;
+  transactions: number;
+}
+
+export interface OutboundDeps {
+  config: Config;
+  log: Logger;
+  sink: JetStreamSink;
+  deadLetters: DeadLetterWriter;
+  database: string;
+  stats: OutboundStats;
+  /** called with each newly durable position */
+  onDurable?: (lsn: bigint) => void;
+}
+
+function toRecord(rel: Relation, t: Tuple): Record<string, TupleValue> {
+  const out: Record<string, TupleValue> = {};
+  const cols = rel.columns;
+  for (let i = 0; i < cols.length; i++) out[cols[i]!.name] = t[i];
+  return out;
+}
+
+/**
+ * One replication session: source ▶ route ▶ sink ▶ ack. It ends when stopped (resolves) or at
+ * the first failure (rejects); the caller then reconnects from the slot's confirmed position,
+ * so nothing is ever retried out of order.
+ */
+export class OutboundSession {
+  private conn!: ReplicationConnection;
+  private readonly decoder = new PgoutputDecoder();
+  private readonly router: OutboxRouter;
+  private readonly watermark: AckWatermark;
+  private readonly outboxRelations = new Set<number>();
+  private txn: TxnTicket | null = null;
+  private commitTime = 0n;
+  private failure: Error | null = null;
+  private stopping = false;
+  private paused = false;
+  private asyncWork: Promise<void> | null = null;
+  private settleRun!: (err?: Error) => void;
+  private readonly finished: Promise<void>;
+
+  constructor(private readonly deps: OutboundDeps) {
+    this.router = new OutboxRouter(deps.config, deps.database);
+    this.watermark = new AckWatermark(0n, (lsn) => {
+      this.conn.confirm(lsn);
+      deps.onDurable?.(lsn);
+    });
+    this.finished = new Promise<void>((resolve, reject) => {
+      this.settleRun = (err) => (err ? reject(err) : resolve());
+    });
+    this.finished.catch(() => {});
+  }
+
+  /** Opens the replication connection and streams until stop() or a failure. */
+  async run(): Promise<void> {
+    const { config, log } = this.deps;
+    this.conn = await ReplicationConnection.open({
+      url: config.database.url,
+      slot: config.relay.slot,
+      publications: [outboxPublication(config)],
+      log,
+    });
+    log.info({ slot: config.relay.slot }, 'replication connected');
+    const stream = this.conn.stream;
+    stream.on('data', (buf: Buffer) => this.onData(buf));
+    void this.conn.ended.then((err) => {
+      if (err) this.fail(err);
+    });
+    try {
+      await this.finished;
+    } finally {
+      if (this.failure) this.conn.abort();
+    }
+  }
+
+  /** Stops reading, waits (bounded) for in-flight messages, sends the final confirmation. */
+  async stop(timeoutMs: number): Promise<void> {
+    if (this.stopping || this.failure) return;
+    this.stopping = true;
+    this.conn?.stream.pause();
+    const deadline = Date.now() + timeoutMs;
+    if (this.asyncWork) await Promise.race([this.asyncWork.catch(() => {}), sleep(timeoutMs)]);
+    while (!this.watermark.idle && this.watermark.backlog > 0 && Date.now() < deadline && !this.failure) {
+      if (this.watermark.open && this.deps.sink.messagesInFlight === 0) break; // a partial txn cannot complete
+      await sleep(10);
+    }
+    const drained = this.watermark.open === null && this.watermark.backlog === 0;
+    this.deps.log.info(
+      { confirmed: formatLsn(this.watermark.durableLsn), drained, inFlight: this.deps.sink.messagesInFlight },
+      'outbound stopped',
+    );
+    await this.conn?.close();
+    this.settleRun();
+  }
+
+  private fail(err: Error): void {
+    if (this.failure || this.stopping) return;
+    this.failure = err;
+    this.conn?.stream.pause();
+    this.settleRun(err);
+  }
+
+  private resume(): void {
+    if (!this.paused || this.failure || this.stopping || this.asyncWork) return;
+    if (!this.deps.sink.hasCapacity) {
+      this.deps.sink.waitForCapacity().then(() => this.resume(), () => {});
+      return;
+    }
+    this.paused = false;
+    this.conn.stream.resume();
+  }
+
+  private pause(): void {
+    if (this.paused) return;
+    this.paused = true;
+    this.conn.stream.pause();
+  }
+
+  private onData(buf: Buffer): void {
+    if (this.failure || this.stopping) return;
+    try {
+      const work = this.handleFrame(buf);
+      if (work) {
+        this.pause();
+        this.asyncWork = work;
+        work.then(
+          () => {
+            this.asyncWork = null;
+            this.resume();
+          },
+          (err: unknown) => this.fail(err instanceof Error ? err : new Error(String(err))),
+        );
+      } else if (!this.deps.sink.hasCapacity) {
+        this.pause();
+        this.deps.sink.waitForCapacity().then(() => this.resume(), () => {});
+      }
+    } catch (err) {
+      this.fail(err instanceof Error ? err : new Error(String(err)));
+    }
+  }
+
+  private handleFrame(buf: Buffer): Promise<void> | undefined {
+    const f = parseFrame(buf);
+    if (f.kind === 'keepalive') {
+      this.watermark.idleAdvance(f.walEnd);
+      if (f.replyRequested) this.conn.sendStatus(false);
+      return undefined;
+    }
+    if (f.kind !== 'xlog') return undefined;
+    const m = this.decoder.decode(f.data);
+    switch (m.tag) {
+      case 'begin':
+        this.txn = this.watermark.begin(m.xid);
+        this.commitTime = m.commitTime;
+        return undefined;
+      case 'commit': {
+        const t = this.txn;
+        if (!t) throw new Error(`pgoutput Commit at ${formatLsn(m.endLsn)} without Begin`);
+        this.txn = null;
+        this.deps.stats.transactions++;
+        this.watermark.commit(t, m.endLsn);
+        return undefined;
+      }
+      case 'relation':
+        if (m.relation.schema === this.deps.config.relay.schema && m.relation.name === 'outbox') {
+          this.outboxRelations.add(m.relation.id);
+        } else {
+          this.outboxRelations.delete(m.relation.id);
+        }
+        return undefined;
+      case 'insert': {
+        if (!this.outboxRelations.has(m.relationId)) return undefined;
+        const t = this.txn;
+        if (!t) throw new Error('pgoutput Insert outside a transaction');
+        const relation = this.decoder.relation(m.relationId)!;
+        const change: Change = {
+          op: 'INSERT',
+          relation,
+          row: toRecord(relation, m.newTuple),
+          oldRow: null,
+          lsn: f.start,
+          xid: t.xid,
+          commitTime: this.commitTime,
+        };
+        const routed = this.router.route(change);
+        if (routed.unrouted) {
+          this.deps.stats.unrouted++;
+          this.deps.log.debug({ event_id: change.row['id'], mutation: change.row['mutation'] }, 'no rule routes this event');
+          return undefined;
+        }
+        return this.send(t, routed.messages);
+      }
+      default:
+        // origin, type, update, delete, truncate, messages, unknown tags: not needed here
+        return undefined;
+    }
+  }
+
+  /** Publishes messages in order; returns a promise only when a check needs I/O. */
+  private send(t: TxnTicket, messages: OutboundMessage[]): Promise<void> | undefined {
+    const { sink } = this.deps;
+    for (let i = 0; i < messages.length; i++) {
+      const msg = messages[i]!;
+      const problem = sink.check(msg);
+      if (problem === null) {
+        this.publish(t, msg);
+      } else if (typeof problem === 'string') {
+        this.deadLetter(t, msg, problem);
+      } else {
+        const rest = messages.slice(i + 1);
+        return problem.then((p) => {
+          if (p === null) this.publish(t, msg);
+          else this.deadLetter(t, msg, p);
+          const more = this.send(t, rest);
+          return more;
+        });
+      }
+    }
+    return undefined;
+  }
+
+  private publish(t: TxnTicket, msg: OutboundMessage): void {
+    this.watermark.add(t);
+    this.deps.sink.publish(msg, (err) => {
+      if (err) this.fail(new Error(`publish to ${msg.subject} failed: ${errorMessage(err)}`, { cause: err }));
+      else {
+        this.deps.stats.published++;
+        this.watermark.settle(t);
+      }
+    });
+  }
+
+  private deadLetter(t: TxnTicket, msg: OutboundMessage, reason: string): void {
+    this.watermark.add(t);
+    this.deps.log.warn({ event_id: msg.eventId, subject: msg.subject, reason }, 'outbound event dead-lettered');
+    this.deps.deadLetters
+      .write({
+        direction: 'outbound',
+        eventId: msg.eventId,
+        subject: msg.subject,
+        headers: msg.headers,
+        body: msg.body.toString('utf8'),
+        error: reason,
+        attempts: 1,
+      })
+      .then(
+        () => {
+          this.deps.stats.deadLettered++;
+          this.watermark.settle(t);
+        },
+        (err: unknown) => this.fail(new Error(`could not record a dead letter: ${errorMessage(err)}`)),
+      );
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

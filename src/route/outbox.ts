@@ -1,0 +1,106 @@
+import type { Config } from '../config/load.js';
+import type { Change, OutboundMessage, TupleValue } from '../types.js';
+import { formatLsn } from '../source/lsn.js';
+import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
+
+interface Target {
+  subject: string;
+  subscriptionTopic?: string;
+}
+
+export interface RouteResult {
+  messages: OutboundMessage[];
+  /** the event was read but no rule routes it (acknowledged and counted, not published) */
+  unrouted: boolean;
+}
+
+const json = (v: TupleValue): string => (v === null || v === undefined ? 'null' : JSON.stringify(v));
+const raw = (v: TupleValue): string => (v === null || v === undefined ? 'null' : v);
+
+/** Header values cannot hold line breaks. */
+const headerValue = (v: string): string => v.replace(/[\r\n]+/g, ' ');
+
+/**
+ * Turns an outbox row into the message(s) of DESIGN.md §3.4: an explicit subject (emit) or the
+ * `[[observers.publish]]` entries of its mutation (several entries fan out).
+ */
+export class OutboxRouter {
+  private readonly byMutation = new Map<string, Target[]>();
+
+  constructor(config: Config, private readonly database: string) {
+    for (const p of config.observers.publish) {
+      const list = this.byMutation.get(p.mutation) ?? [];
+      const t: Target = { subject: p.subject };
+      if (p.subscription_topic !== undefined) t.subscriptionTopic = p.subscription_topic;
+      list.push(t);
+      this.byMutation.set(p.mutation, list);
+    }
+  }
+
+  /** Every subject the configuration can publish to (for the stream). */
+  static configuredSubjects(config: Config): string[] {
+    return [...new Set(config.observers.publish.map((p) => p.subject))];
+  }
+
+  route(change: Change): RouteResult {
+    const r = change.row;
+    const eventId = r['id'];
+    if (typeof eventId !== 'string') return { messages: [], unrouted: true };
+    const explicit = r['subject'];
+    const mutation = r['mutation'];
+    let targets: Target[];
+    if (typeof explicit === 'string') targets = [{ subject: explicit }];
+    else if (typeof mutation === 'string') targets = this.byMutation.get(mutation) ?? [];
+    else targets = [];
+    if (targets.length === 0) return { messages: [], unrouted: true };
+
+    const updated = r['updated_fields'];
+    const created = r['created_at'];
+    const body = Buffer.from(
+      '{"event_id":' + JSON.stringify(eventId) +
+        ',"id":' + json(r['entity_id']) +
+        ',"entity_type":' + json(r['entity_type']) +
+        ',"operation":' + json(r['operation']) +
+        ',"mutation":' + json(mutation) +
+        ',"entity":' + raw(r['entity']) +
+        ',"entity_before":' + raw(r['entity_before']) +
+        ',"updated_fields":' + (typeof updated === 'string' ? pgTextArrayToJson(updated) : 'null') +
+        ',"metadata":' + raw(r['metadata']) +
+        ',"tenant_id":' + json(r['tenant_id']) +
+        ',"user_id":' + json(r['user_id']) +
+        ',"occurred_at":' + (typeof created === 'string' ? JSON.stringify(pgTimestampToIso(created)) : 'null') +
+        ',"source":{"database":' + JSON.stringify(this.database) +
+        ',"schema":' + JSON.stringify(change.relation.schema) +
+        ',"table":' + JSON.stringify(change.relation.name) +
+        ',"lsn":"' + formatLsn(change.lsn) + '","xid":' + change.xid + '}}',
+      'utf8',
+    );
+
+    const base: Record<string, string> = {};
+    const userHeaders = r['headers'];
+    if (typeof userHeaders === 'string') {
+      const parsed: unknown = JSON.parse(userHeaders);
+      if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) {
+        for (const [k, v] of Object.entries(parsed as Record<string, unknown>)) {
+          if (v !== null && v !== undefined) base[k] = headerValue(typeof v === 'string' ? v : JSON.stringify(v));
+        }
+      }
+    }
+    base['Fraiseql-Event-Id'] = eventId;
+    if (typeof mutation === 'string') base['Fraiseql-Mutation'] = headerValue(mutation);
+    const et = r['entity_type'];
+    if (typeof et === 'string') base['Fraiseql-Entity-Type'] = headerValue(et);
+    const op = r['operation'];
+    if (typeof op === 'string') base['Fraiseql-Operation'] = headerValue(op);
+    const tenant = r['tenant_id'];
+    if (typeof tenant === 'string') base['Fraiseql-Tenant-Id'] = headerValue(tenant);
+    const tp = r['traceparent'];
+    if (typeof tp === 'string') base['traceparent'] = headerValue(tp);
+
+    const messages: OutboundMessage[] = targets.map((t) => {
+      const headers = t.subscriptionTopic === undefined ? base : { ...base, 'Fraiseql-Subscription-Topic': t.subscriptionTopic };
+      return { subject: t.subject, eventId, headers, body };
+    });
+    return { messages, unrouted: false };
+  }
+}
