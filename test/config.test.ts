@@ -1,0 +1,651 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { describe, it } from 'node:test';
+import {
+  ConfigError,
+  defaultConsumerName,
+  loadConfig,
+  parseByteSize,
+  parseConfig,
+  parseDuration,
+} from '../src/config/load.js';
+
+const ENV = {
+  DATABASE_URL: 'postgres://app:s3cr3t-pw@db.internal:5432/orders',
+  NATS_URL: 'nats://relay:n4ts-t0ken@nats.internal:4222',
+};
+
+/** The DESIGN.md §3.2 example, lines numbered for the assertions below. */
+const FULL = `[project]
+name = "inventory-service"          # the service name
+version = "1.2.0"
+
+[database]
+type = "postgresql"
+url = "\${DATABASE_URL}"
+
+[observers]
+backend = "nats"
+nats_url = "\${NATS_URL}"
+
+[[observers.publish]]
+mutation = "create_order"
+subject = "fraiseql.order.created"
+subscription_topic = "order_created"
+
+[[observers.subscribe]]
+subject = "fraiseql.order.created"
+handler = "fn_reserve_inventory"
+
+[[observers.rules]]
+table = "tb_order"
+event = "INSERT"
+subject = "fraiseql.order.created"
+[[observers.rules.actions]]
+type = "webhook"
+url_env = "ORDER_WEBHOOK_URL"
+
+[relay]
+schema = "fraiseql_relay"
+listen = "0.0.0.0:9464"
+max_in_flight = 1024
+retention = "24h"
+
+[relay.stream]
+name = "FRAISEQL"
+create = true
+duplicate_window = "10m"
+`;
+
+/** Runs fn, expects a ConfigError, returns it. */
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
+  assert.fail('expected a ConfigError');
+}
+
+const minimal = (rest = ''): string =>
+  `[project]\nname = "svc"\n[database]\nurl = "\${DATABASE_URL}"\n${rest}`;
+
+describe('parseConfig: a valid file', () => {
+  it('reads the design example and fills every default', () => {
+    const c = parseConfig(FULL, 'fraiseql.toml', ENV);
+    assert.equal(c.file, resolve('fraiseql.toml'));
+    assert.deepEqual(c.project, { name: 'inventory-service' });
+    assert.deepEqual(c.database, { type: 'postgresql', url: ENV.DATABASE_URL });
+    assert.equal(c.observers.backend, 'nats');
+    assert.equal(c.observers.nats_url, ENV.NATS_URL);
+    assert.deepEqual(c.observers.publish, [
+      { mutation: 'create_order', subject: 'fraiseql.order.created', subscription_topic: 'order_created', actions: [] },
+    ]);
+    assert.deepEqual(c.observers.subscribe, [
+      {
+        subject: 'fraiseql.order.created',
+        handler: 'fn_reserve_inventory',
+        consumer: 'inventory-service-fraiseql_order_created',
+        max_deliver: 5,
+        ack_wait: 30_000,
+        backoff: [],
+        concurrency: 1,
+      },
+    ]);
+    assert.deepEqual(c.observers.rules, [
+      {
+        table: 'tb_order',
+        event: 'INSERT',
+        subject: 'fraiseql.order.created',
+        before_image: false,
+        actions: [
+          { type: 'webhook', url_env: 'ORDER_WEBHOOK_URL', method: 'POST', headers: {}, timeout: 30_000, max_attempts: 8 },
+        ],
+      },
+    ]);
+    assert.deepEqual(c.relay, {
+      schema: 'fraiseql_relay',
+      slot: 'fraiseql_relay',
+      publication: 'fraiseql_relay',
+      listen: '0.0.0.0:9464',
+      max_in_flight: 1024,
+      max_in_flight_bytes: 64 * 1024 * 1024,
+      retention: 24 * 3_600_000,
+      shutdown_timeout: 10_000,
+      stream: { name: 'FRAISEQL', create: true, duplicate_window: 600_000, subjects: [] },
+    });
+    assert.deepEqual(c.ignoredKeys, []);
+  });
+
+  it('fills defaults when [observers] and [relay] are absent', () => {
+    const c = parseConfig(minimal(), 'f.toml', ENV);
+    assert.deepEqual(c.observers, { backend: 'nats', publish: [], subscribe: [], rules: [] });
+    assert.equal(c.relay.stream.name, 'FRAISEQL');
+    assert.equal(c.relay.max_in_flight_bytes, 67_108_864);
+  });
+
+  it('takes explicit values: durations, sizes, lower-case events, actions, consumer overrides', () => {
+    const c = parseConfig(
+      minimal(`
+[observers]
+backend = "nats"
+nats_url = "nats://localhost:4222"
+[[observers.subscribe]]
+subject = "fraiseql.order.*"
+handler = 'inventory."Reserve Fn"'
+consumer = "inventory"
+max_deliver = 4
+ack_wait = "1m30s"
+backoff = ["1s", "10s", "1m"]
+concurrency = 8
+[[observers.rules]]
+table = "public.tb_item"
+event = "update"
+before_image = true
+[[observers.rules.actions]]
+type = "webhook"
+url = "https://hooks.example.com/item"
+method = "put"
+headers = { "X-Source" = "relay" }
+timeout = "5s"
+max_attempts = 3
+signing_secret_env = "HOOK_SECRET"
+[relay]
+max_in_flight_bytes = "16MB"
+shutdown_timeout = "500ms"
+[relay.stream]
+subjects = ["fraiseql.>"]
+create = false
+`),
+      'f.toml',
+      ENV,
+    );
+    const s = c.observers.subscribe[0];
+    assert.equal(s?.consumer, 'inventory');
+    assert.equal(s?.handler, 'inventory."Reserve Fn"');
+    assert.equal(s?.ack_wait, 90_000);
+    assert.deepEqual(s?.backoff, [1_000, 10_000, 60_000]);
+    assert.equal(s?.concurrency, 8);
+    const r = c.observers.rules[0];
+    assert.equal(r?.event, 'UPDATE');
+    assert.equal(r?.subject, undefined);
+    assert.equal(r?.before_image, true);
+    assert.deepEqual(r?.actions[0], {
+      type: 'webhook',
+      url: 'https://hooks.example.com/item',
+      method: 'PUT',
+      headers: { 'X-Source': 'relay' },
+      timeout: 5_000,
+      max_attempts: 3,
+      signing_secret_env: 'HOOK_SECRET',
+    });
+    assert.equal(c.relay.max_in_flight_bytes, 16_000_000);
+    assert.equal(c.relay.shutdown_timeout, 500);
+    assert.deepEqual(c.relay.stream.subjects, ['fraiseql.>']);
+    assert.equal(c.relay.stream.create, false);
+  });
+
+  it("accepts FraiseQL's own sections and keys, and reports the ignored observers keys", () => {
+    const c = parseConfig(
+      minimal(`pool_size = \${POOL_SIZE}
+password = "\${DB_PASSWORD}"
+[fraiseql]
+schema_file = "schema.json"
+[server]
+port = \${PORT}
+[auth]
+jwt_secret = "\${JWT_SECRET}"
+[observers]
+enabled = true
+redis_url = "redis://localhost"
+max_concurrency = 4
+nats_url = "nats://localhost:4222"
+[[observers.rules]]
+table = "tb_order"
+event = "DELETE"
+subject = "fraiseql.order.deleted"
+[observers.rules.retry]
+max_attempts = 3
+`),
+      'f.toml',
+      ENV, // POOL_SIZE, DB_PASSWORD, PORT, JWT_SECRET unset: settings the relay ignores are not interpolated
+    );
+    assert.deepEqual(c.ignoredKeys, [
+      'observers.enabled',
+      'observers.redis_url',
+      'observers.max_concurrency',
+      'observers.rules[0].retry',
+    ]);
+    assert.equal(c.observers.rules[0]?.event, 'DELETE');
+  });
+});
+
+describe('${VAR} interpolation', () => {
+  it('replaces variables inside values, leaves comments and keys alone', () => {
+    const c = parseConfig(
+      `[project]
+name = "\${SERVICE}-svc"   # \${UNSET_IN_COMMENT}
+# whole-line comment: \${ALSO_UNSET}
+[database]
+url = "\${DATABASE_URL}"
+[relay]
+max_in_flight = \${IN_FLIGHT}
+listen = '\${HOST}:9464'
+[relay.stream]
+name = "A#\${STREAM}" # a '#' inside a string is not a comment
+`,
+      'f.toml',
+      { ...ENV, SERVICE: 'orders', IN_FLIGHT: '64', HOST: '127.0.0.1', STREAM: 'B' },
+    );
+    assert.equal(c.project.name, 'orders-svc');
+    assert.equal(c.database.url, ENV.DATABASE_URL);
+    assert.equal(c.relay.max_in_flight, 64);
+    assert.equal(c.relay.listen, '127.0.0.1:9464');
+    assert.equal(c.relay.stream.name, 'A#B');
+  });
+
+  it('an unset variable names the variable, the file and the line, with a hint', () => {
+    const text = FULL; // url = "${DATABASE_URL}" is on line 7
+    const err = configError(() => parseConfig(text, 'fraiseql.toml', { NATS_URL: ENV.NATS_URL }));
+    assert.match(
+      err.message,
+      /^fraiseql\.toml:7: environment variable DATABASE_URL is not set \(used in \$\{DATABASE_URL\}\)/,
+    );
+    assert.ok(err.message.includes('export DATABASE_URL='), err.message);
+    assert.equal(err.line, 7);
+    assert.equal(err.key, 'database.url');
+    assert.equal(err.file, 'fraiseql.toml');
+  });
+
+  it('reports every unset variable, one per line', () => {
+    const err = configError(() => parseConfig(FULL, 'fraiseql.toml', {}));
+    const lines = err.message.split('\n');
+    assert.equal(lines.length, 2);
+    assert.match(lines[0] ?? '', /^fraiseql\.toml:7: environment variable DATABASE_URL is not set/);
+    assert.match(lines[1] ?? '', /^fraiseql\.toml:11: environment variable NATS_URL is not set/);
+  });
+
+  it('refuses a value that would break out of its string (TOML injection), without echoing it', () => {
+    const evil = 'x"\n[relay]\nslot = "pwned';
+    const err = configError(() => parseConfig(minimal(), 'f.toml', { DATABASE_URL: evil }));
+    assert.match(err.message, /^f\.toml:4: environment variable DATABASE_URL .*contains a line break/);
+    assert.ok(!err.message.includes('pwned'), err.message);
+
+    const quote = configError(() => parseConfig(minimal(), 'f.toml', { DATABASE_URL: 'postgres://a:b"c@h/d' }));
+    assert.match(quote.message, /DATABASE_URL .*contains a double quote/);
+    assert.ok(!quote.message.includes('b"c'), quote.message);
+
+    const bare = configError(() =>
+      parseConfig(minimal('[relay]\nmax_in_flight = ${N}\n'), 'f.toml', { ...ENV, N: '1\nslot = "x"' }),
+    );
+    assert.match(bare.message, /^f\.toml:6: environment variable N /);
+  });
+
+  it('rejects ${NAME:-default} instead of keeping it literally', () => {
+    const err = configError(() =>
+      parseConfig(minimal('[relay]\nlisten = "${LISTEN:-0.0.0.0:9464}"\n'), 'f.toml', ENV),
+    );
+    assert.match(err.message, /^f\.toml:6: \$\{LISTEN:-0\.0\.0\.0:9464\} in relay\.listen: defaults .* not supported/);
+  });
+});
+
+describe('TOML syntax errors', () => {
+  it('give file:line:column, the reason and the line with a caret', () => {
+    const text = minimal('[relay]\nmax_in_flight = = 3\n');
+    const err = configError(() => parseConfig(text, 'fraiseql.toml', ENV));
+    const [first, ...rest] = err.message.split('\n');
+    assert.match(first ?? '', /^fraiseql\.toml:6:17: invalid TOML: invalid value/);
+    assert.equal(err.line, 6);
+    assert.equal(err.column, 17);
+    const offending = rest.find((l) => l.includes('max_in_flight = = 3'));
+    assert.ok(offending, err.message);
+    const caret = rest[rest.indexOf(offending) + 1] ?? '';
+    assert.equal(caret.indexOf('^'), offending.indexOf('= 3'), err.message);
+  });
+
+  it('points at the original text, not the interpolated value, and never shows a secret', () => {
+    const text = `[project]\nname = "svc"\n[database]\nurl = "\${DATABASE_URL}" oops\n`;
+    const err = configError(() => parseConfig(text, 'f.toml', ENV));
+    assert.match(err.message, /^f\.toml:4:25: invalid TOML/);
+    assert.ok(err.message.includes('url = "${DATABASE_URL}" oops'), err.message);
+    assert.ok(!err.message.includes('s3cr3t-pw'), err.message);
+  });
+});
+
+describe('validation errors', () => {
+  it('an unknown key names the full path and suggests the closest known key', () => {
+    const err = configError(() => parseConfig(minimal('[relay]\nmax_in_flihgt = 10\n'), 'fraiseql.toml', ENV));
+    assert.equal(
+      err.message,
+      'fraiseql.toml:6: relay.max_in_flihgt: unknown key in [relay]; did you mean "max_in_flight"?',
+    );
+    assert.equal(err.key, 'relay.max_in_flihgt');
+    assert.equal(err.line, 6);
+  });
+
+  it('unknown keys in nested tables and at the top level', () => {
+    const err = configError(() =>
+      parseConfig(
+        minimal(`[observers]
+nats_url = "nats://localhost:4222"
+[[observers.subscribe]]
+subject = "a.b"
+handlr = "fn_x"
+[relay.stream]
+duplicate_windw = "1m"
+[realy]
+x = 1
+`),
+        'f.toml',
+        ENV,
+      ),
+    );
+    const lines = err.message.split('\n');
+    assert.equal(lines.length, 4, err.message);
+    assert.ok(lines.includes('f.toml:9: observers.subscribe[0].handlr: unknown key in the [[observers.subscribe]] entry observers.subscribe[0]; did you mean "handler"?'), err.message);
+    assert.ok(lines.some((l) => l.startsWith('f.toml:7: observers.subscribe[0].handler: is required')), err.message);
+    assert.ok(lines.includes('f.toml:11: relay.stream.duplicate_windw: unknown key in [relay.stream]; did you mean "duplicate_window"?'), err.message);
+    assert.ok(lines.some((l) => l.startsWith('f.toml:12: realy: unknown top-level key; did you mean "relay"?')), err.message);
+  });
+
+  it('an invalid backend lists the allowed values', () => {
+    const err = configError(() => parseConfig(minimal('[observers]\nbackend = "kafka"\n'), 'f.toml', ENV));
+    assert.equal(err.message, 'f.toml:6: observers.backend: "kafka" is not a supported backend; allowed values: "nats", "webhook"');
+  });
+
+  it('an invalid handler identifier is rejected, a schema-qualified one accepted', () => {
+    const sub = (handler: string): string =>
+      minimal(`[observers]\nnats_url = "nats://h:4222"\n[[observers.subscribe]]\nsubject = "a.b"\nhandler = ${JSON.stringify(handler)}\n`);
+    for (const good of ['fn_reserve', 'inventory.fn_reserve', '"My Fn"', 'app."weird.name"', '_f$1']) {
+      assert.equal(parseConfig(sub(good), 'f.toml', ENV).observers.subscribe[0]?.handler, good);
+    }
+    for (const bad of ['fn reserve', '1fn', 'a.b.c', 'fn;drop table x', '']) {
+      const err = configError(() => parseConfig(sub(bad), 'f.toml', ENV));
+      assert.match(err.message, /^f\.toml:9: observers\.subscribe\[0\]\.handler: .* is not a valid SQL function name/, bad);
+    }
+  });
+
+  it('checks NATS subjects: wildcards only where they can be used', () => {
+    const err = configError(() =>
+      parseConfig(
+        minimal(`[observers]
+nats_url = "nats://h:4222"
+[[observers.publish]]
+mutation = "create_order"
+subject = "fraiseql.order.*"
+[[observers.subscribe]]
+subject = "fraiseql..order"
+handler = "fn"
+[[observers.subscribe]]
+subject = "fraiseql.>.x"
+handler = "fn2"
+`),
+        'f.toml',
+        ENV,
+      ),
+    );
+    assert.match(err.message, /f\.toml:9: observers\.publish\[0\]\.subject: .*wildcard/);
+    assert.match(err.message, /f\.toml:11: observers\.subscribe\[0\]\.subject: .*empty token/);
+    assert.match(err.message, /f\.toml:14: observers\.subscribe\[1\]\.subject: .*">" may only be the last token/);
+    const ok = parseConfig(
+      minimal('[observers]\nnats_url = "nats://h:4222"\n[[observers.subscribe]]\nsubject = "fraiseql.*.created.>"\nhandler = "fn"\n'),
+      'f.toml',
+      ENV,
+    );
+    assert.equal(ok.observers.subscribe[0]?.consumer, 'svc-fraiseql___created__');
+  });
+
+  it('rule and action consistency, relay names and numbers', () => {
+    const err = configError(() =>
+      parseConfig(
+        minimal(`[observers]
+backend = "webhook"
+[[observers.rules]]
+table = "tb_order"
+event = "UPSERT"
+[[observers.rules]]
+table = "tb_order"
+event = "INSERT"
+[[observers.rules.actions]]
+type = "webhook"
+url = "https://x.example"
+url_env = "X_URL"
+[relay]
+slot = "Bad-Slot"
+max_in_flight = 0
+max_in_flight_bytes = "12 parsecs"
+retention = "forever"
+`),
+        'f.toml',
+        ENV,
+      ),
+    );
+    assert.match(err.message, /f\.toml:9: observers\.rules\[0\]\.event: "UPSERT" is not a row event/);
+    assert.match(err.message, /f\.toml:15: observers\.rules\[1\]\.actions\[0\]\.url: is set together with url_env/);
+    assert.match(err.message, /f\.toml:18: relay\.slot: "Bad-Slot" must start with a lower-case letter/);
+    assert.match(err.message, /f\.toml:19: relay\.max_in_flight: must be a whole number of at least 1, not the number 0/);
+    assert.match(err.message, /f\.toml:20: relay\.max_in_flight_bytes: "12 parsecs" is not a valid size/);
+    assert.match(err.message, /f\.toml:21: relay\.retention: "forever" is not a valid duration/);
+
+    const nothing = configError(() =>
+      parseConfig(minimal('[observers]\nbackend = "webhook"\n[[observers.rules]]\ntable = "t"\nevent = "INSERT"\n'), 'f.toml', ENV),
+    );
+    assert.match(nothing.message, /^f\.toml:7: observers\.rules\[0\]: this rule has neither a subject nor actions/);
+  });
+
+  it('missing required keys point at their table and say what to add', () => {
+    const err = configError(() => parseConfig('[project]\nversion = "1"\n[database]\ntype = "postgresql"\n', 'f.toml', ENV));
+    assert.equal(
+      err.message,
+      'f.toml:1: project.name: is required; add name = "<service name>" under [project] (it names the durable consumers)\n' +
+        'f.toml:3: database.url: is required; add url = "${DATABASE_URL}" under [database]',
+    );
+  });
+
+  it('nats_url is required when anything goes through NATS', () => {
+    const text = minimal('[observers]\n[[observers.publish]]\nmutation = "m"\nsubject = "a.b"\n');
+    const err = configError(() => parseConfig(text, 'f.toml', ENV));
+    assert.match(err.message, /^f\.toml:5: observers\.nats_url is required when backend = "nats"/);
+    assert.doesNotThrow(() => parseConfig(minimal('[observers]\nbackend = "nats"\n'), 'f.toml', ENV));
+  });
+
+  it('two subscriptions cannot share a durable consumer', () => {
+    const text = minimal(`[observers]
+nats_url = "nats://h:4222"
+[[observers.subscribe]]
+subject = "a.b"
+handler = "fn_one"
+[[observers.subscribe]]
+subject = "a.b"
+handler = "fn_two"
+`);
+    const err = configError(() => parseConfig(text, 'f.toml', ENV));
+    assert.match(err.message, /^f\.toml:11: observers\.subscribe\[1\]: durable consumer "svc-a_b" is also used by observers\.subscribe\[0\]/);
+  });
+
+  it('backoff needs max_deliver greater than its length', () => {
+    const text = minimal(
+      '[observers]\nnats_url = "nats://h:4222"\n[[observers.subscribe]]\nsubject = "a.b"\nhandler = "fn"\nmax_deliver = 2\nbackoff = ["1s", "2s"]\n',
+    );
+    assert.match(configError(() => parseConfig(text, 'f.toml', ENV)).message, /^f\.toml:10: observers\.subscribe\[0\]\.max_deliver: \(2\) must be greater/);
+  });
+});
+
+describe('[observers] versus [[observers]]', () => {
+  it('explains the invalid mix and shows the [[observers.rules]] spelling', () => {
+    const text = minimal(`
+[observers]
+backend = "nats"
+nats_url = "\${NATS_URL}"
+
+[[observers]]
+table = "tb_order"
+event = "INSERT"
+subject = "fraiseql.order.created"
+
+[[observers.actions]]
+type = "webhook"
+url_env = "ORDER_WEBHOOK_URL"
+`);
+    const err = configError(() => parseConfig(text, 'fraiseql.toml', ENV));
+    const first = err.message.split('\n')[0] ?? '';
+    assert.match(first, /^fraiseql\.toml:10: TOML cannot have both an \[observers\] table .*line 6.* top-level \[\[observers\]\] array/);
+    assert.ok(err.message.includes('[[observers.rules]]'), err.message);
+    assert.ok(err.message.includes('[[observers.rules.actions]]'), err.message);
+    assert.match(err.message, /line 10: \[\[observers\]\] +->  \[\[observers\.rules\]\]/);
+    assert.match(err.message, /line 15: \[\[observers\.actions\]\] +->  \[\[observers\.rules\.actions\]\]/);
+    assert.equal(err.line, 10);
+  });
+
+  it('accepts a top-level [[observers]] array of rules when there is no [observers] table', () => {
+    const text = minimal(`
+[[observers]]
+table = "tb_order"
+event = "INSERT"
+subject = "fraiseql.order.created"
+
+[[observers.actions]]
+type = "webhook"
+url_env = "ORDER_WEBHOOK_URL"
+
+[observers.retry]
+max_attempts = 5
+
+[[observers]]
+table = "tb_item"
+event = "update"
+subject = "fraiseql.item.updated"
+`);
+    const c = parseConfig(text, 'f.toml', { DATABASE_URL: ENV.DATABASE_URL, FRAISEQL_NATS_URL: 'nats://h:4222' });
+    assert.equal(c.observers.backend, 'nats');
+    assert.equal(c.observers.nats_url, 'nats://h:4222');
+    assert.deepEqual(c.observers.publish, []);
+    assert.deepEqual(
+      c.observers.rules.map((r) => [r.table, r.event, r.subject, r.actions.map((a) => a.url_env)]),
+      [
+        ['tb_order', 'INSERT', 'fraiseql.order.created', ['ORDER_WEBHOOK_URL']],
+        ['tb_item', 'UPDATE', 'fraiseql.item.updated', []],
+      ],
+    );
+    assert.deepEqual(c.ignoredKeys, ['observers[0].retry']);
+
+    const noUrl = configError(() => parseConfig(text, 'f.toml', { DATABASE_URL: ENV.DATABASE_URL }));
+    assert.match(noUrl.message, /^f\.toml:6: observers: .*export NATS_URL \(or FRAISEQL_NATS_URL\)/);
+  });
+
+  it('explains [[observers.publish]] swallowed by a top-level rule', () => {
+    const text = minimal(`[[observers]]
+table = "tb_order"
+event = "INSERT"
+subject = "a.b"
+[[observers.publish]]
+mutation = "m"
+subject = "c.d"
+`);
+    const err = configError(() => parseConfig(text, 'f.toml', { ...ENV }));
+    assert.match(err.message, /^f\.toml:9: observers\[0\]\.publish: unknown key in a table rule\. With a top-level \[\[observers\]\] array/);
+  });
+});
+
+describe('secrets', () => {
+  it('never appear in validation errors', () => {
+    const text = `[project]
+name = "svc"
+[database]
+url = "\${DATABASE_URL}"
+pool = 3
+[observers]
+nats_url = "\${NATS_URL}"
+backend = "redis"
+[relay]
+max_in_flihgt = 1
+`;
+    const err = configError(() => parseConfig(text, 'f.toml', ENV));
+    assert.match(err.message, /observers\.backend/);
+    assert.match(err.message, /FraiseQL's own "redis" observer backend/);
+    for (const secret of ['s3cr3t-pw', 'n4ts-t0ken', ENV.DATABASE_URL, ENV.NATS_URL]) {
+      assert.ok(!err.message.includes(secret), `${secret} in ${err.message}`);
+    }
+  });
+
+  it('a wrongly typed url is named, not shown', () => {
+    const err = configError(() =>
+      parseConfig(
+        '[project]\nname = "svc"\n[database]\nurl = ["postgres://app:hunter2@h/db"]\n[observers]\nnats_url = ""\n',
+        'f.toml',
+        {},
+      ),
+    );
+    assert.match(err.message, /f\.toml:4: database\.url: must be a PostgreSQL connection URL/);
+    assert.match(err.message, /f\.toml:6: observers\.nats_url: must not be empty/);
+    assert.ok(!err.message.includes('hunter2'), err.message);
+  });
+
+  it('are masked in a syntax error next to a literal URL', () => {
+    const text = '[project]\nname = "svc"\n[database]\nurl = "postgres://app:hunter2@h/db"\nbroken = \n';
+    const err = configError(() => parseConfig(text, 'f.toml', {}));
+    assert.match(err.message, /^f\.toml:5:\d+: invalid TOML/);
+    assert.ok(!err.message.includes('hunter2'), err.message);
+  });
+});
+
+describe('loadConfig', () => {
+  it('reads a file and resolves its path; a missing file is a ConfigError', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fraiseql-relay-config-'));
+    try {
+      const file = join(dir, 'fraiseql.toml');
+      writeFileSync(file, FULL);
+      const c = loadConfig(file, ENV);
+      assert.equal(c.file, file);
+      assert.equal(c.project.name, 'inventory-service');
+
+      const missing = configError(() => loadConfig(join(dir, 'nope.toml'), ENV));
+      assert.match(missing.message, /nope\.toml: cannot read the configuration file: the file does not exist/);
+      assert.equal(missing.exitCode, 2);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('parseDuration', () => {
+  it('parses units and combinations into milliseconds', () => {
+    assert.equal(parseDuration('500ms'), 500);
+    assert.equal(parseDuration('10s'), 10_000);
+    assert.equal(parseDuration('10m'), 600_000);
+    assert.equal(parseDuration('24h'), 86_400_000);
+    assert.equal(parseDuration('7d'), 604_800_000);
+    assert.equal(parseDuration('1h30m'), 5_400_000);
+    assert.equal(parseDuration('1m30s250ms'), 90_250);
+    assert.equal(parseDuration('1.5s'), 1_500);
+    assert.equal(parseDuration('0s'), 0);
+  });
+
+  it('throws on garbage', () => {
+    for (const bad of ['', '10', 'ten seconds', '10 s', '5w', 's', '1h-30m', '1.s']) {
+      assert.throws(() => parseDuration(bad), Error, bad);
+    }
+    assert.throws(() => parseDuration('30'), /no unit/);
+  });
+
+  it('byte sizes', () => {
+    assert.equal(parseByteSize(1024), 1024);
+    assert.equal(parseByteSize('64MiB'), 67_108_864);
+    assert.equal(parseByteSize('16MB'), 16_000_000);
+    assert.equal(parseByteSize('512KiB'), 524_288);
+    assert.throws(() => parseByteSize('12 parsecs'));
+    assert.throws(() => parseByteSize(-1));
+  });
+});
+
+describe('defaultConsumerName', () => {
+  it('is <project>-<subject> with every character outside [A-Za-z0-9_-] replaced by _', () => {
+    assert.equal(defaultConsumerName('inventory-service', 'fraiseql.order.created'), 'inventory-service-fraiseql_order_created');
+    assert.equal(defaultConsumerName('my svc', 'orders.*.>'), 'my_svc-orders____');
+    assert.equal(defaultConsumerName('Svc_1', 'a.b'), 'Svc_1-a_b');
+    assert.equal(defaultConsumerName('café', 'x'), 'caf_-x');
+  });
+});

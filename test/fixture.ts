@@ -1,0 +1,236 @@
+/**
+ * Integration-test fixture: a real PostgreSQL and a real nats-server, a database migrated for the
+ * relay, and ways to run the relay in-process or as a child process that can be SIGKILLed.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, writeFile, rm, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { connect as natsConnect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream, jetstreamManager, type JsMsg } from '@nats-io/jetstream';
+import pg from 'pg';
+import { LocalPostgres, type LocalPostgresOptions } from '../src/local/postgres.js';
+import { LocalNats, type LocalNatsOptions } from '../src/local/nats.js';
+import { loadConfig, type Config } from '../src/config/load.js';
+import { migrate } from '../src/migrate.js';
+import { Relay, type RelayOptions } from '../src/relay.js';
+import { createLogger } from '../src/log.js';
+
+export const ROOT = resolve(import.meta.dirname, '..');
+export const CLI = join(ROOT, 'src', 'cli.ts');
+
+export const BASE_TOML = `
+[project]
+name = "test-service"
+
+[database]
+type = "postgresql"
+url = "\${DATABASE_URL}"
+
+[observers]
+backend = "nats"
+nats_url = "\${NATS_URL}"
+
+[[observers.publish]]
+mutation = "create_order"
+subject = "fraiseql.order.created"
+
+[relay]
+listen = "127.0.0.1:0"
+retention = "24h"
+
+[relay.stream]
+name = "FRAISEQL"
+subjects = ["fraiseql.>"]
+`;
+
+export interface StoredMessage {
+  seq: number;
+  subject: string;
+  headers: Record<string, string>;
+  body: Record<string, unknown>;
+}
+
+export interface EnvOptions {
+  toml?: string;
+  pg?: LocalPostgresOptions;
+  nats?: LocalNatsOptions;
+}
+
+export class TestEnv {
+  private constructor(
+    readonly pg: LocalPostgres,
+    readonly nats: LocalNats,
+    readonly dir: string,
+    readonly dbUrl: string,
+    readonly configFile: string,
+  ) {}
+
+  static async create(opts: EnvOptions = {}): Promise<TestEnv> {
+    const [pgs, nats] = await Promise.all([LocalPostgres.start(opts.pg), LocalNats.start(opts.nats)]);
+    const dbUrl = await pgs.createDatabase('app');
+    const dir = await mkdtemp(join(tmpdir(), 'fraiseql-relay-test-'));
+    const configFile = join(dir, 'fraiseql.toml');
+    await writeFile(configFile, opts.toml ?? BASE_TOML);
+    return new TestEnv(pgs, nats, dir, dbUrl, configFile);
+  }
+
+  get env(): NodeJS.ProcessEnv {
+    return { ...process.env, DATABASE_URL: this.dbUrl, NATS_URL: this.nats.url };
+  }
+
+  config(): Config {
+    return loadConfig(this.configFile, this.env);
+  }
+
+  async writeConfig(toml: string): Promise<void> {
+    await writeFile(this.configFile, toml);
+  }
+
+  async migrate(): Promise<void> {
+    await migrate(this.config(), createLogger('silent'));
+  }
+
+  /** A relay in this process (fast reconnects for tests). */
+  async startRelay(opts: RelayOptions = {}, level = process.env['TEST_LOG_LEVEL'] ?? 'silent'): Promise<Relay> {
+    const relay = new Relay(this.config(), createLogger(level), { backoffMinMs: 100, backoffMaxMs: 1000, publishTimeoutMs: 2000, ...opts });
+    await relay.start();
+    return relay;
+  }
+
+  /** `fraiseql-relay run` as a child process; its output goes to a log file in the temp dir. */
+  spawnRelay(name = 'relay'): RelayProcess {
+    return new RelayProcess(join(this.dir, `${name}.log`), ['run', '-c', this.configFile], this.env);
+  }
+
+  async sql<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<R[]> {
+    const c = new pg.Client({ connectionString: this.dbUrl });
+    await c.connect();
+    try {
+      return (await c.query<R>(text, params)).rows;
+    } finally {
+      await c.end();
+    }
+  }
+
+  async natsClient(): Promise<NatsConnection> {
+    return natsConnect({ servers: this.nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 200 });
+  }
+
+  /** Number of messages stored in a stream (0 when it does not exist yet). */
+  async streamCount(stream = 'FRAISEQL'): Promise<number> {
+    const nc = await this.natsClient();
+    try {
+      const jsm = await jetstreamManager(nc);
+      return (await jsm.streams.info(stream)).state.messages;
+    } catch {
+      return 0;
+    } finally {
+      await nc.close();
+    }
+  }
+
+  async waitForStreamCount(n: number, timeoutMs = 60_000, stream = 'FRAISEQL'): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    let c = 0;
+    while (Date.now() < deadline) {
+      c = await this.streamCount(stream);
+      if (c >= n) return c;
+      await sleep(100);
+    }
+    throw new Error(`timed out: stream ${stream} holds ${c} of ${n} messages`);
+  }
+
+  /** Every message in the stream, in stream order. */
+  async readStream(stream = 'FRAISEQL'): Promise<StoredMessage[]> {
+    const nc = await this.natsClient();
+    try {
+      const jsm = await jetstreamManager(nc);
+      const info = await jsm.streams.info(stream);
+      const total = info.state.messages;
+      const out: StoredMessage[] = [];
+      if (total === 0) return out;
+      const js = jetstream(nc);
+      const consumer = await js.consumers.get(stream);
+      const iter = await consumer.consume({ max_messages: 2000 });
+      for await (const m of iter) {
+        out.push(toStored(m));
+        if (m.seq >= info.state.last_seq) break;
+      }
+      return out;
+    } finally {
+      await nc.close();
+    }
+  }
+
+  async destroy(): Promise<void> {
+    await Promise.all([this.pg.destroy(), this.nats.destroy()]);
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+function toStored(m: JsMsg): StoredMessage {
+  const headers: Record<string, string> = {};
+  if (m.headers) for (const [k] of m.headers) headers[k] = m.headers.get(k);
+  return { seq: m.seq, subject: m.subject, headers, body: m.json<Record<string, unknown>>() };
+}
+
+export class RelayProcess {
+  readonly child: ChildProcess;
+  readonly exited: Promise<number | null>;
+
+  constructor(readonly logFile: string, args: string[], env: NodeJS.ProcessEnv) {
+    this.child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
+      cwd: ROOT,
+      env: { ...env, LOG_LEVEL: env['LOG_LEVEL'] ?? 'info', NO_PRETTY: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const chunks: Buffer[] = [];
+    this.child.stdout!.on('data', (b: Buffer) => chunks.push(b));
+    this.child.stderr!.on('data', (b: Buffer) => chunks.push(b));
+    this.exited = new Promise((r) =>
+      this.child.on('exit', (code) => {
+        void writeFile(this.logFile, Buffer.concat(chunks), { flag: 'a' }).finally(() => r(code));
+      }),
+    );
+    this.output = () => Buffer.concat(chunks).toString('utf8');
+  }
+
+  readonly output: () => string;
+
+  /** Resolves once the log shows a line containing `text`. */
+  async waitForLog(text: string, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (this.output().includes(text)) return;
+      if (this.child.exitCode !== null) throw new Error(`relay exited (${this.child.exitCode}) before logging "${text}":\n${this.output()}`);
+      await sleep(50);
+    }
+    throw new Error(`timed out waiting for "${text}" in the relay log:\n${this.output().slice(-4000)}`);
+  }
+
+  kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<number | null> {
+    this.child.kill(signal);
+    return this.exited;
+  }
+}
+
+/** Runs the CLI to completion. */
+export function runCli(args: string[], env: NodeJS.ProcessEnv = process.env, cwd = ROOT): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolvePromise) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd, env: { ...env, NO_PRETTY: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.on('exit', (code) => resolvePromise({ code, stdout, stderr }));
+  });
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export async function readText(path: string): Promise<string> {
+  return readFile(path, 'utf8');
+}
