@@ -234,3 +234,14 @@ export function sleep(ms: number): Promise<void> {
 export async function readText(path: string): Promise<string> {
   return readFile(path, 'utf8');
 }
+
+/** Polls a query until it returns rows (or times out, returning the last empty result). */
+export async function waitForRows<R>(q: () => Promise<R[]>, timeoutMs = 10_000): Promise<R[]> {
+  const deadline = Date.now() + timeoutMs;
+  let rows = await q();
+  while (rows.length === 0 && Date.now() < deadline) {
+    await sleep(50);
+    rows = await q();
+  }
+  return rows;
+}

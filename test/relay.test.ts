@@ -1,6 +1,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { TestEnv, BASE_TOML } from './fixture.js';
+import { TestEnv, BASE_TOML, waitForRows } from './fixture.js';
 import type { Relay } from '../src/relay.js';
 import { ORDER_SERVICE_SQL } from '../src/commands/demo.js';
 
@@ -154,8 +154,11 @@ test('a message over the server max_payload is dead-lettered and does not block 
   await env.sql(`SELECT fraiseql_relay.emit('fraiseql.big', jsonb_build_object('blob', repeat('x', 2 * 1024 * 1024)))`);
   await env.sql(`SELECT fraiseql_relay.emit('fraiseql.marker', '{"after":"big"}')`);
   await env.waitForStreamCount(before + 1);
-  const dl = await env.sql<{ direction: string; subject: string; error: string }>(
-    `SELECT direction, subject, error FROM fraiseql_relay.dead_letter WHERE subject = 'fraiseql.big'`,
+  // the dead letter is written concurrently with later publishes; the slot waits for both
+  const dl = await waitForRows(() =>
+    env.sql<{ direction: string; subject: string; error: string }>(
+      `SELECT direction, subject, error FROM fraiseql_relay.dead_letter WHERE subject = 'fraiseql.big'`,
+    ),
   );
   assert.equal(dl.length, 1);
   assert.equal(dl[0]!.direction, 'outbound');
@@ -170,7 +173,7 @@ test('an emit() subject no stream captures is dead-lettered', async () => {
   await env.sql(`SELECT fraiseql_relay.emit('elsewhere.nothing', '{"a":1}')`);
   await env.sql(`SELECT fraiseql_relay.emit('fraiseql.marker', '{"after":"uncaptured"}')`);
   await env.waitForStreamCount(before + 1);
-  const dl = await env.sql<{ error: string }>(`SELECT error FROM fraiseql_relay.dead_letter WHERE subject = 'elsewhere.nothing'`);
+  const dl = await waitForRows(() => env.sql<{ error: string }>(`SELECT error FROM fraiseql_relay.dead_letter WHERE subject = 'elsewhere.nothing'`));
   assert.equal(dl.length, 1);
   assert.match(dl[0]!.error, /no JetStream stream captures subject elsewhere\.nothing/);
 });
