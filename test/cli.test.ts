@@ -1,0 +1,329 @@
+/**
+ * The command line as a user meets it: `fraiseql-relay …` as a child process against a real
+ * PostgreSQL and nats-server (DESIGN.md §3.1 exit codes, §3.2 configuration errors).
+ *
+ * Every command runs with a database URL holding the password `s3cr3t-pw` (trust
+ * authentication ignores it), and no output of any command may contain it.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import pg from 'pg';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { TestEnv, BASE_TOML, runCli } from './fixture.js';
+import { LocalPostgres } from '../src/local/postgres.js';
+
+const SECRET = 's3cr3t-pw';
+
+let env: TestEnv;
+let replicaPg: LocalPostgres;
+/** every output of every command, checked for the secret at the end as well */
+const outputs: { args: string[]; stdout: string; stderr: string }[] = [];
+
+before(async () => {
+  [env, replicaPg] = await Promise.all([
+    TestEnv.create(),
+    LocalPostgres.start({ settings: { wal_level: 'replica', max_wal_senders: '10' } }),
+  ]);
+});
+
+after(async () => {
+  await Promise.all([env?.destroy(), replicaPg?.destroy()]);
+});
+
+/** A URL for a database of `server`, with a password the server never asks for. */
+function secretUrl(server: LocalPostgres, db: string): string {
+  return `postgres://postgres:${SECRET}@127.0.0.1:${server.port}/${db}`;
+}
+
+function cliEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const e: NodeJS.ProcessEnv = { ...process.env, NATS_URL: env.nats.url, LOG_LEVEL: 'info', ...extra };
+  delete e['FRAISEQL_RELAY_CONFIG'];
+  for (const [k, v] of Object.entries(extra)) if (v === undefined) delete e[k];
+  return e;
+}
+
+/** runCli, bounded in time, with the no-secret check on both streams. */
+async function cli(args: string[], e: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  let timer: NodeJS.Timeout | undefined;
+  const r = await Promise.race([
+    runCli(args, e),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`fraiseql-relay ${args.join(' ')} did not exit within ${timeoutMs} ms`)), timeoutMs);
+    }),
+  ]).finally(() => clearTimeout(timer));
+  outputs.push({ args, stdout: r.stdout, stderr: r.stderr });
+  assert.ok(!r.stdout.includes(SECRET), `stdout of ${args.join(' ')} shows the password:\n${r.stdout}`);
+  assert.ok(!r.stderr.includes(SECRET), `stderr of ${args.join(' ')} shows the password:\n${r.stderr}`);
+  return r;
+}
+
+async function writeToml(name: string, text: string): Promise<string> {
+  const file = join(env.dir, name);
+  await writeFile(file, text);
+  return file;
+}
+
+async function query<R extends pg.QueryResultRow>(url: string, text: string, params: unknown[] = []): Promise<R[]> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    return (await c.query<R>(text, params)).rows;
+  } finally {
+    await c.end();
+  }
+}
+
+async function schemaExists(url: string, schema = 'fraiseql_relay'): Promise<boolean> {
+  const rows = await query<{ n: number }>(url, `SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = $1`, [schema]);
+  return rows[0]!.n === 1;
+}
+
+const HEAD = `[project]
+name = "cli-test"
+
+[database]
+type = "postgresql"
+url = "\${DATABASE_URL}"
+`;
+
+// ---------------------------------------------------------------------------------------------
+// configuration errors: exit 2, file:line, nothing leaked
+
+test('malformed TOML: exit 2, file:line:column and the offending line, no secret', async () => {
+  // the syntax error sits right after the placeholder whose value is the secret URL
+  const file = await writeToml('malformed.toml', `${HEAD.replace('url = "${DATABASE_URL}"', 'url = "${DATABASE_URL}" oops')}`);
+  const r = await cli(['check', '-c', file], cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') }));
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, new RegExp(`${escape(file)}:6:\\d+: invalid TOML`));
+  assert.ok(r.stderr.includes('url = "${DATABASE_URL}" oops'), `the offending line is shown:\n${r.stderr}`);
+  assert.match(r.stderr, /^\s+\|\s+\^$/m, 'a caret marks the column');
+  assert.equal(r.stdout, '');
+});
+
+test('an unknown key: exit 2, names relay.max_in_flihgt and suggests max_in_flight', async () => {
+  const file = await writeToml('unknown-key.toml', `${HEAD}\n[relay]\nmax_in_flihgt = 10\n`);
+  const r = await cli(['migrate', '-c', file], cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') }));
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, new RegExp(`${escape(file)}:9: `));
+  assert.match(r.stderr, /relay\.max_in_flihgt/);
+  assert.match(r.stderr, /did you mean "max_in_flight"/);
+  assert.equal(await schemaExists(env.dbUrl), false, 'nothing was migrated');
+});
+
+test('an unset variable: exit 2, names the variable and its line', async () => {
+  const file = await writeToml(
+    'unset.toml',
+    `${HEAD}\n[observers]\nbackend = "nats"\nnats_url = "\${NATS_URL}"\n\n[[observers.publish]]\nmutation = "create_order"\nsubject = "fraiseql.order.created"\n`,
+  );
+  // the secret is in the variable that is set; the database URL is missing
+  const r = await cli(['check', '-c', file], cliEnv({ DATABASE_URL: undefined, NATS_URL: `nats://relay:${SECRET}@127.0.0.1:4222` }));
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, new RegExp(`${escape(file)}:6: environment variable DATABASE_URL is not set`));
+  assert.doesNotMatch(r.stderr, /NATS_URL is not set/);
+  assert.doesNotMatch(r.stdout, /^ok/m, 'check probed nothing');
+});
+
+test('[observers] with [[observers]]: exit 2, explains [[observers.rules]]', async () => {
+  const file = await writeToml(
+    'mix.toml',
+    `${HEAD}
+[observers]
+backend = "nats"
+nats_url = "\${NATS_URL}"
+
+[[observers]]
+table = "tb_order"
+event = "INSERT"
+subject = "fraiseql.order.created"
+
+[[observers.actions]]
+type = "webhook"
+url_env = "ORDER_WEBHOOK_URL"
+`,
+  );
+  const r = await cli(['migrate', '-c', file], cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') }));
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, new RegExp(`${escape(file)}:12: `), 'points at the first [[observers]]');
+  assert.match(r.stderr, /both an \[observers\] table \(\[observers\] at line 8\) and a top-level \[\[observers\]\] array/);
+  assert.match(r.stderr, /line 12: \[\[observers\]\]\s+->\s+\[\[observers\.rules\]\]/);
+  assert.match(r.stderr, /line 17: \[\[observers\.actions\]\]\s+->\s+\[\[observers\.rules\.actions\]\]/);
+  assert.equal(await schemaExists(env.dbUrl), false, 'nothing was migrated');
+});
+
+test('--help: exit 0, lists the commands', async () => {
+  const r = await cli(['--help'], cliEnv());
+  assert.equal(r.code, 0, r.stderr);
+  for (const c of ['migrate', 'run', 'check', 'teardown', 'demo']) {
+    assert.match(r.stdout, new RegExp(`^\\s+${c}\\b`, 'm'), `--help lists ${c}:\n${r.stdout}`);
+  }
+});
+
+test('an unknown command or option: exit 2', async () => {
+  const a = await cli(['frobnicate'], cliEnv());
+  assert.equal(a.code, 2, a.stderr);
+  const b = await cli(['migrate', '--no-such-flag'], cliEnv());
+  assert.equal(b.code, 2, b.stderr);
+  assert.match(b.stderr, /--no-such-flag/);
+});
+
+// ---------------------------------------------------------------------------------------------
+// migrate, check, teardown against real servers
+
+test('migrate on a server without wal_level=logical: exit 2, explains it, creates nothing', async () => {
+  const url = await replicaPg.createDatabase('app');
+  const wal = await query<{ wal_level: string }>(url, 'SHOW wal_level');
+  assert.equal(wal[0]!.wal_level, 'replica', 'the server under test really runs with wal_level=replica');
+  const file = await writeToml('replica.toml', BASE_TOML);
+  const r = await cli(['migrate', '-c', file], cliEnv({ DATABASE_URL: secretUrl(replicaPg, 'app') }));
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /wal_level/);
+  assert.match(r.stderr, /logical/);
+  assert.match(r.stderr, /Nothing was changed/);
+  assert.equal(await schemaExists(url), false, 'schema fraiseql_relay was not created');
+  const slots = await query(url, 'SELECT slot_name FROM pg_replication_slots');
+  assert.deepEqual(slots, []);
+  const pubs = await query(url, 'SELECT pubname FROM pg_publication');
+  assert.deepEqual(pubs, []);
+
+  // check says the same, without changing anything
+  const c = await cli(['check', '-c', file], cliEnv({ DATABASE_URL: secretUrl(replicaPg, 'app') }));
+  assert.equal(c.code, 1, c.stdout);
+  assert.match(c.stdout, /^FAIL\s+wal_level\s+replica: set wal_level = logical/m);
+  assert.equal(await schemaExists(url), false);
+});
+
+test('migrate --dry-run prints the SQL, exits 0 and changes nothing', async () => {
+  const r = await cli(['migrate', '--dry-run', '-c', env.configFile], cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') }));
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(r.stdout.includes('CREATE TABLE IF NOT EXISTS "fraiseql_relay".outbox'), r.stdout);
+  assert.match(r.stdout, /CREATE PUBLICATION "fraiseql_relay_outbox" FOR TABLE "fraiseql_relay"\.outbox WITH \(publish = 'insert'\)/);
+  assert.match(r.stdout, /pg_create_logical_replication_slot\('fraiseql_relay', 'pgoutput'\)/);
+  assert.equal(await schemaExists(env.dbUrl), false, 'schema fraiseql_relay does not exist after a dry run');
+  assert.deepEqual(await env.sql(`SELECT slot_name FROM pg_replication_slots`), []);
+  assert.deepEqual(await env.sql(`SELECT pubname FROM pg_publication`), []);
+});
+
+test('check before migrate exits 1 and says to run migrate; after migrate it exits 0', async () => {
+  const e = cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') });
+  const before = await cli(['check', '-c', env.configFile], e);
+  assert.equal(before.code, 1, before.stdout + before.stderr);
+  assert.match(before.stdout, /^FAIL\s+schema\s+.*run fraiseql-relay migrate/m);
+  assert.match(before.stdout, /^FAIL\s+slot\s+.*run fraiseql-relay migrate/m);
+  assert.equal(await schemaExists(env.dbUrl), false, 'check changes nothing');
+
+  const m = await cli(['migrate', '-c', env.configFile], e);
+  assert.equal(m.code, 0, m.stdout + m.stderr);
+  assert.equal(await schemaExists(env.dbUrl), true);
+
+  const after = await cli(['check', '-c', env.configFile], e);
+  assert.equal(after.code, 0, after.stdout + after.stderr);
+  for (const what of ['wal_level', 'schema', 'publication', 'slot', 'nats']) {
+    assert.match(after.stdout, new RegExp(`^ok\\s+${what}\\s`, 'm'), `check reports ${what} ok:\n${after.stdout}`);
+  }
+  assert.doesNotMatch(after.stdout, /^FAIL/m);
+
+  // migrate again is a no-op
+  const again = await cli(['migrate', '-c', env.configFile], e);
+  assert.equal(again.code, 0, again.stdout + again.stderr);
+  assert.match(again.stdout, /already up to date/);
+});
+
+test('teardown needs --yes; with it, it drops the slot and the outbox publication', async () => {
+  const url = await env.pg.createDatabase('td');
+  const file = await writeToml('teardown.toml', `${BASE_TOML}`.replace('[relay]\n', '[relay]\nslot = "td_slot"\npublication = "td_pub"\n'));
+  const e = cliEnv({ DATABASE_URL: secretUrl(env.pg, 'td') });
+  const m = await cli(['migrate', '-c', file], e);
+  assert.equal(m.code, 0, m.stdout + m.stderr);
+  const state = async () => ({
+    slots: (await query<{ slot_name: string }>(url, `SELECT slot_name FROM pg_replication_slots WHERE slot_name = 'td_slot'`)).length,
+    pubs: (await query<{ pubname: string }>(url, `SELECT pubname FROM pg_publication WHERE pubname = 'td_pub_outbox'`)).length,
+  });
+  assert.deepEqual(await state(), { slots: 1, pubs: 1 });
+
+  const no = await cli(['teardown', '-c', file], e);
+  assert.equal(no.code, 2, no.stderr);
+  assert.match(no.stderr, /--yes/);
+  assert.match(no.stderr, /td_slot/);
+  assert.deepEqual(await state(), { slots: 1, pubs: 1 }, 'nothing was dropped without --yes');
+
+  const yes = await cli(['teardown', '--yes', '-c', file], e);
+  assert.equal(yes.code, 0, yes.stdout + yes.stderr);
+  assert.deepEqual(await state(), { slots: 0, pubs: 0 });
+  assert.equal(await schemaExists(url), true, 'tables and data stay');
+});
+
+// ---------------------------------------------------------------------------------------------
+// run
+
+test('run with [relay.stream] create = false and no stream for the subject: exit 2, names the subject', async () => {
+  const nc = await env.natsClient();
+  try {
+    const jsm = await jetstreamManager(nc);
+    // a stream exists, but none captures the subject
+    await jsm.streams.add({ name: 'OTHER', subjects: ['other.>'] });
+    await assert.rejects(jsm.streams.find('fraiseql.order.created'), /no stream matches subject/);
+  } finally {
+    await nc.close();
+  }
+  const file = await writeToml(
+    'nostream.toml',
+    BASE_TOML.replace('subjects = ["fraiseql.>"]', 'create = false'),
+  );
+  assert.match(await (await import('node:fs/promises')).readFile(file, 'utf8'), /create = false/);
+  const e = cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') });
+  const m = await cli(['migrate', '-c', file], e);
+  assert.equal(m.code, 0, m.stdout + m.stderr);
+  const r = await cli(['run', '-c', file], e);
+  assert.equal(r.code, 2, r.stdout + r.stderr);
+  assert.match(r.stderr, /create = false/);
+  assert.match(r.stderr, /fraiseql\.order\.created/);
+  assert.doesNotMatch(r.stdout, /relay running/);
+  const nc2 = await env.natsClient();
+  try {
+    const jsm = await jetstreamManager(nc2);
+    const names: string[] = [];
+    for await (const n of jsm.streams.names()) names.push(n);
+    assert.deepEqual(names, ['OTHER'], 'the relay created no stream');
+  } finally {
+    await nc2.close();
+  }
+});
+
+test('run stops cleanly on SIGTERM: exit 0 within the shutdown bound', async () => {
+  await env.writeConfig(BASE_TOML.replace('retention = "24h"', 'retention = "24h"\nshutdown_timeout = "5s"'));
+  const m = await cli(['migrate', '-c', env.configFile], cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') }));
+  assert.equal(m.code, 0, m.stdout + m.stderr);
+  const relay = env.spawnRelay();
+  try {
+    await relay.waitForLog('relay running');
+    // it works before it is stopped: an event goes through
+    const before = await env.streamCount();
+    await env.sql(`SELECT fraiseql_relay.emit('fraiseql.cli.sigterm', '{"n":1}')`);
+    await env.waitForStreamCount(before + 1, 20_000);
+    const t0 = Date.now();
+    const code = await relay.kill('SIGTERM');
+    const elapsed = Date.now() - t0;
+    assert.equal(code, 0, relay.output());
+    assert.ok(elapsed < 5_000 + 2_000, `stopped in ${elapsed} ms (shutdown_timeout 5s)`);
+    assert.match(relay.output(), /relay stopped/);
+    // the slot is released
+    const slots = await env.sql<{ active: boolean }>(`SELECT active FROM pg_replication_slots WHERE slot_name = 'fraiseql_relay'`);
+    assert.deepEqual(slots, [{ active: false }]);
+  } finally {
+    if (relay.child.exitCode === null && relay.child.signalCode === null) await relay.kill('SIGKILL');
+  }
+  assert.ok(!relay.output().includes(SECRET));
+});
+
+test('no command printed the password', () => {
+  assert.ok(outputs.length >= 15, `commands run: ${outputs.length}`);
+  for (const o of outputs) {
+    assert.ok(!`${o.stdout}\n${o.stderr}`.includes(SECRET), `fraiseql-relay ${o.args.join(' ')} printed the password`);
+  }
+});
+
+function escape(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
