@@ -99,7 +99,7 @@ export function buildProgram(): Command {
   program
     .command('demo')
     .description('start throwaway PostgreSQL and NATS and run the order example end to end')
-    .addOption(new Option('--log-level <level>', 'log level').env('LOG_LEVEL').default('warn'))
+    .addOption(new Option('--log-level <level>', 'log level').env('LOG_LEVEL').default('error'))
     .option('--orders <n>', 'orders before, during and after the NATS outage', '20')
     .option('--outage <seconds>', 'how long NATS is down', '3')
     .action((o: { logLevel: string; orders: string; outage: string }) =>

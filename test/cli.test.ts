@@ -7,11 +7,11 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { TestEnv, BASE_TOML, runCli } from './fixture.js';
+import { TestEnv, BASE_TOML, RelayProcess, runCli } from './fixture.js';
 import { LocalPostgres } from '../src/local/postgres.js';
 
 const SECRET = 's3cr3t-pw';
@@ -96,7 +96,7 @@ test('malformed TOML: exit 2, file:line:column and the offending line, no secret
   const file = await writeToml('malformed.toml', `${HEAD.replace('url = "${DATABASE_URL}"', 'url = "${DATABASE_URL}" oops')}`);
   const r = await cli(['check', '-c', file], cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') }));
   assert.equal(r.code, 2, r.stderr);
-  assert.match(r.stderr, new RegExp(`${escape(file)}:6:\\d+: invalid TOML`));
+  assert.match(r.stderr, new RegExp(`${reEscape(file)}:6:\\d+: invalid TOML`));
   assert.ok(r.stderr.includes('url = "${DATABASE_URL}" oops'), `the offending line is shown:\n${r.stderr}`);
   assert.match(r.stderr, /^\s+\|\s+\^$/m, 'a caret marks the column');
   assert.equal(r.stdout, '');
@@ -106,7 +106,7 @@ test('an unknown key: exit 2, names relay.max_in_flihgt and suggests max_in_flig
   const file = await writeToml('unknown-key.toml', `${HEAD}\n[relay]\nmax_in_flihgt = 10\n`);
   const r = await cli(['migrate', '-c', file], cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') }));
   assert.equal(r.code, 2, r.stderr);
-  assert.match(r.stderr, new RegExp(`${escape(file)}:9: `));
+  assert.match(r.stderr, new RegExp(`${reEscape(file)}:9: `));
   assert.match(r.stderr, /relay\.max_in_flihgt/);
   assert.match(r.stderr, /did you mean "max_in_flight"/);
   assert.equal(await schemaExists(env.dbUrl), false, 'nothing was migrated');
@@ -120,7 +120,7 @@ test('an unset variable: exit 2, names the variable and its line', async () => {
   // the secret is in the variable that is set; the database URL is missing
   const r = await cli(['check', '-c', file], cliEnv({ DATABASE_URL: undefined, NATS_URL: `nats://relay:${SECRET}@127.0.0.1:4222` }));
   assert.equal(r.code, 2, r.stderr);
-  assert.match(r.stderr, new RegExp(`${escape(file)}:6: environment variable DATABASE_URL is not set`));
+  assert.match(r.stderr, new RegExp(`${reEscape(file)}:6: environment variable DATABASE_URL is not set`));
   assert.doesNotMatch(r.stderr, /NATS_URL is not set/);
   assert.doesNotMatch(r.stdout, /^ok/m, 'check probed nothing');
 });
@@ -145,7 +145,7 @@ url_env = "ORDER_WEBHOOK_URL"
   );
   const r = await cli(['migrate', '-c', file], cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') }));
   assert.equal(r.code, 2, r.stderr);
-  assert.match(r.stderr, new RegExp(`${escape(file)}:12: `), 'points at the first [[observers]]');
+  assert.match(r.stderr, new RegExp(`${reEscape(file)}:12: `), 'points at the first [[observers]]');
   assert.match(r.stderr, /both an \[observers\] table \(\[observers\] at line 8\) and a top-level \[\[observers\]\] array/);
   assert.match(r.stderr, /line 12: \[\[observers\]\]\s+->\s+\[\[observers\.rules\]\]/);
   assert.match(r.stderr, /line 17: \[\[observers\.actions\]\]\s+->\s+\[\[observers\.rules\.actions\]\]/);
@@ -271,7 +271,7 @@ test('run with [relay.stream] create = false and no stream for the subject: exit
     'nostream.toml',
     BASE_TOML.replace('subjects = ["fraiseql.>"]', 'create = false'),
   );
-  assert.match(await (await import('node:fs/promises')).readFile(file, 'utf8'), /create = false/);
+  assert.match(await readFile(file, 'utf8'), /create = false/);
   const e = cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') });
   const m = await cli(['migrate', '-c', file], e);
   assert.equal(m.code, 0, m.stdout + m.stderr);
@@ -293,9 +293,10 @@ test('run with [relay.stream] create = false and no stream for the subject: exit
 
 test('run stops cleanly on SIGTERM: exit 0 within the shutdown bound', async () => {
   await env.writeConfig(BASE_TOML.replace('retention = "24h"', 'retention = "24h"\nshutdown_timeout = "5s"'));
-  const m = await cli(['migrate', '-c', env.configFile], cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') }));
+  const e = cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') });
+  const m = await cli(['migrate', '-c', env.configFile], e);
   assert.equal(m.code, 0, m.stdout + m.stderr);
-  const relay = env.spawnRelay();
+  const relay = new RelayProcess(join(env.dir, 'sigterm.log'), ['run', '-c', env.configFile], e);
   try {
     await relay.waitForLog('relay running');
     // it works before it is stopped: an event goes through
@@ -324,6 +325,6 @@ test('no command printed the password', () => {
   }
 });
 
-function escape(s: string): string {
+function reEscape(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

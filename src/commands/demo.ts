@@ -127,7 +127,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
 
     await createOrders('NATS up');
     await nats.stop();
-    out(`  NATS stopped`);
+    out(`  NATS stopped: the relay stops confirming the slot and retries; the service keeps committing`);
     await createOrders('NATS down');
     await new Promise((r) => setTimeout(r, opts.outageSeconds * 1000));
     await nats.start();

@@ -1,0 +1,149 @@
+import { test, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { AckWatermark } from '../src/ack.js';
+import { pgTextArrayToJson, pgTimestampToIso } from '../src/route/pgtext.js';
+import { subjectMatches, filterCovers } from '../src/sink/subjects.js';
+import { backoffDelay } from '../src/relay.js';
+import { OutboxRouter } from '../src/route/outbox.js';
+import { parseConfig } from '../src/config/load.js';
+import { redactUrl, errorMessage } from '../src/errors.js';
+import { splitQualified, quoteQualified } from '../src/db.js';
+import type { Change, Relation } from '../src/types.js';
+
+describe('AckWatermark', () => {
+  test('confirms only a fully settled prefix of transactions, at commit end LSNs', () => {
+    const seen: bigint[] = [];
+    const w = new AckWatermark(0n, (l) => seen.push(l));
+    const a = w.begin(1);
+    w.add(a);
+    w.add(a);
+    w.commit(a, 100n);
+    const b = w.begin(2);
+    w.add(b);
+    w.commit(b, 200n);
+    w.settle(b); // b is done, but a is not: nothing may be confirmed
+    assert.deepEqual(seen, []);
+    w.settle(a);
+    assert.deepEqual(seen, []);
+    w.settle(a); // a done: both a and b now
+    assert.deepEqual(seen, [200n]);
+    assert.equal(w.durableLsn, 200n);
+    assert.ok(w.idle);
+  });
+
+  test('a transaction without messages is confirmed at its commit', () => {
+    const seen: bigint[] = [];
+    const w = new AckWatermark(0n, (l) => seen.push(l));
+    const t = w.begin(5);
+    assert.equal(w.open, t);
+    w.commit(t, 42n);
+    assert.deepEqual(seen, [42n]);
+  });
+
+  test('a keepalive position is confirmed only when idle', () => {
+    const seen: bigint[] = [];
+    const w = new AckWatermark(10n, (l) => seen.push(l));
+    const t = w.begin(1);
+    w.idleAdvance(500n); // a transaction is partially read
+    assert.deepEqual(seen, []);
+    w.add(t);
+    w.commit(t, 50n);
+    w.idleAdvance(500n); // a message is unsettled
+    assert.deepEqual(seen, []);
+    w.settle(t);
+    assert.deepEqual(seen, [50n]);
+    w.idleAdvance(500n);
+    w.idleAdvance(400n); // never backwards
+    assert.deepEqual(seen, [50n, 500n]);
+  });
+});
+
+describe('PostgreSQL text values', () => {
+  test('timestamptz keeps microseconds and becomes RFC 3339 UTC', () => {
+    assert.equal(pgTimestampToIso('2026-11-22 10:00:00.123456+00'), '2026-11-22T10:00:00.123456Z');
+    assert.equal(pgTimestampToIso('2026-11-22 10:00:00+00'), '2026-11-22T10:00:00.000000Z');
+    assert.equal(pgTimestampToIso('2026-11-22 10:00:00.5+02'), '2026-11-22T08:00:00.500000Z');
+    assert.equal(pgTimestampToIso('2026-11-22 01:00:00.000001-05:30'), '2026-11-22T06:30:00.000001Z');
+  });
+  test('text[] literals become JSON arrays', () => {
+    assert.equal(pgTextArrayToJson('{}'), '[]');
+    assert.equal(pgTextArrayToJson('{name,price}'), '["name","price"]');
+    assert.equal(pgTextArrayToJson('{"a b","c,d",NULL,"NULL","q\\"x"}'), '["a b","c,d",null,"NULL","q\\"x"]');
+  });
+});
+
+describe('subjects', () => {
+  test('wildcard matching', () => {
+    assert.ok(subjectMatches('fraiseql.>', 'fraiseql.order.created'));
+    assert.ok(!subjectMatches('fraiseql.>', 'fraiseql'));
+    assert.ok(subjectMatches('fraiseql.*.created', 'fraiseql.order.created'));
+    assert.ok(!subjectMatches('fraiseql.*', 'fraiseql.order.created'));
+    assert.ok(filterCovers('fraiseql.>', 'fraiseql.order.*'));
+    assert.ok(!filterCovers('fraiseql.order.*', 'fraiseql.>'));
+    assert.ok(filterCovers('a.*.c', 'a.b.c'));
+  });
+});
+
+test('backoff has jitter and a ceiling', () => {
+  const ds = Array.from({ length: 200 }, () => backoffDelay(20, 500, 30_000));
+  assert.ok(ds.every((d) => d >= 250 && d <= 30_000));
+  assert.ok(new Set(ds).size > 50, 'jittered');
+  assert.ok(backoffDelay(0, 500, 30_000) <= 500);
+});
+
+test('secrets are redacted from URLs and error messages', () => {
+  assert.equal(redactUrl('postgres://app:s3cret@db:5432/x'), 'postgres://app:***@db:5432/x');
+  assert.ok(!errorMessage(new Error('connect to nats://u:tok3n@h:4222 failed')).includes('tok3n'));
+});
+
+test('qualified names are split and quoted', () => {
+  assert.deepEqual(splitQualified('App.Fn_X'), ['app', 'fn_x']);
+  assert.deepEqual(splitQualified('"My Schema"."fn"'), ['My Schema', 'fn']);
+  assert.equal(quoteQualified('app.fn'), '"app"."fn"');
+});
+
+describe('OutboxRouter', () => {
+  const config = parseConfig(
+    `[project]\nname = "svc"\n[database]\nurl = "postgres://x@h/db"\n[observers]\nnats_url = "nats://h:4222"\n` +
+      `[[observers.publish]]\nmutation = "create_order"\nsubject = "fraiseql.order.created"\n` +
+      `[[observers.publish]]\nmutation = "create_order"\nsubject = "audit.order"\nsubscription_topic = "order_created"\n`,
+    'fraiseql.toml',
+    {},
+  );
+  const relation: Relation = { id: 1, schema: 'fraiseql_relay', name: 'outbox', replicaIdentity: 'd', columns: [] };
+  const change = (row: Change['row']): Change => ({ op: 'INSERT', relation, row, oldRow: null, lsn: 0x16b3748n, xid: 731, commitTime: 0n });
+  const router = new OutboxRouter(config, 'orders');
+
+  test('fans a mutation out to every configured subject with the same body and stable ids', () => {
+    const r = router.route(
+      change({
+        id: '5b0c0000-0000-0000-0000-000000000001', subject: null, mutation: 'create_order', operation: 'CREATE',
+        entity_type: 'Order', entity_id: 'e1', entity: '{"id": "e1", "total": 10.50}', entity_before: null,
+        updated_fields: '{total}', metadata: '{"item_ids": ["SKU-1"]}', headers: null, tenant_id: null, user_id: 'u1',
+        traceparent: '00-abc-def-01', created_at: '2026-11-22 10:00:00.123456+00',
+      }),
+    );
+    assert.equal(r.unrouted, false);
+    assert.deepEqual(r.messages.map((m) => m.subject), ['fraiseql.order.created', 'audit.order']);
+    const body = JSON.parse(r.messages[0]!.body.toString()) as Record<string, unknown>;
+    assert.deepEqual(body, {
+      event_id: '5b0c0000-0000-0000-0000-000000000001', id: 'e1', entity_type: 'Order', operation: 'CREATE',
+      mutation: 'create_order', entity: { id: 'e1', total: 10.5 }, entity_before: null, updated_fields: ['total'],
+      metadata: { item_ids: ['SKU-1'] }, tenant_id: null, user_id: 'u1', occurred_at: '2026-11-22T10:00:00.123456Z',
+      source: { database: 'orders', schema: 'fraiseql_relay', table: 'outbox', lsn: '0/16B3748', xid: 731 },
+    });
+    assert.ok(r.messages[0]!.body.toString().includes('"total": 10.50'), 'jsonb text forwarded verbatim');
+    assert.equal(r.messages[0]!.headers['traceparent'], '00-abc-def-01');
+    assert.equal(r.messages[0]!.headers['Fraiseql-Subscription-Topic'], undefined);
+    assert.equal(r.messages[1]!.headers['Fraiseql-Subscription-Topic'], 'order_created');
+    assert.equal(r.messages[1]!.body, r.messages[0]!.body);
+  });
+
+  test('an unknown mutation is unrouted; an explicit subject wins', () => {
+    assert.equal(router.route(change({ id: 'x', subject: null, mutation: 'other' })).unrouted, true);
+    const r = router.route(change({ id: 'y', subject: 'raw.subject', mutation: null, headers: '{"X-A": "1", "Fraiseql-Event-Id": "spoof"}' }));
+    assert.deepEqual(r.messages.map((m) => m.subject), ['raw.subject']);
+    assert.equal(r.messages[0]!.headers['X-A'], '1');
+    assert.equal(r.messages[0]!.headers['Fraiseql-Event-Id'], 'y', 'user headers cannot override the relay headers');
+  });
+});
