@@ -74,6 +74,10 @@ export function buildProgram(): Command {
       guard(async () => {
         const { config, log } = setup(o);
         return runRelay(config, log);
+      }).then(() => {
+        // the relay has stopped and confirmed what it published; a connection attempt still
+        // pending (say, to an unreachable NATS) must not keep the process alive
+        process.exit(process.exitCode ?? 0);
       }),
     );
 

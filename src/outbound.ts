@@ -78,6 +78,11 @@ export class OutboundSession {
       publications: [outboxPublication(config)],
       log,
     });
+    if (this.stopping) {
+      // stop() came while connecting: nothing was read, leave the slot as it is
+      await this.conn.close();
+      return;
+    }
     log.info({ slot: config.relay.slot }, 'replication connected');
     const stream = this.conn.stream;
     stream.on('data', (buf: Buffer) => this.onData(buf));

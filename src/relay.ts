@@ -58,6 +58,7 @@ export class Relay {
       const r = await c.query<{ db: string }>('SELECT current_database() AS db');
       return r.rows[0]!.db;
     });
+    log.info({ database }, 'connecting to NATS');
     this.nc = await connectNats({ url: natsUrl, log: log.child({ component: 'nats' }) });
     const streamSubjects = await ensureStream(this.nc, config, log.child({ component: 'stream' }));
     this.deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
