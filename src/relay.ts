@@ -3,7 +3,12 @@ import type { Config } from './config/load.js';
 import type { Logger } from './log.js';
 import { withClient } from './db.js';
 import { connectNats } from './sink/nats.js';
-import { ensureStream } from './sink/stream.js';
+import { ensureStream, findStream } from './sink/stream.js';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { needsSlot } from './migrate.js';
+import { InboxExecutor, checkHandler } from './inbound/inbox.js';
+import { ensureConsumer } from './inbound/consumers.js';
+import { InboundWorker, type InboundStats } from './inbound/worker.js';
 import { JetStreamSink } from './sink/jetstream.js';
 import { DeadLetterWriter } from './sink/deadletter.js';
 import { OutboundSession, type OutboundStats } from './outbound.js';
@@ -11,6 +16,9 @@ import { OutboxRetention } from './retention.js';
 import { SlotError } from './source/replication.js';
 import { UsageError, errorMessage } from './errors.js';
 import { formatLsn } from './source/lsn.js';
+import { backoffDelay } from './backoff.js';
+
+export { backoffDelay };
 
 export interface RelayOptions {
   /** first and longest pause between reconnection attempts */
@@ -20,12 +28,6 @@ export interface RelayOptions {
   publishTimeoutMs?: number;
 }
 
-/** Full-jitter exponential backoff. */
-export function backoffDelay(attempt: number, minMs: number, maxMs: number): number {
-  const cap = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 16));
-  return Math.round(minMs / 2 + Math.random() * (cap - minMs / 2));
-}
-
 /**
  * The daemon: builds the pipeline from the configuration and keeps it running. Any failure ends
  * the replication session; after a jittered pause a new one starts from the slot's confirmed
@@ -33,6 +35,9 @@ export function backoffDelay(attempt: number, minMs: number, maxMs: number): num
  */
 export class Relay {
   readonly stats: OutboundStats = { published: 0, unrouted: 0, deadLettered: 0, transactions: 0 };
+  readonly inboundStats: InboundStats = { applied: 0, duplicates: 0, failed: 0, deadLettered: 0 };
+  private inbox: InboxExecutor | null = null;
+  private readonly workers: InboundWorker[] = [];
   private nc: NatsConnection | null = null;
   private deadLetters: DeadLetterWriter | null = null;
   private retention: OutboxRetention | null = null;
@@ -62,16 +67,44 @@ export class Relay {
     this.nc = await connectNats({ url: natsUrl, log: log.child({ component: 'nats' }) });
     const streamSubjects = await ensureStream(this.nc, config, log.child({ component: 'stream' }));
     this.deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
-    this.retention = new OutboxRetention(config.database.url, config.relay.schema, config.relay.retention, () => this.confirmed, log.child({ component: 'retention' }));
-    this.retention.start();
-    const sink = new JetStreamSink(this.nc, {
-      maxInFlight: config.relay.max_in_flight,
-      maxInFlightBytes: config.relay.max_in_flight_bytes,
-      timeoutMs: this.opts.publishTimeoutMs ?? 10_000,
-      streamSubjects,
-      log: log.child({ component: 'publisher' }),
+    if (needsSlot(config)) {
+      this.retention = new OutboxRetention(config.database.url, config.relay.schema, config.relay.retention, () => this.confirmed, log.child({ component: 'retention' }));
+      this.retention.start();
+      const sink = new JetStreamSink(this.nc, {
+        maxInFlight: config.relay.max_in_flight,
+        maxInFlightBytes: config.relay.max_in_flight_bytes,
+        timeoutMs: this.opts.publishTimeoutMs ?? 10_000,
+        streamSubjects,
+        log: log.child({ component: 'publisher' }),
+      });
+      this.loop = this.runLoop(sink, database);
+    }
+    if (config.observers.subscribe.length > 0) await this.startInbound();
+  }
+
+  /** One durable consumer and worker per [[observers.subscribe]]. */
+  private async startInbound(): Promise<void> {
+    const { config } = this;
+    const log = this.log.child({ component: 'inbound' });
+    const subs = config.observers.subscribe;
+    const problems: string[] = [];
+    await withClient(config.database.url, async (c) => {
+      for (const s of subs) {
+        const p = await checkHandler(c, s.handler);
+        if (p) problems.push(`[[observers.subscribe]] subject ${s.subject}: ${p}`);
+      }
     });
-    this.loop = this.runLoop(sink, database);
+    if (problems.length > 0) throw new UsageError(problems.join('\n'));
+    const jsm = await jetstreamManager(this.nc!);
+    this.inbox = new InboxExecutor(config.database.url, config.relay.schema, subs.reduce((a, s) => a + s.concurrency, 0) + 1);
+    for (const rule of subs) {
+      const stream = await findStream(jsm, rule.subject);
+      if (!stream) throw new UsageError(`no JetStream stream captures subscribed subject ${rule.subject}`);
+      await ensureConsumer(jsm, stream, rule, log);
+      const w = new InboundWorker(this.nc!, stream, rule, this.inbox, this.deadLetters!, this.inboundStats, log.child({ consumer: rule.consumer }));
+      w.start();
+      this.workers.push(w);
+    }
   }
 
   private async runLoop(firstSink: JetStreamSink, database: string): Promise<void> {
@@ -141,11 +174,13 @@ export class Relay {
     if (this.stopping) return;
     this.stopping = true;
     this.wake?.();
-    await this.session?.stop(this.config.relay.shutdown_timeout);
+    const bound = this.config.relay.shutdown_timeout;
+    await Promise.all([this.session?.stop(bound), ...this.workers.map((w) => w.stop(bound))]);
     await this.loop?.catch(() => {});
+    await this.inbox?.close();
     await this.retention?.stop();
     await this.deadLetters?.close();
     await this.nc?.drain().catch(() => {});
-    this.log.info({ confirmed: formatLsn(this.confirmed), ...this.stats }, 'relay stopped');
+    this.log.info({ confirmed: formatLsn(this.confirmed), outbound: this.stats, inbound: this.inboundStats }, 'relay stopped');
   }
 }

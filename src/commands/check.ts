@@ -7,6 +7,7 @@ import { errorMessage } from '../errors.js';
 import { loadMigrations, needsSlot, outboxPublication } from '../migrate.js';
 import { requiredSubjects } from '../sink/stream.js';
 import { filterCovers } from '../sink/subjects.js';
+import { checkHandler } from '../inbound/inbox.js';
 
 type Status = 'ok' | 'warn' | 'fail';
 interface Probe {
@@ -80,6 +81,14 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
         });
       }
     }
+    for (const sub of config.observers.subscribe) {
+      const problem = await checkHandler(client, sub.handler);
+      out.push(
+        problem
+          ? { what: `handler ${sub.handler}`, status: 'fail', detail: problem }
+          : { what: `handler ${sub.handler}`, status: 'ok', detail: `${sub.handler}(jsonb) exists; consumer ${sub.consumer} on ${sub.subject}` },
+      );
+    }
   } catch (err) {
     out.push({ what: 'postgres', status: 'fail', detail: errorMessage(err) });
   } finally {
@@ -117,7 +126,8 @@ async function probeNats(config: Config, out: Probe[]): Promise<void> {
     } catch {
       subjects = null;
     }
-    for (const subject of requiredSubjects(config)) {
+    const wanted = [...requiredSubjects(config), ...config.observers.subscribe.map((s) => s.subject)];
+    for (const subject of [...new Set(wanted)]) {
       if (subjects && subjects.some((s) => filterCovers(s, subject))) {
         out.push({ what: `subject ${subject}`, status: 'ok', detail: `captured by stream ${cfg.name}` });
         continue;

@@ -1,4 +1,4 @@
-import { jetstreamManager, type StreamInfo } from '@nats-io/jetstream';
+import { jetstreamManager, type JetStreamManager, type StreamInfo } from '@nats-io/jetstream';
 import { nanos, type NatsConnection } from '@nats-io/transport-node';
 import type { Config } from '../config/load.js';
 import type { Logger } from '../log.js';
@@ -16,6 +16,16 @@ function minimal(subjects: string[]): string[] {
   return subjects.filter((s, i) => !subjects.some((o, j) => j !== i && o !== s && filterCovers(o, s)));
 }
 
+/** The stream capturing `subject`, or null. */
+export async function findStream(jsm: JetStreamManager, subject: string): Promise<string | null> {
+  try {
+    return await jsm.streams.find(subject);
+  } catch (err) {
+    if (/no stream matches subject/i.test((err as Error).message)) return null;
+    throw err;
+  }
+}
+
 function isNotFound(err: unknown): boolean {
   return /stream not found/i.test((err as Error)?.message ?? '');
 }
@@ -30,15 +40,16 @@ export async function ensureStream(nc: NatsConnection, config: Config, log: Logg
   const jsm = await jetstreamManager(nc);
   const cfg = config.relay.stream;
   const required = requiredSubjects(config);
+  // a subscription attaches to whichever stream captures its subject; one no stream captures
+  // yet is added to the relay's own stream (create = true) or is an error (create = false)
+  for (const sub of config.observers.subscribe) {
+    if (required.some((r) => filterCovers(r, sub.subject))) continue;
+    if ((await findStream(jsm, sub.subject)) === null) required.push(sub.subject);
+  }
   if (!cfg.create) {
     const missing: string[] = [];
     for (const subject of required) {
-      try {
-        await jsm.streams.find(subject);
-      } catch (err) {
-        if (/no stream matches subject/i.test((err as Error).message)) missing.push(subject);
-        else throw err;
-      }
+      if ((await findStream(jsm, subject)) === null) missing.push(subject);
     }
     if (missing.length > 0) {
       throw new UsageError(

@@ -1,0 +1,61 @@
+import { AckPolicy, DeliverPolicy, type ConsumerConfig, type JetStreamManager } from '@nats-io/jetstream';
+import { nanos } from '@nats-io/transport-node';
+import type { SubscribeRule } from '../config/load.js';
+import type { Logger } from '../log.js';
+
+/** The consumer configuration a subscription asks for. */
+export function desiredConsumer(rule: SubscribeRule): Partial<ConsumerConfig> {
+  const c: Partial<ConsumerConfig> = {
+    durable_name: rule.consumer,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    filter_subject: rule.subject,
+    max_deliver: rule.max_deliver,
+    ack_wait: nanos(rule.ack_wait),
+    max_ack_pending: Math.max(1000, rule.concurrency * 4),
+  };
+  if (rule.backoff.length > 0) c.backoff = rule.backoff.map((ms) => nanos(ms));
+  return c;
+}
+
+const UPDATABLE = ['filter_subject', 'max_deliver', 'ack_wait', 'backoff', 'max_ack_pending'] as const;
+
+/**
+ * Creates the durable consumer, or updates it explicitly when its configuration differs
+ * (nats-server 2.9 silently replaces a config on create, so never rely on that), logging what
+ * changed.
+ */
+export async function ensureConsumer(jsm: JetStreamManager, stream: string, rule: SubscribeRule, log: Logger): Promise<void> {
+  const want = desiredConsumer(rule);
+  let have: ConsumerConfig | null = null;
+  try {
+    have = (await jsm.consumers.info(stream, rule.consumer)).config;
+  } catch (err) {
+    if (!/consumer not found/i.test((err as Error).message)) throw err;
+  }
+  if (!have) {
+    await jsm.consumers.add(stream, want);
+    log.info({ stream, consumer: rule.consumer, subject: rule.subject }, 'created durable consumer');
+    return;
+  }
+  const changes: Record<string, { from: unknown; to: unknown }> = {};
+  const patch: Partial<ConsumerConfig> = {};
+  for (const k of UPDATABLE) {
+    const from = have[k] ?? (k === 'backoff' ? undefined : null);
+    const to = want[k] ?? (k === 'backoff' ? undefined : null);
+    if (JSON.stringify(from) !== JSON.stringify(to)) {
+      changes[k] = { from, to };
+      (patch as Record<string, unknown>)[k] = to ?? undefined;
+    }
+  }
+  if (Object.keys(changes).length === 0) return;
+  try {
+    await jsm.consumers.update(stream, rule.consumer, patch);
+  } catch (err) {
+    throw new Error(
+      `durable consumer ${rule.consumer} on stream ${stream} exists with a different configuration and could not be updated ` +
+        `(${Object.keys(changes).join(', ')}): ${(err as Error).message}. Delete it (nats consumer rm ${stream} ${rule.consumer}) to recreate it.`,
+    );
+  }
+  log.warn({ stream, consumer: rule.consumer, changes }, 'updated durable consumer to match the configuration');
+}

@@ -1,0 +1,25 @@
+/**
+ * Which database errors are worth retrying in place (the handler did nothing wrong) and which
+ * are the handler's own failure (retried through redelivery, then dead-lettered).
+ */
+const TRANSIENT_STATES = new Set([
+  '40001', // serialization_failure
+  '40P01', // deadlock_detected
+  '55P03', // lock_not_available
+  '57P01', // admin_shutdown
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now
+  '57014', // query_canceled (statement timeout, pg_cancel_backend)
+  '53300', // too_many_connections
+]);
+
+export function sqlState(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
+}
+
+export function isTransient(err: unknown): boolean {
+  const state = sqlState(err);
+  if (state === undefined) return true; // no SQLSTATE: the connection broke (ECONNREFUSED, terminated, timeout)
+  return TRANSIENT_STATES.has(state) || state.startsWith('08') || state.startsWith('53');
+}
