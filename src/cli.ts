@@ -8,6 +8,7 @@ import { runRelay } from './commands/run.js';
 import { runCheck } from './commands/check.js';
 import { runTeardown } from './commands/teardown.js';
 import { runDemo } from './commands/demo.js';
+import { dlqList, dlqRetry, dlqPurge } from './commands/dlq.js';
 
 interface GlobalOpts {
   config: string;
@@ -99,6 +100,29 @@ export function buildProgram(): Command {
         return runTeardown(config, log, o.yes === true);
       }),
     );
+
+  const dlq = program.command('dlq').description('inspect and re-drive dead letters');
+  withCommon(dlq.command('list'))
+    .description('list dead letters: id, direction, subject, handler, attempts, time, error')
+    .option('--json', 'machine-readable output')
+    .option('--limit <n>', 'at most this many', '100')
+    .action((o: GlobalOpts & { json?: boolean; limit: string }) =>
+      guard(async () => dlqList(setup(o).config, { json: o.json === true, limit: Number(o.limit) })),
+    );
+  withCommon(dlq.command('retry'))
+    .description('re-drive dead letters: call the handler again (exactly once) or re-publish')
+    .argument('[ids...]', 'dead-letter ids from `dlq list`')
+    .option('--all', 'every dead letter')
+    .action((ids: string[], o: GlobalOpts & { all?: boolean }) =>
+      guard(async () => {
+        const { config, log } = setup(o);
+        return dlqRetry(config, log, { ids, all: o.all === true });
+      }),
+    );
+  withCommon(dlq.command('purge'))
+    .description('delete dead letters')
+    .option('--older-than <duration>', 'only those recorded longer ago than this (e.g. 7d)')
+    .action((o: GlobalOpts & { olderThan?: string }) => guard(async () => dlqPurge(setup(o).config, o.olderThan === undefined ? {} : { olderThan: o.olderThan })));
 
   program
     .command('demo')

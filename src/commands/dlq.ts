@@ -1,0 +1,123 @@
+import { headers as natsHeaders, connect as natsConnect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
+import type { Config } from '../config/load.js';
+import { parseDuration } from '../config/load.js';
+import type { Logger } from '../log.js';
+import { quoteIdent, withClient } from '../db.js';
+import { UsageError, errorMessage } from '../errors.js';
+import { InboxExecutor } from '../inbound/inbox.js';
+
+interface DeadLetterRow {
+  id: string;
+  direction: 'outbound' | 'inbound' | 'webhook';
+  event_id: string | null;
+  subject: string | null;
+  consumer: string | null;
+  handler: string | null;
+  headers: Record<string, string> | null;
+  body: string;
+  error: string;
+  attempts: number;
+  created_at: Date;
+}
+
+const table = (config: Config) => `${quoteIdent(config.relay.schema)}.dead_letter`;
+
+export async function dlqList(config: Config, opts: { json: boolean; limit: number }): Promise<number> {
+  const rows = await withClient(config.database.url, async (c) =>
+    (await c.query<DeadLetterRow>(`SELECT id::text, direction, event_id, subject, consumer, handler, headers, body, error, attempts, created_at FROM ${table(config)} ORDER BY id LIMIT $1`, [opts.limit])).rows,
+  );
+  if (opts.json) {
+    process.stdout.write(JSON.stringify(rows.map((r) => ({ ...r, id: Number(r.id), created_at: r.created_at.toISOString() })), null, 2) + '\n');
+    return 0;
+  }
+  if (rows.length === 0) {
+    process.stdout.write('no dead letters\n');
+    return 0;
+  }
+  const cols = ['id', 'direction', 'subject', 'handler', 'attempts', 'time', 'error'];
+  const data = rows.map((r) => [r.id, r.direction, r.subject ?? '', r.handler ?? '', String(r.attempts), r.created_at.toISOString(), r.error.replace(/\s+/g, ' ').slice(0, 120)]);
+  const widths = cols.map((c, i) => Math.max(c.length, ...data.map((d) => d[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ') + '\n';
+  process.stdout.write(line(cols));
+  for (const d of data) process.stdout.write(line(d));
+  return 0;
+}
+
+/**
+ * Re-drives dead letters the way they failed: an inbound one calls its handler again in the
+ * exactly-once transaction (removing the row in the same transaction), an outbound one is
+ * published again with its original message id.
+ */
+export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[]; all: boolean }): Promise<number> {
+  if (!opts.all && opts.ids.length === 0) throw new UsageError('dlq retry needs dead-letter ids (see `dlq list`) or --all');
+  const ids = opts.ids.map((s) => {
+    if (!/^\d+$/.test(s)) throw new UsageError(`dlq retry: "${s}" is not a dead-letter id (a number from \`dlq list\`)`);
+    return s;
+  });
+  const rows = await withClient(config.database.url, async (c) =>
+    (await c.query<DeadLetterRow>(
+      `SELECT id::text, direction, event_id, subject, consumer, handler, headers, body, error, attempts, created_at FROM ${table(config)}
+        WHERE $1::boolean OR id = ANY($2::bigint[]) ORDER BY id`,
+      [opts.all, ids],
+    )).rows,
+  );
+  const missing = ids.filter((id) => !rows.some((r) => r.id === id));
+  if (missing.length > 0) throw new UsageError(`dlq retry: no dead letter with id ${missing.join(', ')}`);
+  const inbox = new InboxExecutor(config.database.url, config.relay.schema, 1);
+  let nc: NatsConnection | null = null;
+  let ok = 0;
+  let failed = 0;
+  try {
+    for (const r of rows) {
+      try {
+        if (r.direction === 'inbound') {
+          const sub = config.observers.subscribe.find((s) => s.consumer === r.consumer);
+          const handler = sub?.handler ?? r.handler;
+          if (!handler || !r.consumer) throw new Error('no handler recorded for this dead letter');
+          const outcome = await inbox.process(r.consumer, r.event_id ?? `dead-letter:${r.id}`, r.subject ?? '', handler, r.body, Number(r.id));
+          log.info({ id: r.id, handler, outcome }, 'dead letter re-driven');
+        } else if (r.direction === 'outbound') {
+          if (!config.observers.nats_url) throw new Error('[observers] nats_url is needed to re-publish');
+          nc ??= await natsConnect({ servers: config.observers.nats_url.split(','), timeout: 5000, name: 'fraiseql-relay dlq' });
+          const h = natsHeaders();
+          for (const [k, v] of Object.entries(r.headers ?? {})) h.set(k, v);
+          await jetstream(nc).publish(r.subject!, r.body, { msgID: `${r.event_id}:${r.subject}`, headers: h });
+          await withClient(config.database.url, (c) => c.query(`DELETE FROM ${table(config)} WHERE id = $1`, [r.id]).then(() => undefined));
+          log.info({ id: r.id, subject: r.subject }, 'dead letter re-published');
+        } else {
+          throw new Error(`re-driving ${r.direction} dead letters is not supported yet`);
+        }
+        ok++;
+      } catch (err) {
+        failed++;
+        const msg = errorMessage(err);
+        await withClient(config.database.url, (c) =>
+          c.query(`UPDATE ${table(config)} SET attempts = attempts + 1, error = $2, updated_at = now() WHERE id = $1`, [r.id, msg]).then(() => undefined),
+        );
+        log.warn({ id: r.id, err: msg }, 'dead letter still failing');
+      }
+    }
+  } finally {
+    await inbox.close();
+    await nc?.close();
+  }
+  process.stdout.write(`retried ${rows.length}: ${ok} succeeded, ${failed} still failing\n`);
+  return failed > 0 ? 1 : 0;
+}
+
+export async function dlqPurge(config: Config, opts: { olderThan?: string }): Promise<number> {
+  let ms: number | null = null;
+  if (opts.olderThan !== undefined) {
+    try {
+      ms = parseDuration(opts.olderThan);
+    } catch (err) {
+      throw new UsageError(`dlq purge --older-than: ${(err as Error).message}`);
+    }
+  }
+  const n = await withClient(config.database.url, async (c) =>
+    (await c.query(`DELETE FROM ${table(config)} WHERE $1::bigint IS NULL OR created_at < now() - make_interval(secs => $1::bigint / 1000.0)`, [ms])).rowCount ?? 0,
+  );
+  process.stdout.write(`purged ${n} dead letter${n === 1 ? '' : 's'}\n`);
+  return 0;
+}
