@@ -9,32 +9,36 @@ export type Outcome = 'applied' | 'duplicate';
  */
 export class InboxExecutor {
   private readonly pool: pg.Pool;
-  private readonly inbox: string;
+  private readonly consume: string;
   private readonly deadLetter: string;
 
   constructor(url: string, schema: string, poolSize: number) {
     this.pool = new pg.Pool({ ...connectionConfig(url), max: poolSize });
     this.pool.on('error', () => {});
-    this.inbox = `${quoteIdent(schema)}.inbox`;
+    this.consume = `${quoteIdent(schema)}.consume`;
     this.deadLetter = `${quoteIdent(schema)}.dead_letter`;
   }
 
-  /** Calls `handler(body::jsonb)` once per (consumer, eventId). */
+  /**
+   * Calls `handler(body::jsonb)` once per (consumer, eventId): one statement, one round trip,
+   * one transaction. With `deadLetterId`, the dead letter is removed in the same transaction.
+   */
   async process(consumer: string, eventId: string, subject: string, handler: string, body: string, deadLetterId?: number): Promise<Outcome> {
+    const sig = `${quoteQualified(handler)}(jsonb)`;
+    const call = `SELECT ${this.consume}($1, $2, $3, $4::regprocedure, $5::jsonb) AS applied`;
     const client = await this.pool.connect();
     let broken: Error | undefined;
     try {
+      if (deadLetterId === undefined) {
+        const r = await client.query<{ applied: boolean }>(call, [consumer, eventId, subject, sig, body]);
+        return r.rows[0]?.applied ? 'applied' : 'duplicate';
+      }
       await client.query('BEGIN');
       try {
-        const ins = await client.query(
-          `INSERT INTO ${this.inbox} (consumer, event_id, subject) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
-          [consumer, eventId, subject],
-        );
-        const fresh = ins.rowCount === 1;
-        if (fresh) await client.query(`SELECT ${quoteQualified(handler)}($1::jsonb)`, [body]);
-        if (deadLetterId !== undefined) await client.query(`DELETE FROM ${this.deadLetter} WHERE id = $1`, [deadLetterId]);
+        const r = await client.query<{ applied: boolean }>(call, [consumer, eventId, subject, sig, body]);
+        await client.query(`DELETE FROM ${this.deadLetter} WHERE id = $1`, [deadLetterId]);
         await client.query('COMMIT');
-        return fresh ? 'applied' : 'duplicate';
+        return r.rows[0]?.applied ? 'applied' : 'duplicate';
       } catch (err) {
         await client.query('ROLLBACK').catch((e: Error) => (broken = e));
         throw err;
