@@ -6,6 +6,7 @@ import type { Config } from './config/load.js';
 import { connect, quoteIdent } from './db.js';
 import { UsageError } from './errors.js';
 import type { Logger } from './log.js';
+import { identityProblem, resolveRuleTables, tablesPublication } from './ruletables.js';
 
 export interface Migration {
   id: number;
@@ -67,6 +68,8 @@ export function migrationPlan(config: Config): string {
 
 export interface MigrateResult {
   applied: string[];
+  /** rule tables left out of the publication, with the reason and the fix */
+  tableProblems: string[];
   publicationCreated: boolean;
   slotCreated: boolean;
 }
@@ -93,7 +96,7 @@ export async function migrate(config: Config, log: Logger): Promise<MigrateResul
   const schema = config.relay.schema;
   const s = quoteIdent(schema);
   const client = await connect(config.database.url);
-  const result: MigrateResult = { applied: [], publicationCreated: false, slotCreated: false };
+  const result: MigrateResult = { applied: [], tableProblems: [], publicationCreated: false, slotCreated: false };
   try {
     await assertLogicalWal(client);
     await client.query(`SELECT pg_advisory_lock(hashtext('fraiseql-relay/migrate'), hashtext($1))`, [schema]);
@@ -132,6 +135,9 @@ export async function migrate(config: Config, log: Logger): Promise<MigrateResul
         await client.query(`ALTER PUBLICATION ${quoteIdent(pub)} SET (publish = 'insert')`);
       }
 
+      const problems = await migrateRuleTables(client, config, log);
+      result.tableProblems = problems;
+
       if (needsSlot(config)) {
         const slot = config.relay.slot;
         const found = await client.query<{ plugin: string; database: string; slot_type: string }>(
@@ -161,4 +167,44 @@ export async function migrate(config: Config, log: Logger): Promise<MigrateResul
     await client.end().catch(() => {});
   }
   return result;
+}
+
+/**
+ * The table-rules publication: every rule table, publishing the operations the rules need.
+ * `before_image = true` sets REPLICA IDENTITY FULL; a table without a usable replica identity
+ * is reported and left out (adding it would make PostgreSQL reject the application's writes).
+ */
+async function migrateRuleTables(client: pg.Client, config: Config, log: Logger): Promise<string[]> {
+  const pub = quoteIdent(tablesPublication(config));
+  const exists = (await client.query(`SELECT 1 FROM pg_publication WHERE pubname = $1`, [tablesPublication(config)])).rowCount === 1;
+  if (config.observers.rules.length === 0) return [];
+  const { tables } = await resolveRuleTables(client, config);
+  const problems: string[] = [];
+  const ok: string[] = [];
+  const ops = new Set<string>();
+  for (const t of tables) {
+    const q = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
+    if (t.beforeImage && t.replicaIdentity !== 'f') {
+      await client.query(`ALTER TABLE ${q} REPLICA IDENTITY FULL`);
+      log.info({ table: `${t.schema}.${t.name}` }, 'set REPLICA IDENTITY FULL (before_image = true)');
+    }
+    const problem = identityProblem(t);
+    if (problem) {
+      problems.push(problem);
+      log.warn({ table: `${t.schema}.${t.name}` }, problem);
+      continue;
+    }
+    ok.push(q);
+    for (const e of t.events) ops.add(e.toLowerCase());
+  }
+  if (ok.length === 0) return problems;
+  const publish = ['insert', 'update', 'delete'].filter((o) => ops.has(o)).join(', ');
+  if (!exists) {
+    await client.query(`CREATE PUBLICATION ${pub} FOR TABLE ${ok.join(', ')} WITH (publish = '${publish}')`);
+    log.info({ publication: tablesPublication(config), tables: ok, publish }, 'created publication');
+  } else {
+    await client.query(`ALTER PUBLICATION ${pub} SET TABLE ${ok.join(', ')}`);
+    await client.query(`ALTER PUBLICATION ${pub} SET (publish = '${publish}')`);
+  }
+  return problems;
 }

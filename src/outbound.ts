@@ -6,7 +6,9 @@ import { ReplicationConnection } from './source/replication.js';
 import { PgoutputDecoder } from './source/pgoutput.js';
 import { parseFrame } from './source/frames.js';
 import { formatLsn } from './source/lsn.js';
-import { OutboxRouter } from './route/outbox.js';
+import { OutboxRouter, type RouteResult } from './route/outbox.js';
+import type { TableRouter } from './route/tables.js';
+import { tablesPublication } from './ruletables.js';
 import type { JetStreamSink } from './sink/jetstream.js';
 import type { DeadLetterWriter } from './sink/deadletter.js';
 import { outboxPublication } from './migrate.js';
@@ -28,7 +30,11 @@ export interface OutboundDeps {
   stats: OutboundStats;
   /** called with each newly durable position */
   onDurable?: (lsn: bigint) => void;
+  /** table rules, when configured */
+  tables?: TableRouter | null;
 }
+
+type RelationKind = 'outbox' | 'table';
 
 function toRecord(rel: Relation, t: Tuple): Record<string, TupleValue> {
   const out: Record<string, TupleValue> = {};
@@ -47,7 +53,7 @@ export class OutboundSession {
   private readonly decoder = new PgoutputDecoder();
   private readonly router: OutboxRouter;
   private readonly watermark: AckWatermark;
-  private readonly outboxRelations = new Set<number>();
+  private readonly kinds = new Map<number, RelationKind>();
   private txn: TxnTicket | null = null;
   private commitTime = 0n;
   private failure: Error | null = null;
@@ -75,7 +81,7 @@ export class OutboundSession {
     this.conn = await ReplicationConnection.open({
       url: config.database.url,
       slot: config.relay.slot,
-      publications: [outboxPublication(config)],
+      publications: config.observers.rules.length > 0 ? [outboxPublication(config), tablesPublication(config)] : [outboxPublication(config)],
       log,
     });
     if (this.stopping) {
@@ -102,7 +108,12 @@ export class OutboundSession {
     this.stopping = true;
     this.conn?.stream.pause();
     const deadline = Date.now() + timeoutMs;
-    if (this.asyncWork) await Promise.race([this.asyncWork.catch(() => {}), sleep(timeoutMs)]);
+    if (this.asyncWork) {
+      let timer: NodeJS.Timeout | undefined;
+      // clear the timer afterwards: a pending one would keep an embedding process alive for timeoutMs
+      await Promise.race([this.asyncWork.catch(() => {}), new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
+      clearTimeout(timer);
+    }
     while (!this.watermark.idle && this.watermark.backlog > 0 && Date.now() < deadline && !this.failure) {
       if (this.watermark.open && this.deps.sink.messagesInFlight === 0) break; // a partial txn cannot complete
       await sleep(10);
@@ -184,31 +195,50 @@ export class OutboundSession {
         this.watermark.commit(t, m.endLsn);
         return undefined;
       }
-      case 'relation':
-        if (m.relation.schema === this.deps.config.relay.schema && m.relation.name === 'outbox') {
-          this.outboxRelations.add(m.relation.id);
-        } else {
-          this.outboxRelations.delete(m.relation.id);
-        }
+      case 'relation': {
+        const rel = m.relation;
+        if (rel.schema === this.deps.config.relay.schema && rel.name === 'outbox') this.kinds.set(rel.id, 'outbox');
+        else if (this.deps.tables?.watches(rel)) this.kinds.set(rel.id, 'table');
+        else this.kinds.delete(rel.id);
         return undefined;
-      case 'insert': {
-        if (!this.outboxRelations.has(m.relationId)) return undefined;
+      }
+      case 'insert':
+      case 'update':
+      case 'delete': {
+        const kind = this.kinds.get(m.relationId);
+        if (kind === undefined) return undefined;
         const t = this.txn;
-        if (!t) throw new Error('pgoutput Insert outside a transaction');
+        if (!t) throw new Error(`pgoutput ${m.tag} outside a transaction`);
         const relation = this.decoder.relation(m.relationId)!;
-        const change: Change = {
-          op: 'INSERT',
-          relation,
-          row: toRecord(relation, m.newTuple),
-          oldRow: null,
-          lsn: f.start,
-          xid: t.xid,
-          commitTime: this.commitTime,
-        };
-        const routed = this.router.route(change);
+        let routed: RouteResult;
+        if (kind === 'outbox') {
+          if (m.tag !== 'insert') return undefined;
+          routed = this.router.route({
+            op: 'INSERT',
+            relation,
+            row: toRecord(relation, m.newTuple),
+            oldRow: null,
+            lsn: f.start,
+            xid: t.xid,
+            commitTime: this.commitTime,
+          });
+        } else {
+          const newTuple = m.tag === 'delete' ? null : m.newTuple;
+          const oldTuple = m.tag === 'insert' ? null : (m.oldTuple ?? m.keyTuple);
+          const keyOnly = m.tag !== 'insert' && m.oldTuple === null;
+          const change: Change = {
+            op: m.tag === 'insert' ? 'INSERT' : m.tag === 'update' ? 'UPDATE' : 'DELETE',
+            relation,
+            row: {},
+            oldRow: null,
+            lsn: f.start,
+            xid: t.xid,
+            commitTime: this.commitTime,
+          };
+          routed = this.deps.tables!.route(change, newTuple, oldTuple, keyOnly);
+        }
         if (routed.unrouted) {
           this.deps.stats.unrouted++;
-          this.deps.log.debug({ event_id: change.row['id'], mutation: change.row['mutation'] }, 'no rule routes this event');
           return undefined;
         }
         return this.send(t, routed.messages);

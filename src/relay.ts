@@ -6,6 +6,8 @@ import { connectNats } from './sink/nats.js';
 import { ensureStream, findStream } from './sink/stream.js';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { needsSlot } from './migrate.js';
+import { resolveRuleTables } from './ruletables.js';
+import { TableRouter } from './route/tables.js';
 import { InboxExecutor, checkHandler } from './inbound/inbox.js';
 import { ensureConsumer } from './inbound/consumers.js';
 import { InboundWorker, type InboundStats } from './inbound/worker.js';
@@ -37,6 +39,7 @@ export class Relay {
   readonly stats: OutboundStats = { published: 0, unrouted: 0, deadLettered: 0, transactions: 0 };
   readonly inboundStats: InboundStats = { applied: 0, duplicates: 0, failed: 0, deadLettered: 0 };
   private inbox: InboxExecutor | null = null;
+  private tables: TableRouter | null = null;
   private readonly workers: InboundWorker[] = [];
   private nc: NatsConnection | null = null;
   private deadLetters: DeadLetterWriter | null = null;
@@ -67,6 +70,10 @@ export class Relay {
     this.nc = await connectNats({ url: natsUrl, log: log.child({ component: 'nats' }) });
     const streamSubjects = await ensureStream(this.nc, config, log.child({ component: 'stream' }));
     this.deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
+    if (config.observers.rules.length > 0) {
+      const { perRule } = await withClient(config.database.url, (c) => resolveRuleTables(c, config));
+      this.tables = new TableRouter(config, perRule, database);
+    }
     if (needsSlot(config)) {
       this.retention = new OutboxRetention(config.database.url, config.relay.schema, config.relay.retention, () => this.confirmed, log.child({ component: 'retention' }));
       this.retention.start();
@@ -122,6 +129,7 @@ export class Relay {
         deadLetters: this.deadLetters!,
         database,
         stats: this.stats,
+        tables: this.tables,
         onDurable: (lsn) => {
           this.confirmed = lsn;
           attempt = 0;

@@ -9,10 +9,12 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { spawn } from 'node:child_process';
 import pg from 'pg';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { TestEnv, BASE_TOML, RelayProcess, runCli } from './fixture.js';
+import { TestEnv, BASE_TOML, CLI, ROOT, RelayProcess, waitForRows } from './fixture.js';
 import { LocalPostgres } from '../src/local/postgres.js';
+import { getFreePort } from '../src/local/ports.js';
 
 const SECRET = 's3cr3t-pw';
 
@@ -44,19 +46,29 @@ function cliEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   return e;
 }
 
-/** runCli, bounded in time, with the no-secret check on both streams. */
+/**
+ * Like the fixture's runCli (same command line, cwd and NO_PRETTY), but a command that does not
+ * exit within `timeoutMs` is SIGKILLed and fails the test instead of hanging the whole file.
+ * Checks that neither stream shows the password.
+ */
 async function cli(args: string[], e: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  let timer: NodeJS.Timeout | undefined;
-  const r = await Promise.race([
-    runCli(args, e),
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`fraiseql-relay ${args.join(' ')} did not exit within ${timeoutMs} ms`)), timeoutMs);
-    }),
-  ]).finally(() => clearTimeout(timer));
-  outputs.push({ args, stdout: r.stdout, stderr: r.stderr });
-  assert.ok(!r.stdout.includes(SECRET), `stdout of ${args.join(' ')} shows the password:\n${r.stdout}`);
-  assert.ok(!r.stderr.includes(SECRET), `stderr of ${args.join(' ')} shows the password:\n${r.stderr}`);
-  return r;
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT, env: { ...e, NO_PRETTY: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    child.kill('SIGKILL');
+  }, timeoutMs);
+  const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+  clearTimeout(timer);
+  outputs.push({ args, stdout, stderr });
+  assert.ok(!timedOut, `fraiseql-relay ${args.join(' ')} did not exit within ${timeoutMs} ms:\n${stdout}\n${stderr}`);
+  assert.ok(!stdout.includes(SECRET), `stdout of ${args.join(' ')} shows the password:\n${stdout}`);
+  assert.ok(!stderr.includes(SECRET), `stderr of ${args.join(' ')} shows the password:\n${stderr}`);
+  return { code, stdout, stderr };
 }
 
 async function writeToml(name: string, text: string): Promise<string> {
@@ -254,6 +266,21 @@ test('teardown needs --yes; with it, it drops the slot and the outbox publicatio
   assert.equal(await schemaExists(url), true, 'tables and data stay');
 });
 
+test('unreachable servers: check and migrate exit 1, say what failed, show no password', async () => {
+  const port = await getFreePort();
+  const e = cliEnv({
+    DATABASE_URL: `postgres://postgres:${SECRET}@127.0.0.1:${port}/app`,
+    NATS_URL: `nats://relay:${SECRET}@127.0.0.1:${port}`,
+  });
+  const c = await cli(['check', '-c', env.configFile], e);
+  assert.equal(c.code, 1, c.stdout + c.stderr);
+  assert.match(c.stdout, /^FAIL\s+postgres\s+cannot connect/m);
+  assert.match(c.stdout, /^FAIL\s+nats\s+cannot connect/m);
+  const m = await cli(['migrate', '-c', env.configFile], e);
+  assert.equal(m.code, 1, m.stdout + m.stderr);
+  assert.match(m.stderr, /^fraiseql-relay: /m);
+});
+
 // ---------------------------------------------------------------------------------------------
 // run
 
@@ -304,14 +331,22 @@ test('run stops cleanly on SIGTERM: exit 0 within the shutdown bound', async () 
     await env.sql(`SELECT fraiseql_relay.emit('fraiseql.cli.sigterm', '{"n":1}')`);
     await env.waitForStreamCount(before + 1, 20_000);
     const t0 = Date.now();
-    const code = await relay.kill('SIGTERM');
+    let timer: NodeJS.Timeout | undefined;
+    const code = await Promise.race([
+      relay.kill('SIGTERM'),
+      new Promise<'hung'>((r) => (timer = setTimeout(() => r('hung'), 15_000))),
+    ]).finally(() => clearTimeout(timer));
     const elapsed = Date.now() - t0;
+    assert.notEqual(code, 'hung', `the relay did not exit within 15 s of SIGTERM:\n${relay.output()}`);
     assert.equal(code, 0, relay.output());
     assert.ok(elapsed < 5_000 + 2_000, `stopped in ${elapsed} ms (shutdown_timeout 5s)`);
     assert.match(relay.output(), /relay stopped/);
-    // the slot is released
-    const slots = await env.sql<{ active: boolean }>(`SELECT active FROM pg_replication_slots WHERE slot_name = 'fraiseql_relay'`);
-    assert.deepEqual(slots, [{ active: false }]);
+    // the slot is released (the server's walsender may take a moment to notice the disconnect)
+    const released = await waitForRows(
+      () => env.sql<{ active: boolean }>(`SELECT active FROM pg_replication_slots WHERE slot_name = 'fraiseql_relay' AND NOT active`),
+      5_000,
+    );
+    assert.equal(released.length, 1, 'the slot exists and is inactive after the relay exited');
   } finally {
     if (relay.child.exitCode === null && relay.child.signalCode === null) await relay.kill('SIGKILL');
   }

@@ -147,3 +147,15 @@ describe('OutboxRouter', () => {
     assert.equal(r.messages[0]!.headers['Fraiseql-Event-Id'], 'y', 'user headers cannot override the relay headers');
   });
 });
+
+test('a row change event id is a stable, well-formed UUID of its WAL position', async () => {
+  const { walEventId, entityTypeOf } = await import('../src/route/tables.js');
+  const a = walEventId(0x16b3748n, 731, 'orders');
+  assert.match(a, /^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-8[0-9a-f]{3}-[0-9a-f]{12}$/);
+  assert.equal(walEventId(0x16b3748n, 731, 'orders'), a, 'same change, same id');
+  assert.notEqual(walEventId(0x16b3749n, 731, 'orders'), a);
+  assert.notEqual(walEventId(0x16b3748n, 731, 'billing'), a);
+  assert.match(walEventId(0xffffffffffffffffn, 0xffffffff, 'x'), /^ffffffff-ffff-8fff-8fff-ffffff[0-9a-f]{6}$/);
+  assert.equal(entityTypeOf('tb_order'), 'Order');
+  assert.equal(entityTypeOf('order_line'), 'OrderLine');
+});

@@ -160,12 +160,21 @@ export class InboundWorker {
   async stop(timeoutMs: number): Promise<void> {
     this.stopping = true;
     await this.messages?.close().catch(() => {});
-    const all = Promise.all([...this.active]);
-    await Promise.race([all, sleep(timeoutMs)]);
-    await Promise.race([this.loop, sleep(1000)]);
+    await within(Promise.all([...this.active]), timeoutMs);
+    await within(this.loop, 1000);
   }
 }
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Waits for `p`, at most `ms`, and leaves no timer behind (a pending one keeps the process alive). */
+async function within(p: Promise<unknown> | null, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([p, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
 }

@@ -8,7 +8,8 @@ import { filterCovers } from './subjects.js';
 
 /** Subjects the relay's stream must capture: every configured publish subject plus [relay.stream] subjects. */
 export function requiredSubjects(config: Config): string[] {
-  return [...new Set([...OutboxRouter.configuredSubjects(config), ...config.relay.stream.subjects])];
+  const rules = config.observers.rules.flatMap((r) => (r.subject ? [r.subject] : []));
+  return [...new Set([...OutboxRouter.configuredSubjects(config), ...rules, ...config.relay.stream.subjects])];
 }
 
 /** Drops subjects another one in the list already covers. */

@@ -1,0 +1,136 @@
+import type { Config, TableRule } from '../config/load.js';
+import type { Change, OutboundMessage, Relation, TupleValue } from '../types.js';
+import { formatLsn, pgMicrosToIso } from '../source/lsn.js';
+import { rowToJson } from './values.js';
+import type { RouteResult } from './outbox.js';
+
+/** A rule table resolved to its real schema and name. */
+export interface ResolvedTable {
+  schema: string;
+  name: string;
+}
+
+/** `tb_order` → `Order`, `order_line` → `OrderLine`: FraiseQL's table ↔ type convention. */
+export function entityTypeOf(table: string): string {
+  const base = table.replace(/^(tb|t|tv|v)_/, '');
+  return base
+    .split('_')
+    .filter(Boolean)
+    .map((p) => p[0]!.toUpperCase() + p.slice(1))
+    .join('');
+}
+
+/**
+ * A stable event id for a row change: the change's WAL position (which redelivery keeps) and
+ * transaction id, plus a hash of the database name, written as a version 8 UUID so consumers
+ * can store it like an outbox id.
+ */
+export function walEventId(lsn: bigint, xid: number, database = ''): string {
+  const l = lsn.toString(16).padStart(16, '0');
+  const x = (xid >>> 0).toString(16).padStart(8, '0');
+  let h = 0x811c9dc5;
+  for (let i = 0; i < database.length; i++) h = Math.imul(h ^ database.charCodeAt(i), 0x01000193) >>> 0;
+  const d = (h >>> 8).toString(16).padStart(6, '0');
+  return `${l.slice(0, 8)}-${l.slice(8, 12)}-8${l.slice(12, 15)}-8${l.slice(15, 16)}${x.slice(0, 2)}-${x.slice(2)}${d}`;
+}
+
+interface RuleTarget {
+  rule: TableRule;
+  subjects: string[];
+}
+
+const key = (schema: string, name: string, op: string) => `${schema}\u0000${name}\u0000${op}`;
+
+/** Events straight from table changes (`[[observers.rules]]`): DESIGN.md §3.4 for table rules. */
+export class TableRouter {
+  private readonly byTableOp = new Map<string, RuleTarget[]>();
+
+  /**
+   * @param resolved each rule's table resolved to schema and name (same order as the rules)
+   * @param webhookSubject the JetStream subject a webhook action's deliveries go through, if any
+   */
+  constructor(
+    config: Config,
+    resolved: ResolvedTable[],
+    private readonly database: string,
+    webhookSubject: (ruleIndex: number, actionIndex: number) => string | null = () => null,
+  ) {
+    config.observers.rules.forEach((rule, i) => {
+      const t = resolved[i]!;
+      const subjects: string[] = [];
+      if (rule.subject) subjects.push(rule.subject);
+      rule.actions.forEach((_, j) => {
+        const s = webhookSubject(i, j);
+        if (s) subjects.push(s);
+      });
+      const k = key(t.schema, t.name, rule.event);
+      const list = this.byTableOp.get(k) ?? [];
+      list.push({ rule, subjects });
+      this.byTableOp.set(k, list);
+    });
+  }
+
+  /** True when some rule watches this relation. */
+  watches(rel: Relation): boolean {
+    for (const op of ['INSERT', 'UPDATE', 'DELETE']) if (this.byTableOp.has(key(rel.schema, rel.name, op))) return true;
+    return false;
+  }
+
+  route(change: Change, newTuple: readonly TupleValue[] | null, oldTuple: readonly TupleValue[] | null, oldIsKeyOnly: boolean): RouteResult {
+    const rel = change.relation;
+    const targets = this.byTableOp.get(key(rel.schema, rel.name, change.op));
+    if (!targets || targets.length === 0) return { messages: [], unrouted: true };
+
+    const eventId = walEventId(change.lsn, change.xid, this.database);
+    const after = newTuple ? rowToJson(rel, newTuple, oldIsKeyOnly ? null : oldTuple) : null;
+    const before = oldTuple ? rowToJson(rel, oldTuple, null, oldIsKeyOnly) : null;
+    const idIndex = rel.columns.findIndex((c) => c.name === 'id');
+    const keyIndex = idIndex >= 0 ? idIndex : rel.columns.findIndex((c) => (c.flags & 1) !== 0);
+    const idValue = keyIndex < 0 ? null : (newTuple?.[keyIndex] ?? oldTuple?.[keyIndex] ?? null);
+
+    let updated: string | null = null;
+    if (change.op === 'UPDATE' && newTuple && oldTuple && !oldIsKeyOnly) {
+      const names: string[] = [];
+      rel.columns.forEach((c, i) => {
+        const n = newTuple[i];
+        if (n !== undefined && n !== oldTuple[i]) names.push(c.name);
+      });
+      updated = JSON.stringify(names);
+    }
+    const missing = after?.missing ?? [];
+    const entityType = entityTypeOf(rel.name);
+    const body = Buffer.from(
+      '{"event_id":' + JSON.stringify(eventId) +
+        ',"id":' + (idValue === null || idValue === undefined ? 'null' : JSON.stringify(idValue)) +
+        ',"entity_type":' + JSON.stringify(entityType) +
+        ',"operation":' + JSON.stringify(change.op) +
+        ',"mutation":null' +
+        ',"entity":' + (after ? after.json : 'null') +
+        ',"entity_before":' + (before ? before.json : 'null') +
+        ',"updated_fields":' + (updated ?? 'null') +
+        ',"metadata":' + (missing.length > 0 ? JSON.stringify({ unchanged_toast: missing }) : 'null') +
+        ',"tenant_id":null,"user_id":null' +
+        ',"occurred_at":' + JSON.stringify(pgMicrosToIso(change.commitTime)) +
+        ',"source":{"database":' + JSON.stringify(this.database) +
+        ',"schema":' + JSON.stringify(rel.schema) +
+        ',"table":' + JSON.stringify(rel.name) +
+        ',"lsn":"' + formatLsn(change.lsn) + '","xid":' + change.xid + '}}',
+      'utf8',
+    );
+    const headers: Record<string, string> = {
+      'Fraiseql-Event-Id': eventId,
+      'Fraiseql-Entity-Type': entityType,
+      'Fraiseql-Operation': change.op,
+    };
+    const messages: OutboundMessage[] = [];
+    const seen = new Set<string>();
+    for (const t of targets) {
+      for (const subject of t.subjects) {
+        if (seen.has(subject)) continue;
+        seen.add(subject);
+        messages.push({ subject, eventId, headers, body });
+      }
+    }
+    return { messages, unrouted: messages.length === 0 };
+  }
+}

@@ -1,0 +1,75 @@
+import type pg from 'pg';
+import type { Config } from './config/load.js';
+import { quoteIdent, quoteQualified } from './db.js';
+import { UsageError } from './errors.js';
+import type { ResolvedTable } from './route/tables.js';
+
+export interface RuleTableInfo extends ResolvedTable {
+  /** the rule's table as written in fraiseql.toml */
+  configured: string;
+  /** pg_class.relreplident: d default, n nothing, f full, i index */
+  replicaIdentity: string;
+  hasPrimaryKey: boolean;
+  /** operations rules want from this table */
+  events: Set<'INSERT' | 'UPDATE' | 'DELETE'>;
+  beforeImage: boolean;
+}
+
+export function tablesPublication(config: Config): string {
+  return `${config.relay.publication}_tables`;
+}
+
+/** Each rule's table resolved through the search path (same order as the rules). */
+export async function resolveRuleTables(client: pg.Client, config: Config): Promise<{ perRule: ResolvedTable[]; tables: RuleTableInfo[] }> {
+  const perRule: ResolvedTable[] = [];
+  const byName = new Map<string, RuleTableInfo>();
+  const missing: string[] = [];
+  for (const [i, rule] of config.observers.rules.entries()) {
+    const r = await client.query<{ nspname: string; relname: string; relreplident: string; has_pk: boolean }>(
+      `SELECT n.nspname, c.relname, c.relreplident,
+              EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid AND x.indisprimary) AS has_pk
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = to_regclass($1) AND c.relkind IN ('r', 'p')`,
+      [quoteQualified(rule.table)],
+    );
+    const row = r.rows[0];
+    if (!row) {
+      missing.push(`[[observers.rules]] #${i + 1}: table ${rule.table} does not exist (or is not a table)`);
+      continue;
+    }
+    perRule.push({ schema: row.nspname, name: row.relname });
+    const k = `${row.nspname}.${row.relname}`;
+    const info = byName.get(k) ?? {
+      schema: row.nspname,
+      name: row.relname,
+      configured: rule.table,
+      replicaIdentity: row.relreplident,
+      hasPrimaryKey: row.has_pk,
+      events: new Set(),
+      beforeImage: false,
+    };
+    info.events.add(rule.event);
+    info.beforeImage ||= rule.before_image;
+    byName.set(k, info);
+  }
+  if (missing.length > 0) throw new UsageError(missing.join('\n') + '\n  Create the table first, or fix the rule\'s table name.');
+  return { perRule, tables: [...byName.values()] };
+}
+
+/**
+ * Why a table cannot be published for its rules, or null. UPDATE and DELETE need a replica
+ * identity (a primary key, an index, or FULL): without one, PostgreSQL would reject the
+ * application's own UPDATE/DELETE on a table in such a publication.
+ */
+export function identityProblem(t: RuleTableInfo): string | null {
+  const needsIdentity = t.events.has('UPDATE') || t.events.has('DELETE');
+  if (!needsIdentity || t.beforeImage) return null;
+  if (t.replicaIdentity === 'f' || t.replicaIdentity === 'i') return null;
+  if (t.replicaIdentity === 'd' && t.hasPrimaryKey) return null;
+  const q = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
+  return (
+    `table ${t.schema}.${t.name} has no replica identity (${t.replicaIdentity === 'n' ? 'REPLICA IDENTITY NOTHING' : 'no primary key'}), ` +
+    `so its ${[...t.events].filter((e) => e !== 'INSERT').join('/')} changes cannot be published; it was left out of the publication. ` +
+    `Add a primary key, run ALTER TABLE ${q} REPLICA IDENTITY FULL, or set before_image = true on the rule.`
+  );
+}
