@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
@@ -115,8 +115,16 @@ describe('parseConfig: a valid file', () => {
       max_in_flight_bytes: 64 * 1024 * 1024,
       retention: 24 * 3_600_000,
       shutdown_timeout: 10_000,
-      stream: { name: 'FRAISEQL', create: true, duplicate_window: 600_000, subjects: [] },
+      plugin: 'pgoutput',
+      subscription_prefix: 'fraiseql.subscription',
+      heartbeat: 10_000,
+      heartbeat_timeout: 60_000,
+      max_lag: 1024 ** 3,
+      stream: { name: 'FRAISEQL', create: true, duplicate_window: 600_000, subjects: [], storage: 'file', replicas: 1 },
+      nats: { tls: false },
     });
+    // optional keys without a default stay absent (change_log absent: the relay auto-detects the table)
+    for (const k of ['change_log', 'schema_file', 'database_ca_file']) assert.ok(!(k in c.relay), k);
     assert.deepEqual(c.ignoredKeys, []);
   });
 
@@ -125,6 +133,85 @@ describe('parseConfig: a valid file', () => {
     assert.deepEqual(c.observers, { backend: 'nats', publish: [], subscribe: [], rules: [] });
     assert.equal(c.relay.stream.name, 'FRAISEQL');
     assert.equal(c.relay.max_in_flight_bytes, 67_108_864);
+    assert.equal(c.relay.plugin, 'pgoutput');
+    assert.equal(c.relay.change_log, undefined);
+    assert.equal(c.relay.schema_file, undefined);
+    assert.equal(c.relay.database_ca_file, undefined);
+    assert.equal(c.relay.subscription_prefix, 'fraiseql.subscription');
+    assert.equal(c.relay.heartbeat, 10_000);
+    assert.equal(c.relay.heartbeat_timeout, 60_000);
+    assert.equal(c.relay.max_lag, 1_073_741_824);
+    assert.equal(c.relay.stream.storage, 'file');
+    assert.equal(c.relay.stream.replicas, 1);
+    assert.deepEqual(c.relay.nats, { tls: false });
+  });
+
+  it('an empty [relay.nats] table gets its defaults too', () => {
+    const c = parseConfig(minimal('[relay.nats]\n'), 'f.toml', ENV);
+    assert.deepEqual(c.relay.nats, { tls: false });
+  });
+
+  it('takes explicit values for the change-log, heartbeat, lag, stream and NATS settings', () => {
+    const c = parseConfig(
+      minimal(`[relay]
+plugin = "wal2json"
+change_log = 'audit."Change Log"'
+subscription_prefix = "app.subs"
+heartbeat = "2s"
+heartbeat_timeout = "5s"
+max_lag = "256MiB"
+[relay.stream]
+storage = "memory"
+replicas = 3
+[relay.nats]
+tls = true
+token_env = "NATS_TOKEN"
+user_env = "NATS_USER"
+password_env = "NATS_PASSWORD"
+`),
+      'f.toml',
+      ENV,
+    );
+    assert.equal(c.relay.plugin, 'wal2json');
+    assert.equal(c.relay.change_log, 'audit."Change Log"');
+    assert.equal(c.relay.subscription_prefix, 'app.subs');
+    assert.equal(c.relay.heartbeat, 2_000);
+    assert.equal(c.relay.heartbeat_timeout, 5_000);
+    assert.equal(c.relay.max_lag, 256 * 1024 * 1024);
+    assert.equal(c.relay.stream.storage, 'memory');
+    assert.equal(c.relay.stream.replicas, 3);
+    assert.deepEqual(c.relay.nats, { tls: true, token_env: 'NATS_TOKEN', user_env: 'NATS_USER', password_env: 'NATS_PASSWORD' });
+    assert.equal(parseConfig(minimal('[relay]\nchange_log = false\n'), 'f.toml', ENV).relay.change_log, false);
+  });
+
+  it('publishes by entity (and optional operation) without a mutation', () => {
+    const c = parseConfig(
+      minimal(`[observers]
+nats_url = "nats://h:4222"
+[[observers.publish]]
+entity = "Order"
+operation = "update"
+subject = "fraiseql.order.updated"
+[[observers.publish]]
+entity = "Order"
+operation = "CREATE"
+subject = "fraiseql.order.created"
+[[observers.publish]]
+entity = "Order_Line"
+subject = "fraiseql.order_line.changed"
+[[observers.publish]]
+mutation = "create_order"
+subject = "fraiseql.order.created"
+`),
+      'f.toml',
+      ENV,
+    );
+    assert.deepEqual(c.observers.publish, [
+      { entity: 'Order', operation: 'UPDATE', subject: 'fraiseql.order.updated', actions: [] },
+      { entity: 'Order', operation: 'CREATE', subject: 'fraiseql.order.created', actions: [] },
+      { entity: 'Order_Line', subject: 'fraiseql.order_line.changed', actions: [] },
+      { mutation: 'create_order', subject: 'fraiseql.order.created', actions: [] },
+    ]);
   });
 
   it('takes explicit values: durations, sizes, lower-case events, actions, consumer overrides', () => {
@@ -436,6 +523,76 @@ retention = "forever"
     assert.match(nothing.message, /^f\.toml:7: observers\.rules\[0\]: this rule has neither a subject nor actions/);
   });
 
+  it('a publish entry needs a mutation or an entity, not both; operation needs an entity', () => {
+    const publish = (body: string): string =>
+      minimal(`[observers]\nnats_url = "nats://h:4222"\n[[observers.publish]]\n${body}subject = "a.b"\n`);
+    const neither = configError(() => parseConfig(publish(''), 'f.toml', ENV));
+    assert.match(
+      neither.message,
+      /^f\.toml:7: observers\.publish\[0\]: this publish entry has neither a mutation nor an entity, so nothing would trigger it; add mutation = "create_order" .* or entity = "Order"/,
+    );
+    assert.equal(neither.problems.length, 1, neither.message);
+
+    const both = configError(() => parseConfig(publish('mutation = "create_order"\nentity = "Order"\n'), 'f.toml', ENV));
+    assert.match(both.message, /^f\.toml:9: observers\.publish\[0\]\.entity: is set together with mutation; keep exactly one/);
+
+    const orphan = configError(() => parseConfig(publish('mutation = "create_order"\noperation = "INSERT"\n'), 'f.toml', ENV));
+    assert.match(orphan.message, /^f\.toml:9: observers\.publish\[0\]\.operation: only applies to an entity entry/);
+
+    const op = configError(() => parseConfig(publish('entity = "Order"\noperation = "UPSERT"\n'), 'f.toml', ENV));
+    assert.equal(
+      op.message,
+      'f.toml:9: observers.publish[0].operation: "UPSERT" is not a change-log operation; allowed values: "INSERT", "UPDATE", "DELETE", "CREATE", "CUSTOM"',
+    );
+
+    const entity = configError(() => parseConfig(publish('entity = "order-line"\n'), 'f.toml', ENV));
+    assert.match(entity.message, /^f\.toml:8: observers\.publish\[0\]\.entity: "order-line" is not a GraphQL type name/);
+  });
+
+  it('an invalid plugin or stream storage lists the allowed values', () => {
+    const err = configError(() =>
+      parseConfig(minimal('[relay]\nplugin = "test_decoding"\n[relay.stream]\nstorage = "disk"\nreplicas = 7\n'), 'f.toml', ENV),
+    );
+    assert.equal(
+      err.message,
+      'f.toml:6: relay.plugin: "test_decoding" is not a supported logical decoding plugin; allowed values: "pgoutput", "wal2json"\n' +
+        'f.toml:8: relay.stream.storage: "disk" is not a supported stream storage; allowed values: "file", "memory"\n' +
+        'f.toml:9: relay.stream.replicas: must be a whole number from 1 to 5, not the number 7',
+    );
+  });
+
+  it('heartbeat_timeout must be greater than heartbeat', () => {
+    for (const relay of ['heartbeat = "30s"\nheartbeat_timeout = "30s"\n', 'heartbeat = "1m"\nheartbeat_timeout = "30s"\n']) {
+      const err = configError(() => parseConfig(minimal(`[relay]\n${relay}`), 'f.toml', ENV));
+      assert.match(err.message, /^f\.toml:7: relay\.heartbeat_timeout: \(30s\) must be greater than heartbeat \((30s|1m)\)/, relay);
+    }
+    // against the default heartbeat (10s)
+    const low = configError(() => parseConfig(minimal('[relay]\nheartbeat_timeout = "5s"\n'), 'f.toml', ENV));
+    assert.match(low.message, /relay\.heartbeat_timeout: \(5s\) must be greater than heartbeat \(10s\)/);
+    const zero = configError(() => parseConfig(minimal('[relay]\nheartbeat = "0s"\n'), 'f.toml', ENV));
+    assert.match(zero.message, /^f\.toml:6: relay\.heartbeat: must be longer than zero/);
+  });
+
+  it('change_log is a schema-qualified table name or false', () => {
+    const err = configError(() => parseConfig(minimal('[relay]\nchange_log = "tb_entity_change_log"\n'), 'f.toml', ENV));
+    assert.match(err.message, /^f\.toml:6: relay\.change_log: "tb_entity_change_log" is not a schema-qualified table name/);
+    const yes = configError(() => parseConfig(minimal('[relay]\nchange_log = true\n'), 'f.toml', ENV));
+    assert.match(yes.message, /^f\.toml:6: relay\.change_log: cannot be true: leave it out to detect "core\.tb_entity_change_log"/);
+  });
+
+  it('[relay.nats]: typos get a suggestion; paired keys and env names are checked', () => {
+    const typo = configError(() => parseConfig(minimal('[relay.nats]\ncreds_fiel = "nats.creds"\n'), 'f.toml', ENV));
+    assert.equal(typo.message, 'f.toml:6: relay.nats.creds_fiel: unknown key in [relay.nats]; did you mean "creds_file"?');
+    assert.equal(typo.key, 'relay.nats.creds_fiel');
+
+    const err = configError(() =>
+      parseConfig(minimal('[relay.nats]\ncert_file = "client.pem"\npassword_env = "NATS_PASSWORD"\ntoken_env = "NATS-TOKEN"\n'), 'f.toml', ENV),
+    );
+    assert.match(err.message, /f\.toml:6: relay\.nats\.cert_file: is set without key_file/);
+    assert.match(err.message, /f\.toml:7: relay\.nats\.password_env: is set without user_env/);
+    assert.match(err.message, /f\.toml:8: relay\.nats\.token_env: "NATS-TOKEN" is not an environment variable name/);
+  });
+
   it('missing required keys point at their table and say what to add', () => {
     const err = configError(() => parseConfig('[project]\nversion = "1"\n[database]\ntype = "postgresql"\n', 'f.toml', ENV));
     assert.equal(
@@ -608,6 +765,47 @@ describe('loadConfig', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('file paths', () => {
+  it('are resolved relative to the directory of the configuration file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'fraiseql-relay-config-'));
+    try {
+      const file = join(dir, 'conf', 'fraiseql.toml');
+      mkdirSync(join(dir, 'conf'));
+      writeFileSync(
+        file,
+        minimal(`[relay]
+schema_file = "schema.compiled.json"
+database_ca_file = "../certs/pg-ca.pem"
+[relay.nats]
+ca_file = "certs/nats-ca.pem"
+cert_file = "./certs/client.pem"
+key_file = "/etc/nats/client.key"
+creds_file = "nats.creds"
+nkey_seed_file = "seed.nk"
+`),
+      );
+      const c = loadConfig(file, ENV);
+      assert.equal(c.relay.schema_file, join(dir, 'conf', 'schema.compiled.json'));
+      assert.equal(c.relay.database_ca_file, join(dir, 'certs', 'pg-ca.pem'));
+      assert.deepEqual(c.relay.nats, {
+        tls: false,
+        ca_file: join(dir, 'conf', 'certs', 'nats-ca.pem'),
+        cert_file: join(dir, 'conf', 'certs', 'client.pem'),
+        key_file: '/etc/nats/client.key',
+        creds_file: join(dir, 'conf', 'nats.creds'),
+        nkey_seed_file: join(dir, 'conf', 'seed.nk'),
+      });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    // a relative configuration path: relative to its directory, not to the working directory
+    const c = parseConfig(minimal('[relay]\nschema_file = "schema.json"\n'), 'deploy/fraiseql.toml', ENV);
+    assert.equal(c.relay.schema_file, resolve('deploy', 'schema.json'));
+    const empty = configError(() => parseConfig(minimal('[relay]\nschema_file = ""\n'), 'f.toml', ENV));
+    assert.match(empty.message, /^f\.toml:6: relay\.schema_file: must not be empty; expected a file path/);
   });
 });
 

@@ -47,6 +47,21 @@ export function parseDuration(s: string): number {
   return ms;
 }
 
+/** Milliseconds as a short duration for messages: "60s", "1m30s", "250ms". */
+export function formatDuration(ms: number): string {
+  if (ms === 0) return '0s';
+  let rest = ms;
+  let out = '';
+  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1_000], ['ms', 1]] as const) {
+    const n = Math.floor(rest / size);
+    if (n > 0) {
+      out += `${n}${unit}`;
+      rest -= n * size;
+    }
+  }
+  return out;
+}
+
 const SIZE_UNITS: Record<string, number> = {
   b: 1,
   kb: 1_000,

@@ -15,7 +15,7 @@
  *   environment variable NATS_URL, else FRAISEQL_NATS_URL (FraiseQL's own variable).
  */
 import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { dirname, resolve } from 'node:path';
 import { parse, TomlError } from 'smol-toml';
 import { ConfigError, type ConfigProblem } from './errors.js';
 import { interpolate, type Interpolation } from './interpolate.js';
@@ -25,13 +25,15 @@ import { observersMixProblem } from './observers-mix.js';
 import { issuesToProblems, sortByLine } from './report.js';
 import { findLine, LineIndex, scanToml, type KeyPath, type ScanResult } from './scan.js';
 import { configSchema, legacyConfigSchema, type ParsedConfig } from './schema.js';
-import type { Config, ObserversConfig, PublishRule, SubscribeRule, TableRule } from './types.js';
+import type { Config, NatsConfig, ObserversConfig, PublishRule, RelayConfig, SubscribeRule, TableRule } from './types.js';
 
 export { ConfigError, type ConfigProblem } from './errors.js';
 export { parseByteSize, parseDuration } from './duration.js';
 export { defaultConsumerName } from './names.js';
 export type {
+  ChangeOperation,
   Config,
+  NatsConfig,
   ObserversConfig,
   PublishRule,
   RelayConfig,
@@ -107,7 +109,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     project: { name: parsed.project.name },
     database: { type: parsed.database.type, url: parsed.database.url },
     observers: buildObservers(observers, parsed.project.name, legacy, scan, problems),
-    relay: parsed.relay,
+    relay: buildRelay(parsed.relay, dirname(resolve(file))),
     ignoredKeys: ignoredKeys(raw, legacy),
   };
   if (problems.length > 0) throw new ConfigError(file, sortByLine(problems), secrets);
@@ -122,7 +124,9 @@ function buildObservers(
   problems: ConfigProblem[],
 ): ObserversConfig {
   const publish: PublishRule[] = o.publish.map((p) => ({
-    mutation: p.mutation,
+    ...(p.mutation !== undefined && { mutation: p.mutation }),
+    ...(p.entity !== undefined && { entity: p.entity }),
+    ...(p.operation !== undefined && { operation: p.operation }),
     subject: p.subject,
     ...(p.subscription_topic !== undefined && { subscription_topic: p.subscription_topic }),
     actions: p.actions,
@@ -186,6 +190,32 @@ function buildObservers(
 
   const out: ObserversConfig = { backend: o.backend, publish, subscribe, rules };
   if (o.nats_url !== undefined) out.nats_url = o.nats_url;
+  return out;
+}
+
+/** The relay settings, with every file path made absolute (relative to the configuration file's directory). */
+function buildRelay(r: ParsedConfig['relay'], dir: string): RelayConfig {
+  const path = (p: string | undefined): string | undefined => (p === undefined ? undefined : resolve(dir, p));
+  const { schema_file, database_ca_file, change_log, nats, ...rest } = r;
+  const out: RelayConfig = { ...rest, nats: buildNats(nats, path) };
+  if (change_log !== undefined) out.change_log = change_log;
+  const schemaFile = path(schema_file);
+  if (schemaFile !== undefined) out.schema_file = schemaFile;
+  const caFile = path(database_ca_file);
+  if (caFile !== undefined) out.database_ca_file = caFile;
+  return out;
+}
+
+function buildNats(n: ParsedConfig['relay']['nats'], path: (p: string | undefined) => string | undefined): NatsConfig {
+  const out: NatsConfig = { tls: n.tls };
+  for (const key of ['ca_file', 'cert_file', 'key_file', 'creds_file', 'nkey_seed_file'] as const) {
+    const p = path(n[key]);
+    if (p !== undefined) out[key] = p;
+  }
+  for (const key of ['token_env', 'user_env', 'password_env'] as const) {
+    const v = n[key];
+    if (v !== undefined) out[key] = v;
+  }
   return out;
 }
 

@@ -13,6 +13,18 @@ export function isQualifiedIdentifier(s: string): boolean {
   return QUALIFIED_IDENT.test(s);
 }
 
+const SCHEMA_QUALIFIED_IDENT = new RegExp(`^${IDENT_PART}\\.${IDENT_PART}$`);
+
+/** `schema.name` (the schema is required); each part as in isQualifiedIdentifier. */
+export function isSchemaQualifiedIdentifier(s: string): boolean {
+  return SCHEMA_QUALIFIED_IDENT.test(s);
+}
+
+/** A GraphQL type name such as `Order`: letters, digits and "_", not starting with a digit. */
+export function isGraphQLName(s: string): boolean {
+  return /^[_A-Za-z][_0-9A-Za-z]*$/.test(s);
+}
+
 /** Names the relay creates in PostgreSQL (schema, slot, publication). */
 const PG_NAME = /^[a-z_][a-z0-9_]*$/;
 

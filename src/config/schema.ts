@@ -4,7 +4,7 @@
  * Values of secret keys (URLs) are never put into messages.
  */
 import { z } from 'zod';
-import { DURATION_HINT, parseByteSize, parseDuration, SIZE_HINT } from './duration.js';
+import { DURATION_HINT, formatDuration, parseByteSize, parseDuration, SIZE_HINT } from './duration.js';
 import { FRAISEQL_SECTIONS, OBSERVERS_IGNORED_KEYS } from './keys.js';
 import {
   checkConsumerName,
@@ -13,8 +13,10 @@ import {
   checkStreamName,
   checkSubject,
   isEnvName,
+  isGraphQLName,
   isHeaderName,
   isQualifiedIdentifier,
+  isSchemaQualifiedIdentifier,
 } from './names.js';
 
 /** The message of a required key that is absent; report.ts turns it into an "add …" hint. */
@@ -62,7 +64,28 @@ const int = (min: number) => {
   return z.int({ error: err }).min(min, { error: err });
 };
 
+/** A whole number from min to max. */
+const intRange = (min: number, max: number) => {
+  const err = expected(`a whole number from ${min} to ${max}`);
+  return z.int({ error: err }).min(min, { error: err }).max(max, { error: err });
+};
+
 const bool = () => z.boolean({ error: expected('true or false') });
+
+/** One of a few strings; any other value: an error listing them. */
+const oneOf = <const T extends readonly [string, ...string[]]>(what: string, values: T) =>
+  z.enum(values, {
+    error: (iss: RawIssue) =>
+      iss.input === undefined
+        ? MISSING
+        : `${describeValue(iss.input)} is not a supported ${what}; allowed values: ${values.map((v) => `"${v}"`).join(', ')}`,
+  });
+
+/** A file path; load.ts resolves it relative to the directory of the configuration file. */
+const filePath = () =>
+  text('a file path such as "certs/ca.pem"').refine((s) => !s.includes('\u0000'), {
+    error: 'must not contain a NUL character',
+  });
 
 const duration = () =>
   z
@@ -80,6 +103,10 @@ const duration = () =>
         return z.NEVER;
       }
     });
+
+/** A duration of at least 1 ms. */
+const positiveDuration = () =>
+  duration().refine((ms) => ms > 0, { error: `must be longer than zero; expected ${DURATION_HINT}` });
 
 const byteSize = () =>
   z.unknown().transform((v, ctx) => {
@@ -201,16 +228,65 @@ const actions = (header: string) => z.array(actionSchema, arrayOfTables(header))
 
 // ── observers ─────────────────────────────────────────────────────────────────────────────
 
+const OPERATIONS = ['INSERT', 'UPDATE', 'DELETE', 'CREATE', 'CUSTOM'] as const;
+type ChangeOperation = (typeof OPERATIONS)[number];
+const isChangeOperation = (s: string): s is ChangeOperation => (OPERATIONS as readonly string[]).includes(s);
+const OPERATION_LIST = OPERATIONS.map((o) => `"${o}"`).join(', ');
+
 export const publishShape = {
   mutation: checked('a mutation name such as "create_order"', (s) =>
     /^\S+$/.test(s) ? undefined : 'is not a mutation name (it is empty or contains whitespace)',
-  ),
+  ).optional(),
+  entity: checked('a GraphQL type name such as "Order"', (s) =>
+    isGraphQLName(s)
+      ? undefined
+      : 'is not a GraphQL type name (letters, digits and "_", not starting with a digit, e.g. "Order")',
+  ).optional(),
+  operation: str(`one of ${OPERATION_LIST}`)
+    .transform((s, ctx): ChangeOperation => {
+      const upper = s.trim().toUpperCase();
+      if (isChangeOperation(upper)) return upper;
+      ctx.addIssue({
+        code: 'custom',
+        message: `${describeValue(s)} is not a change-log operation; allowed values: ${OPERATION_LIST}`,
+        input: s,
+      });
+      return z.NEVER;
+    })
+    .optional(),
   subject: subject(false),
   subscription_topic: text('a subscription topic such as "order_created"').optional(),
   actions: actions('[[observers.publish.actions]]'),
 };
 
-const publishSchema = z.strictObject(publishShape, table('[[observers.publish]]'));
+const publishSchema = z.strictObject(publishShape, table('[[observers.publish]]')).superRefine((p, ctx) => {
+  if (p.mutation === undefined && p.entity === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      message:
+        'this publish entry has neither a mutation nor an entity, so nothing would trigger it; add ' +
+        'mutation = "create_order" (the events that mutation emits) or entity = "Order" (rows of FraiseQL\'s ' +
+        'change log for that type, optionally narrowed by operation = "INSERT")',
+      input: p,
+    });
+  } else if (p.mutation !== undefined && p.entity !== undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['entity'],
+      message:
+        'is set together with mutation; keep exactly one of them (mutation: the events that mutation emits; ' +
+        'entity: the change-log rows of that type), or write two [[observers.publish]] entries',
+      input: p,
+    });
+  } else if (p.operation !== undefined && p.entity === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['operation'],
+      message: 'only applies to an entity entry; add entity = "Order" or remove operation',
+      input: p,
+    });
+  }
+});
 
 export const subscribeShape = {
   subject: subject(true),
@@ -307,7 +383,61 @@ export const streamShape = {
   create: bool().default(true),
   duplicate_window: duration().prefault('10m'),
   subjects: z.array(subject(true), { error: expected('an array of NATS subjects such as ["fraiseql.>"]') }).default([]),
+  storage: oneOf('stream storage', ['file', 'memory']).default('file'),
+  replicas: intRange(1, 5).default(1),
 };
+
+export const natsShape = {
+  tls: bool().default(false),
+  ca_file: filePath().optional(),
+  cert_file: filePath().optional(),
+  key_file: filePath().optional(),
+  creds_file: filePath().optional(),
+  nkey_seed_file: filePath().optional(),
+  token_env: envName().optional(),
+  user_env: envName().optional(),
+  password_env: envName().optional(),
+};
+
+/** Keys that only make sense together: each names its partner and why. */
+const NATS_PAIRS = [
+  ['cert_file', 'key_file', 'a client certificate needs its private key'],
+  ['key_file', 'cert_file', 'a private key needs its client certificate'],
+  ['user_env', 'password_env', 'user/password authentication needs both'],
+  ['password_env', 'user_env', 'user/password authentication needs both'],
+] as const;
+
+const natsSchema = z.strictObject(natsShape, table('[relay.nats]')).superRefine((n, ctx) => {
+  for (const [key, partner, why] of NATS_PAIRS) {
+    if (n[key] !== undefined && n[partner] === undefined) {
+      ctx.addIssue({ code: 'custom', path: [key], message: `is set without ${partner}; ${why}: add ${partner} = …`, input: n });
+    }
+  }
+});
+
+/** `change_log`: a schema-qualified table name, or false. */
+const changeLog = () =>
+  z
+    .unknown()
+    .transform((v, ctx): string | false => {
+      const example = '"core.tb_entity_change_log"';
+      if (v === false) return false;
+      if (typeof v === 'string' && isSchemaQualifiedIdentifier(v)) return v;
+      ctx.addIssue({
+        code: 'custom',
+        message:
+          typeof v === 'string'
+            ? `${describeValue(v)} is not a schema-qualified table name: use schema.name, each part letters, digits, ` +
+              `"_" or "$" not starting with a digit, or a "double-quoted" identifier (e.g. ${example})`
+            : v === true
+              ? `cannot be true: leave it out to detect ${example} automatically, name the table, or set false ` +
+                'to not read a change log'
+              : `must be a schema-qualified table name such as ${example}, or false, not ${describeValue(v)}`,
+        input: v,
+      });
+      return z.NEVER;
+    })
+    .optional();
 
 export const relayShape = {
   schema: pgName().default('fraiseql_relay'),
@@ -322,10 +452,30 @@ export const relayShape = {
   max_in_flight_bytes: byteSize().prefault(64 * 1024 * 1024),
   retention: duration().prefault('24h'),
   shutdown_timeout: duration().prefault('10s'),
+  plugin: oneOf('logical decoding plugin', ['pgoutput', 'wal2json']).default('pgoutput'),
+  change_log: changeLog(),
+  schema_file: filePath().optional(),
+  subscription_prefix: subject(false).default('fraiseql.subscription'),
+  heartbeat: positiveDuration().prefault('10s'),
+  heartbeat_timeout: positiveDuration().prefault('60s'),
+  max_lag: byteSize().prefault('1GiB'),
+  database_ca_file: filePath().optional(),
   stream: z.strictObject(streamShape, table('[relay.stream]')).prefault({}),
+  nats: natsSchema.prefault({}),
 };
 
-const relaySchema = z.strictObject(relayShape, table('[relay]'));
+const relaySchema = z.strictObject(relayShape, table('[relay]')).superRefine((r, ctx) => {
+  if (r.heartbeat_timeout <= r.heartbeat) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['heartbeat_timeout'],
+      message:
+        `(${formatDuration(r.heartbeat_timeout)}) must be greater than heartbeat (${formatDuration(r.heartbeat)}), ` +
+        'or a connection would be given up before its next heartbeat is due; raise heartbeat_timeout or lower heartbeat',
+      input: r.heartbeat_timeout,
+    });
+  }
+});
 
 // ── top level ─────────────────────────────────────────────────────────────────────────────
 
@@ -390,6 +540,8 @@ export function knownKeys(path: readonly PropertyKey[], legacy: boolean): readon
       return Object.keys(relayShape);
     case 'relay.stream':
       return Object.keys(streamShape);
+    case 'relay.nats':
+      return Object.keys(natsShape);
     default:
       return undefined;
   }

@@ -22,9 +22,21 @@ export interface RuleAction {
   signing_secret_env?: string;
 }
 
-/** `[[observers.publish]]`: after a mutation commits, publish its event. */
+/** An operation of a row of FraiseQL's change log, as written (upper-cased). */
+export type ChangeOperation = 'INSERT' | 'UPDATE' | 'DELETE' | 'CREATE' | 'CUSTOM';
+
+/**
+ * `[[observers.publish]]`: publish an event after a mutation commits (`mutation`), or for each
+ * row of FraiseQL's change log about a type (`entity`, optionally `operation`). Exactly one of
+ * `mutation` and `entity` is set.
+ */
 export interface PublishRule {
-  mutation: string;
+  /** the mutation whose emitted events (outbox rows) are published */
+  mutation?: string;
+  /** GraphQL type name (e.g. 'Order') matched against the change log's rows */
+  entity?: string;
+  /** only with `entity`: the change-log operation to match; absent: every operation */
+  operation?: ChangeOperation;
   /** a concrete NATS subject (no wildcards) */
   subject: string;
   subscription_topic?: string;
@@ -72,6 +84,32 @@ export interface StreamConfig {
   duplicate_window: number;
   /** default [] */
   subjects: string[];
+  /** default 'file' */
+  storage: 'file' | 'memory';
+  /** default 1 (1..5) */
+  replicas: number;
+}
+
+/** `[relay.nats]`: TLS and authentication for the NATS connection; paths are absolute. */
+export interface NatsConfig {
+  /** default false: require TLS to the NATS server */
+  tls: boolean;
+  /** absolute path of a CA bundle that verifies the NATS server */
+  ca_file?: string;
+  /** absolute path of a client certificate; set together with `key_file` */
+  cert_file?: string;
+  /** absolute path of the client certificate's private key; set together with `cert_file` */
+  key_file?: string;
+  /** absolute path of a NATS credentials file (JWT and nkey seed) */
+  creds_file?: string;
+  /** absolute path of a file holding an nkey seed */
+  nkey_seed_file?: string;
+  /** name of the environment variable that holds an authentication token */
+  token_env?: string;
+  /** name of the environment variable that holds the user name; set together with `password_env` */
+  user_env?: string;
+  /** name of the environment variable that holds the password; set together with `user_env` */
+  password_env?: string;
 }
 
 export interface RelayConfig {
@@ -91,7 +129,25 @@ export interface RelayConfig {
   retention: number;
   /** ms, default 10s */
   shutdown_timeout: number;
+  /** logical decoding plugin of the slot, default 'pgoutput' */
+  plugin: 'pgoutput' | 'wal2json';
+  /** schema-qualified change-log table; false: none; absent: auto-detect `core.tb_entity_change_log` */
+  change_log?: string | false;
+  /** absolute path of FraiseQL's compiled schema JSON */
+  schema_file?: string;
+  /** NATS subject prefix of GraphQL subscription events, default 'fraiseql.subscription' */
+  subscription_prefix: string;
+  /** ms, default 10s */
+  heartbeat: number;
+  /** ms, default 60s; always greater than `heartbeat` */
+  heartbeat_timeout: number;
+  /** bytes, default 1 GiB: slot lag above this makes /readyz fail */
+  max_lag: number;
+  /** absolute path of a CA bundle for TLS to PostgreSQL */
+  database_ca_file?: string;
   stream: StreamConfig;
+  /** always present, defaults filled in */
+  nats: NatsConfig;
 }
 
 export interface ObserversConfig {

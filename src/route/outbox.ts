@@ -29,6 +29,7 @@ export class OutboxRouter {
 
   constructor(config: Config, private readonly database: string) {
     for (const p of config.observers.publish) {
+      if (p.mutation === undefined) continue; // an entity entry: matched against the change log, not the outbox
       const list = this.byMutation.get(p.mutation) ?? [];
       const t: Target = { subject: p.subject };
       if (p.subscription_topic !== undefined) t.subscriptionTopic = p.subscription_topic;
