@@ -6,7 +6,7 @@ import type { Config } from './config/load.js';
 import { connect, quoteIdent } from './db.js';
 import { UsageError } from './errors.js';
 import type { Logger } from './log.js';
-import { identityProblem, resolveRuleTables, tablesPublication } from './ruletables.js';
+import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from './ruletables.js';
 
 export interface Migration {
   id: number;
@@ -124,16 +124,20 @@ export async function migrate(config: Config, log: Logger): Promise<MigrateResul
       }
 
       const pub = outboxPublication(config);
+      const changeLog = await resolveChangeLog(client, config);
+      const tables = [`${s}.outbox`];
+      if (changeLog) tables.push(`${quoteIdent(changeLog.schema)}.${quoteIdent(changeLog.name)}`);
       const existing = await client.query(`SELECT 1 FROM pg_publication WHERE pubname = $1`, [pub]);
       if (existing.rowCount === 0) {
-        await client.query(publicationSql(config));
+        await client.query(`CREATE PUBLICATION ${quoteIdent(pub)} FOR TABLE ${tables.join(', ')} WITH (publish = 'insert')`);
         result.publicationCreated = true;
-        log.info({ publication: pub }, 'created publication');
+        log.info({ publication: pub, tables }, 'created publication');
       } else {
-        // keep it exactly right on upgrade: only the outbox, only inserts
-        await client.query(`ALTER PUBLICATION ${quoteIdent(pub)} SET TABLE ${s}.outbox`);
+        // keep it exactly right on upgrade: only these tables, only inserts
+        await client.query(`ALTER PUBLICATION ${quoteIdent(pub)} SET TABLE ${tables.join(', ')}`);
         await client.query(`ALTER PUBLICATION ${quoteIdent(pub)} SET (publish = 'insert')`);
       }
+      if (changeLog) log.info({ table: `${changeLog.schema}.${changeLog.name}` }, "streaming FraiseQL's change log");
 
       const problems = await migrateRuleTables(client, config, log);
       result.tableProblems = problems;

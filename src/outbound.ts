@@ -7,7 +7,8 @@ import { PgoutputDecoder } from './source/pgoutput.js';
 import { parseFrame } from './source/frames.js';
 import { formatLsn } from './source/lsn.js';
 import { OutboxRouter, type RouteResult } from './route/outbox.js';
-import type { TableRouter } from './route/tables.js';
+import type { TableRouter, ResolvedTable } from './route/tables.js';
+import type { ChangeLogRouter } from './route/changelog.js';
 import { tablesPublication } from './ruletables.js';
 import type { JetStreamSink } from './sink/jetstream.js';
 import type { DeadLetterWriter } from './sink/deadletter.js';
@@ -32,9 +33,11 @@ export interface OutboundDeps {
   onDurable?: (lsn: bigint) => void;
   /** table rules, when configured */
   tables?: TableRouter | null;
+  /** FraiseQL's change log, when streamed */
+  changeLog?: { table: ResolvedTable; router: ChangeLogRouter } | null;
 }
 
-type RelationKind = 'outbox' | 'table';
+type RelationKind = 'outbox' | 'table' | 'changelog';
 
 function toRecord(rel: Relation, t: Tuple): Record<string, TupleValue> {
   const out: Record<string, TupleValue> = {};
@@ -199,6 +202,7 @@ export class OutboundSession {
         const rel = m.relation;
         if (rel.schema === this.deps.config.relay.schema && rel.name === 'outbox') this.kinds.set(rel.id, 'outbox');
         else if (this.deps.tables?.watches(rel)) this.kinds.set(rel.id, 'table');
+        else if (this.deps.changeLog && rel.schema === this.deps.changeLog.table.schema && rel.name === this.deps.changeLog.table.name) this.kinds.set(rel.id, 'changelog');
         else this.kinds.delete(rel.id);
         return undefined;
       }
@@ -211,9 +215,9 @@ export class OutboundSession {
         if (!t) throw new Error(`pgoutput ${m.tag} outside a transaction`);
         const relation = this.decoder.relation(m.relationId)!;
         let routed: RouteResult;
-        if (kind === 'outbox') {
+        if (kind === 'outbox' || kind === 'changelog') {
           if (m.tag !== 'insert') return undefined;
-          routed = this.router.route({
+          routed = (kind === 'outbox' ? this.router : this.deps.changeLog!.router).route({
             op: 'INSERT',
             relation,
             row: toRecord(relation, m.newTuple),

@@ -6,8 +6,9 @@ import { connectNats } from './sink/nats.js';
 import { ensureStream, findStream } from './sink/stream.js';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { needsSlot } from './migrate.js';
-import { resolveRuleTables } from './ruletables.js';
-import { TableRouter } from './route/tables.js';
+import { resolveChangeLog, resolveRuleTables } from './ruletables.js';
+import { TableRouter, type ResolvedTable } from './route/tables.js';
+import { ChangeLogRouter, loadMutationMap } from './route/changelog.js';
 import { InboxExecutor, checkHandler } from './inbound/inbox.js';
 import { ensureConsumer } from './inbound/consumers.js';
 import { InboundWorker, type InboundStats } from './inbound/worker.js';
@@ -40,6 +41,7 @@ export class Relay {
   readonly inboundStats: InboundStats = { applied: 0, duplicates: 0, failed: 0, deadLettered: 0 };
   private inbox: InboxExecutor | null = null;
   private tables: TableRouter | null = null;
+  private changeLog: { table: ResolvedTable; router: ChangeLogRouter } | null = null;
   private readonly workers: InboundWorker[] = [];
   private nc: NatsConnection | null = null;
   private deadLetters: DeadLetterWriter | null = null;
@@ -73,6 +75,12 @@ export class Relay {
     if (config.observers.rules.length > 0) {
       const { perRule } = await withClient(config.database.url, (c) => resolveRuleTables(c, config));
       this.tables = new TableRouter(config, perRule, database);
+    }
+    const changeLog = await withClient(config.database.url, (c) => resolveChangeLog(c, config));
+    if (changeLog) {
+      const mutations = config.relay.schema_file ? loadMutationMap(config.relay.schema_file) : null;
+      this.changeLog = { table: changeLog, router: new ChangeLogRouter(config, database, mutations) };
+      log.info({ table: `${changeLog.schema}.${changeLog.name}` }, "streaming FraiseQL's change log");
     }
     if (needsSlot(config)) {
       this.retention = new OutboxRetention(config.database.url, config.relay.schema, config.relay.retention, () => this.confirmed, log.child({ component: 'retention' }));
@@ -130,6 +138,7 @@ export class Relay {
         database,
         stats: this.stats,
         tables: this.tables,
+        changeLog: this.changeLog,
         onDurable: (lsn) => {
           this.confirmed = lsn;
           attempt = 0;

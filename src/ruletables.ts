@@ -3,6 +3,7 @@ import type { Config } from './config/load.js';
 import { quoteIdent, quoteQualified } from './db.js';
 import { UsageError } from './errors.js';
 import type { ResolvedTable } from './route/tables.js';
+import { DEFAULT_CHANGE_LOG } from './route/changelog.js';
 
 export interface RuleTableInfo extends ResolvedTable {
   /** the rule's table as written in fraiseql.toml */
@@ -72,4 +73,24 @@ export function identityProblem(t: RuleTableInfo): string | null {
     `so its ${[...t.events].filter((e) => e !== 'INSERT').join('/')} changes cannot be published; it was left out of the publication. ` +
     `Add a primary key, run ALTER TABLE ${q} REPLICA IDENTITY FULL, or set before_image = true on the rule.`
   );
+}
+
+/**
+ * FraiseQL's change log, when the relay should stream it: `[relay] change_log` (must exist),
+ * else `core.tb_entity_change_log` when present; `change_log = false` turns it off.
+ */
+export async function resolveChangeLog(client: pg.Client, config: Config): Promise<ResolvedTable | null> {
+  const setting = config.relay.change_log;
+  if (setting === false) return null;
+  const name = setting ?? DEFAULT_CHANGE_LOG;
+  const r = await client.query<{ nspname: string; relname: string }>(
+    `SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)`,
+    [quoteQualified(name)],
+  );
+  const row = r.rows[0];
+  if (!row) {
+    if (setting !== undefined) throw new UsageError(`[relay] change_log: table ${setting} does not exist; create it (FraiseQL's migrations do) or remove the key`);
+    return null;
+  }
+  return { schema: row.nspname, name: row.relname };
 }

@@ -124,7 +124,7 @@ describe('OutboxRouter', () => {
       }),
     );
     assert.equal(r.unrouted, false);
-    assert.deepEqual(r.messages.map((m) => m.subject), ['fraiseql.order.created', 'audit.order']);
+    assert.deepEqual(r.messages.map((m) => m.subject), ['fraiseql.order.created', 'audit.order', 'fraiseql.subscription.order_created']);
     const body = JSON.parse(r.messages[0]!.body.toString()) as Record<string, unknown>;
     assert.deepEqual(body, {
       event_id: '5b0c0000-0000-0000-0000-000000000001', id: 'e1', entity_type: 'Order', operation: 'CREATE',
@@ -136,6 +136,8 @@ describe('OutboxRouter', () => {
     assert.equal(r.messages[0]!.headers['traceparent'], '00-abc-def-01');
     assert.equal(r.messages[0]!.headers['Fraiseql-Subscription-Topic'], undefined);
     assert.equal(r.messages[1]!.headers['Fraiseql-Subscription-Topic'], 'order_created');
+    assert.equal(r.messages[2]!.headers['Fraiseql-Subscription-Topic'], 'order_created');
+    assert.equal(r.messages[2]!.eventId, r.messages[0]!.eventId, 'same event, its own Nats-Msg-Id per subject');
     assert.equal(r.messages[1]!.body, r.messages[0]!.body);
   });
 

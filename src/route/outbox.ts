@@ -2,11 +2,7 @@ import type { Config } from '../config/load.js';
 import type { Change, OutboundMessage, TupleValue } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
-
-interface Target {
-  subject: string;
-  subscriptionTopic?: string;
-}
+import { envelopeBody, fanOut, headerValue, type Target } from './envelope.js';
 
 export interface RouteResult {
   messages: OutboundMessage[];
@@ -17,8 +13,6 @@ export interface RouteResult {
 const json = (v: TupleValue): string => (v === null || v === undefined ? 'null' : JSON.stringify(v));
 const raw = (v: TupleValue): string => (v === null || v === undefined ? 'null' : v);
 
-/** Header values cannot hold line breaks. */
-const headerValue = (v: string): string => v.replace(/[\r\n]+/g, ' ');
 
 /**
  * Turns an outbox row into the message(s) of DESIGN.md §3.4: an explicit subject (emit) or the
@@ -27,7 +21,10 @@ const headerValue = (v: string): string => v.replace(/[\r\n]+/g, ' ');
 export class OutboxRouter {
   private readonly byMutation = new Map<string, Target[]>();
 
+  private readonly subscriptionPrefix: string;
+
   constructor(config: Config, private readonly database: string) {
+    this.subscriptionPrefix = config.relay.subscription_prefix;
     for (const p of config.observers.publish) {
       if (p.mutation === undefined) continue; // an entity entry: matched against the change log, not the outbox
       const list = this.byMutation.get(p.mutation) ?? [];
@@ -57,25 +54,21 @@ export class OutboxRouter {
 
     const updated = r['updated_fields'];
     const created = r['created_at'];
-    const body = Buffer.from(
-      '{"event_id":' + JSON.stringify(eventId) +
-        ',"id":' + json(r['entity_id']) +
-        ',"entity_type":' + json(r['entity_type']) +
-        ',"operation":' + json(r['operation']) +
-        ',"mutation":' + json(mutation) +
-        ',"entity":' + raw(r['entity']) +
-        ',"entity_before":' + raw(r['entity_before']) +
-        ',"updated_fields":' + (typeof updated === 'string' ? pgTextArrayToJson(updated) : 'null') +
-        ',"metadata":' + raw(r['metadata']) +
-        ',"tenant_id":' + json(r['tenant_id']) +
-        ',"user_id":' + json(r['user_id']) +
-        ',"occurred_at":' + (typeof created === 'string' ? JSON.stringify(pgTimestampToIso(created)) : 'null') +
-        ',"source":{"database":' + JSON.stringify(this.database) +
-        ',"schema":' + JSON.stringify(change.relation.schema) +
-        ',"table":' + JSON.stringify(change.relation.name) +
-        ',"lsn":"' + formatLsn(change.lsn) + '","xid":' + change.xid + '}}',
-      'utf8',
-    );
+    const body = envelopeBody({
+      eventId: JSON.stringify(eventId),
+      id: json(r['entity_id']),
+      entityType: json(r['entity_type']),
+      operation: json(r['operation']),
+      mutation: json(mutation),
+      entity: raw(r['entity']),
+      entityBefore: raw(r['entity_before']),
+      updatedFields: typeof updated === 'string' ? pgTextArrayToJson(updated) : 'null',
+      metadata: raw(r['metadata']),
+      tenantId: json(r['tenant_id']),
+      userId: json(r['user_id']),
+      occurredAt: typeof created === 'string' ? JSON.stringify(pgTimestampToIso(created)) : 'null',
+      source: { database: this.database, schema: change.relation.schema, table: change.relation.name, lsn: formatLsn(change.lsn), xid: change.xid },
+    });
 
     const base: Record<string, string> = {};
     const userHeaders = r['headers'];
@@ -98,10 +91,7 @@ export class OutboxRouter {
     const tp = r['traceparent'];
     if (typeof tp === 'string') base['traceparent'] = headerValue(tp);
 
-    const messages: OutboundMessage[] = targets.map((t) => {
-      const headers = t.subscriptionTopic === undefined ? base : { ...base, 'Fraiseql-Subscription-Topic': t.subscriptionTopic };
-      return { subject: t.subject, eventId, headers, body };
-    });
+    const messages = fanOut(targets, eventId, base, body, this.subscriptionPrefix);
     return { messages, unrouted: false };
   }
 }

@@ -2,6 +2,7 @@ import type { Config, TableRule } from '../config/load.js';
 import type { Change, OutboundMessage, Relation, TupleValue } from '../types.js';
 import { formatLsn, pgMicrosToIso } from '../source/lsn.js';
 import { rowToJson } from './values.js';
+import { envelopeBody } from './envelope.js';
 import type { RouteResult } from './outbox.js';
 
 /** A rule table resolved to its real schema and name. */
@@ -99,24 +100,21 @@ export class TableRouter {
     }
     const missing = after?.missing ?? [];
     const entityType = entityTypeOf(rel.name);
-    const body = Buffer.from(
-      '{"event_id":' + JSON.stringify(eventId) +
-        ',"id":' + (idValue === null || idValue === undefined ? 'null' : JSON.stringify(idValue)) +
-        ',"entity_type":' + JSON.stringify(entityType) +
-        ',"operation":' + JSON.stringify(change.op) +
-        ',"mutation":null' +
-        ',"entity":' + (after ? after.json : 'null') +
-        ',"entity_before":' + (before ? before.json : 'null') +
-        ',"updated_fields":' + (updated ?? 'null') +
-        ',"metadata":' + (missing.length > 0 ? JSON.stringify({ unchanged_toast: missing }) : 'null') +
-        ',"tenant_id":null,"user_id":null' +
-        ',"occurred_at":' + JSON.stringify(pgMicrosToIso(change.commitTime)) +
-        ',"source":{"database":' + JSON.stringify(this.database) +
-        ',"schema":' + JSON.stringify(rel.schema) +
-        ',"table":' + JSON.stringify(rel.name) +
-        ',"lsn":"' + formatLsn(change.lsn) + '","xid":' + change.xid + '}}',
-      'utf8',
-    );
+    const body = envelopeBody({
+      eventId: JSON.stringify(eventId),
+      id: idValue === null || idValue === undefined ? 'null' : JSON.stringify(idValue),
+      entityType: JSON.stringify(entityType),
+      operation: JSON.stringify(change.op),
+      mutation: 'null',
+      entity: after ? after.json : 'null',
+      entityBefore: before ? before.json : 'null',
+      updatedFields: updated ?? 'null',
+      metadata: missing.length > 0 ? JSON.stringify({ unchanged_toast: missing }) : 'null',
+      tenantId: 'null',
+      userId: 'null',
+      occurredAt: JSON.stringify(pgMicrosToIso(change.commitTime)),
+      source: { database: this.database, schema: rel.schema, table: rel.name, lsn: formatLsn(change.lsn), xid: change.xid },
+    });
     const headers: Record<string, string> = {
       'Fraiseql-Event-Id': eventId,
       'Fraiseql-Entity-Type': entityType,

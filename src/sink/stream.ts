@@ -9,7 +9,8 @@ import { filterCovers } from './subjects.js';
 /** Subjects the relay's stream must capture: every configured publish subject plus [relay.stream] subjects. */
 export function requiredSubjects(config: Config): string[] {
   const rules = config.observers.rules.flatMap((r) => (r.subject ? [r.subject] : []));
-  return [...new Set([...OutboxRouter.configuredSubjects(config), ...rules, ...config.relay.stream.subjects])];
+  const topics = config.observers.publish.some((p) => p.subscription_topic !== undefined) ? [`${config.relay.subscription_prefix}.>`] : [];
+  return [...new Set([...OutboxRouter.configuredSubjects(config), ...rules, ...topics, ...config.relay.stream.subjects])];
 }
 
 /** Drops subjects another one in the list already covers. */
