@@ -56,7 +56,7 @@ export class OutboundSession {
   private readonly decoder = new PgoutputDecoder();
   private readonly router: OutboxRouter;
   private readonly watermark: AckWatermark;
-  private readonly kinds = new Map<number, RelationKind>();
+  private readonly kinds = new Map<number, RelationKind | null>();
   private txn: TxnTicket | null = null;
   private commitTime = 0n;
   private failure: Error | null = null;
@@ -130,6 +130,15 @@ export class OutboundSession {
     this.settleRun();
   }
 
+  /** Which router a relation's changes go to, or null when none watches it. */
+  private classify(rel: Relation): RelationKind | null {
+    const { config, tables, changeLog } = this.deps;
+    if (rel.schema === config.relay.schema && rel.name === 'outbox') return 'outbox';
+    if (tables?.watches(rel)) return 'table';
+    if (changeLog && rel.schema === changeLog.table.schema && rel.name === changeLog.table.name) return 'changelog';
+    return null;
+  }
+
   private fail(err: Error): void {
     if (this.failure || this.stopping) return;
     this.failure = err;
@@ -200,17 +209,20 @@ export class OutboundSession {
       }
       case 'relation': {
         const rel = m.relation;
-        if (rel.schema === this.deps.config.relay.schema && rel.name === 'outbox') this.kinds.set(rel.id, 'outbox');
-        else if (this.deps.tables?.watches(rel)) this.kinds.set(rel.id, 'table');
-        else if (this.deps.changeLog && rel.schema === this.deps.changeLog.table.schema && rel.name === this.deps.changeLog.table.name) this.kinds.set(rel.id, 'changelog');
-        else this.kinds.delete(rel.id);
+        this.kinds.set(rel.id, this.classify(rel));
         return undefined;
       }
       case 'insert':
       case 'update':
       case 'delete': {
-        const kind = this.kinds.get(m.relationId);
-        if (kind === undefined) return undefined;
+        let kind = this.kinds.get(m.relationId);
+        if (kind === undefined) {
+          // a decoder that announces relations implicitly (wal2json) is classified on first sight
+          const rel = this.decoder.relation(m.relationId);
+          kind = rel ? this.classify(rel) : null;
+          this.kinds.set(m.relationId, kind);
+        }
+        if (kind === null) return undefined;
         const t = this.txn;
         if (!t) throw new Error(`pgoutput ${m.tag} outside a transaction`);
         const relation = this.decoder.relation(m.relationId)!;
