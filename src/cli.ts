@@ -126,7 +126,7 @@ export function buildProgram(): Command {
 
   program
     .command('demo')
-    .description('start throwaway PostgreSQL and NATS and run the order example end to end')
+    .description('start throwaway PostgreSQL and NATS and run the order/inventory example end to end')
     .addOption(new Option('--log-level <level>', 'log level').env('LOG_LEVEL').default('error'))
     .option('--orders <n>', 'orders before, during and after the NATS outage', '20')
     .option('--outage <seconds>', 'how long NATS is down', '3')

@@ -3,18 +3,29 @@ import { nanos } from '@nats-io/transport-node';
 import type { SubscribeRule } from '../config/load.js';
 import type { Logger } from '../log.js';
 
-/** The consumer configuration a subscription asks for. */
+/**
+ * The consumer configuration a subscription asks for. `backoff` is deliberately not sent to the
+ * server: nats-server 2.9 then replaces `ack_wait` with `backoff[0]`, so a message still waiting
+ * in the client's pull buffer (or a handler slower than backoff[0]) is redelivered, its delivery
+ * count climbs without a handler attempt, and it can reach the dead-letter table after fewer
+ * handler failures than `max_deliver`. The worker applies the backoff itself (`nak(delay)`) after
+ * a handler failure; `ack_wait` alone governs redelivery after a crash.
+ *
+ * `max_deliver` is enforced by the worker, not the server (which gets -1, unlimited): were the
+ * server to stop after `max_deliver` deliveries that each ended in a relay crash, the message
+ * would vanish without reaching the dead-letter table. The worker dead-letters a message whose
+ * handler fails on or after its `max_deliver`-th delivery.
+ */
 export function desiredConsumer(rule: SubscribeRule): Partial<ConsumerConfig> {
   const c: Partial<ConsumerConfig> = {
     durable_name: rule.consumer,
     ack_policy: AckPolicy.Explicit,
     deliver_policy: DeliverPolicy.All,
     filter_subject: rule.subject,
-    max_deliver: rule.max_deliver,
+    max_deliver: -1,
     ack_wait: nanos(rule.ack_wait),
     max_ack_pending: Math.max(1000, rule.concurrency * 4),
   };
-  if (rule.backoff.length > 0) c.backoff = rule.backoff.map((ms) => nanos(ms));
   return c;
 }
 
