@@ -10,7 +10,7 @@ import { OutboxRouter, type RouteResult } from './route/outbox.js';
 import type { TableRouter, ResolvedTable } from './route/tables.js';
 import type { ChangeLogRouter } from './route/changelog.js';
 import { tablesPublication } from './ruletables.js';
-import type { JetStreamSink } from './sink/jetstream.js';
+import type { Sink } from './sink/sink.js';
 import type { DeadLetterWriter } from './sink/deadletter.js';
 import { outboxPublication } from './migrate.js';
 import { errorMessage } from './errors.js';
@@ -25,7 +25,7 @@ export interface OutboundStats {
 export interface OutboundDeps {
   config: Config;
   log: Logger;
-  sink: JetStreamSink;
+  sink: Sink;
   deadLetters: DeadLetterWriter;
   database: string;
   stats: OutboundStats;

@@ -12,6 +12,11 @@ import { ChangeLogRouter, loadMutationMap } from './route/changelog.js';
 import { InboxExecutor, checkHandler } from './inbound/inbox.js';
 import { ensureConsumer } from './inbound/consumers.js';
 import { InboundWorker, type InboundStats } from './inbound/worker.js';
+import { WebhookWorker } from './inbound/webhook-worker.js';
+import { WebhookSink } from './sink/webhook-sink.js';
+import { resolveWebhookTarget, type WebhookTarget } from './sink/webhook.js';
+import type { Sink } from './sink/sink.js';
+import { ruleWebhookSubject, webhookRoutes, type WebhookRoute } from './route/webhooks.js';
 import { JetStreamSink } from './sink/jetstream.js';
 import { DeadLetterWriter } from './sink/deadletter.js';
 import { OutboundSession, type OutboundStats } from './outbound.js';
@@ -42,7 +47,8 @@ export class Relay {
   private inbox: InboxExecutor | null = null;
   private tables: TableRouter | null = null;
   private changeLog: { table: ResolvedTable; router: ChangeLogRouter } | null = null;
-  private readonly workers: InboundWorker[] = [];
+  private readonly workers: { stop(timeoutMs: number): Promise<void> }[] = [];
+  readonly webhookStats = { delivered: 0, failed: 0, retried: 0, deadLettered: 0 };
   private nc: NatsConnection | null = null;
   private deadLetters: DeadLetterWriter | null = null;
   private retention: OutboxRetention | null = null;
@@ -62,19 +68,28 @@ export class Relay {
   /** Connects, prepares the stream and starts streaming. Rejects on configuration problems. */
   async start(): Promise<void> {
     const { config, log } = this;
-    const natsUrl = config.observers.nats_url;
-    if (!natsUrl) throw new UsageError('[observers] nats_url is required to publish to NATS JetStream (backend = "nats")');
+    const nats = config.observers.backend === 'nats';
+    if (!nats && config.observers.subscribe.length > 0) {
+      throw new UsageError('[[observers.subscribe]] needs NATS: with backend = "webhook" there is nothing to consume; use backend = "nats"');
+    }
+    if (nats && !config.observers.nats_url) throw new UsageError('[observers] nats_url is required with backend = "nats"');
     const database = await withClient(config.database.url, async (c) => {
       const r = await c.query<{ db: string }>('SELECT current_database() AS db');
       return r.rows[0]!.db;
     });
-    log.info({ database }, 'connecting to NATS');
-    this.nc = await connectNats({ url: natsUrl, log: log.child({ component: 'nats' }) });
-    const streamSubjects = await ensureStream(this.nc, config, log.child({ component: 'stream' }));
+    // webhook targets resolve their URLs and secrets from the environment now: a missing
+    // variable is a configuration error at start, not a dead letter later
+    const webhooks = webhookRoutes(config).map((r) => ({ route: r, target: resolveWebhookTarget(r.action, process.env) }));
+    let streamSubjects: string[] = [];
+    if (nats) {
+      log.info({ database }, 'connecting to NATS');
+      this.nc = await connectNats({ url: config.observers.nats_url!, log: log.child({ component: 'nats' }) });
+      streamSubjects = await ensureStream(this.nc, config, log.child({ component: 'stream' }));
+    }
     this.deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
     if (config.observers.rules.length > 0) {
       const { perRule } = await withClient(config.database.url, (c) => resolveRuleTables(c, config));
-      this.tables = new TableRouter(config, perRule, database);
+      this.tables = new TableRouter(config, perRule, database, ruleWebhookSubject(config));
     }
     const changeLog = await withClient(config.database.url, (c) => resolveChangeLog(c, config));
     if (changeLog) {
@@ -85,16 +100,46 @@ export class Relay {
     if (needsSlot(config)) {
       this.retention = new OutboxRetention(config.database.url, config.relay.schema, config.relay.retention, () => this.confirmed, log.child({ component: 'retention' }));
       this.retention.start();
-      const sink = new JetStreamSink(this.nc, {
-        maxInFlight: config.relay.max_in_flight,
-        maxInFlightBytes: config.relay.max_in_flight_bytes,
-        timeoutMs: this.opts.publishTimeoutMs ?? 10_000,
-        streamSubjects,
-        log: log.child({ component: 'publisher' }),
-      });
-      this.loop = this.runLoop(sink, database);
+      const targets = new Map(webhooks.map((w) => [w.route.subject, w.target]));
+      let first = true;
+      const makeSink = async (): Promise<Sink> => {
+        if (!nats) return new WebhookSink(targets, this.deadLetters!, config.relay.max_in_flight, log.child({ component: 'webhook' }), this.webhookStats);
+        const subjects = first ? streamSubjects : await this.streamSubjects();
+        first = false;
+        return new JetStreamSink(this.nc!, {
+          maxInFlight: config.relay.max_in_flight,
+          maxInFlightBytes: config.relay.max_in_flight_bytes,
+          timeoutMs: this.opts.publishTimeoutMs ?? 10_000,
+          streamSubjects: subjects,
+          log: log.child({ component: 'publisher' }),
+        });
+      };
+      this.loop = this.runLoop(makeSink, database);
     }
-    if (config.observers.subscribe.length > 0) await this.startInbound();
+    if (nats) {
+      await this.startWebhookWorkers(webhooks);
+      if (config.observers.subscribe.length > 0) await this.startInbound();
+    }
+  }
+
+  /** backend = "nats": one durable consumer and in-order deliverer per webhook action. */
+  private async startWebhookWorkers(webhooks: { route: WebhookRoute; target: WebhookTarget }[]): Promise<void> {
+    if (webhooks.length === 0) return;
+    const log = this.log.child({ component: 'webhook' });
+    const jsm = await jetstreamManager(this.nc!);
+    for (const { route, target } of webhooks) {
+      const stream = await findStream(jsm, route.subject);
+      if (!stream) throw new UsageError(`no JetStream stream captures webhook subject ${route.subject}`);
+      await ensureConsumer(
+        jsm,
+        stream,
+        { subject: route.subject, consumer: route.consumer, handler: '', max_deliver: target.maxAttempts, ack_wait: Math.max(30_000, target.timeoutMs * 2), backoff: [], concurrency: 1 },
+        log,
+      );
+      const w = new WebhookWorker(this.nc!, stream, route.consumer, target, this.deadLetters!, this.webhookStats, log.child({ consumer: route.consumer }));
+      w.start();
+      this.workers.push(w);
+    }
   }
 
   /** One durable consumer and worker per [[observers.subscribe]]. */
@@ -122,14 +167,15 @@ export class Relay {
     }
   }
 
-  private async runLoop(firstSink: JetStreamSink, database: string): Promise<void> {
+  private async runLoop(makeSink: () => Promise<Sink>, database: string): Promise<void> {
     const { config } = this;
     const log = this.log.child({ component: 'outbound' });
     const min = this.opts.backoffMinMs ?? 500;
     const max = this.opts.backoffMaxMs ?? 30_000;
     let attempt = 0;
-    let sink = firstSink;
     while (!this.stopping) {
+      // a fresh sink per session: nothing from a failed one can be confused with new work
+      const sink = await makeSink();
       const session = new OutboundSession({
         config,
         log,
@@ -156,6 +202,8 @@ export class Relay {
         } else {
           log.warn({ err: this.lastError, confirmed: formatLsn(this.confirmed) }, 'outbound stream interrupted; reconnecting from the confirmed position');
         }
+      } finally {
+        if (sink instanceof WebhookSink) sink.close();
       }
       this.session = null;
       const delay = backoffDelay(attempt++, min, max);
@@ -167,14 +215,6 @@ export class Relay {
         };
       });
       this.wake = null;
-      // a fresh sink per session: nothing from the failed one can be confused with new work
-      sink = new JetStreamSink(this.nc!, {
-        maxInFlight: config.relay.max_in_flight,
-        maxInFlightBytes: config.relay.max_in_flight_bytes,
-        timeoutMs: this.opts.publishTimeoutMs ?? 10_000,
-        streamSubjects: await this.streamSubjects(),
-        log: this.log.child({ component: 'publisher' }),
-      });
     }
   }
 

@@ -4,6 +4,7 @@ import type { Change, TupleValue } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
 import { envelopeBody, fanOut, headerValue, type Target } from './envelope.js';
+import { publishTargets } from './webhooks.js';
 import type { RouteResult } from './outbox.js';
 
 /** FraiseQL's change log, the source that needs no change to a service's mutation functions. */
@@ -68,19 +69,20 @@ const raw = (v: TupleValue): string => (v === null || v === undefined ? 'null' :
  * `entity` (+ `operation`), or by `mutation` through the compiled schema's mutation map.
  */
 export class ChangeLogRouter {
-  private readonly entries: { rule: PublishRule; entity: string; operation: string | null }[] = [];
+  private readonly entries: { rule: PublishRule; entity: string; operation: string | null; targets: Target[] }[] = [];
   private readonly subscriptionPrefix: string;
 
   constructor(config: Config, private readonly database: string, mutations: Map<string, MutationInfo> | null) {
     this.subscriptionPrefix = config.relay.subscription_prefix;
-    for (const rule of config.observers.publish) {
+    config.observers.publish.forEach((rule, i) => {
+      const targets = publishTargets(config, i);
       if (rule.entity !== undefined) {
-        this.entries.push({ rule, entity: rule.entity, operation: rule.operation ? normalOperation(rule.operation) : null });
+        this.entries.push({ rule, entity: rule.entity, operation: rule.operation ? normalOperation(rule.operation) : null, targets });
       } else if (rule.mutation !== undefined && mutations) {
         const info = mutations.get(normalName(rule.mutation));
-        if (info) this.entries.push({ rule, entity: info.entity, operation: info.operation });
+        if (info) this.entries.push({ rule, entity: info.entity, operation: info.operation, targets });
       }
-    }
+    });
   }
 
   route(change: Change): RouteResult {
@@ -94,9 +96,7 @@ export class ChangeLogRouter {
     let mutation: string | null = null;
     for (const e of this.entries) {
       if (e.entity !== objectType || (e.operation !== null && e.operation !== op)) continue;
-      const t: Target = { subject: e.rule.subject };
-      if (e.rule.subscription_topic !== undefined) t.subscriptionTopic = e.rule.subscription_topic;
-      targets.push(t);
+      targets.push(...e.targets);
       if (e.rule.mutation !== undefined) mutation ??= e.rule.mutation;
     }
     if (targets.length === 0) return { messages: [], unrouted: true };

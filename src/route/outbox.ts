@@ -3,6 +3,7 @@ import type { Change, OutboundMessage, TupleValue } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
 import { envelopeBody, fanOut, headerValue, type Target } from './envelope.js';
+import { publishTargets } from './webhooks.js';
 
 export interface RouteResult {
   messages: OutboundMessage[];
@@ -25,14 +26,10 @@ export class OutboxRouter {
 
   constructor(config: Config, private readonly database: string) {
     this.subscriptionPrefix = config.relay.subscription_prefix;
-    for (const p of config.observers.publish) {
-      if (p.mutation === undefined) continue; // an entity entry: matched against the change log, not the outbox
-      const list = this.byMutation.get(p.mutation) ?? [];
-      const t: Target = { subject: p.subject };
-      if (p.subscription_topic !== undefined) t.subscriptionTopic = p.subscription_topic;
-      list.push(t);
-      this.byMutation.set(p.mutation, list);
-    }
+    config.observers.publish.forEach((p, i) => {
+      if (p.mutation === undefined) return;
+      this.byMutation.set(p.mutation, [...(this.byMutation.get(p.mutation) ?? []), ...publishTargets(config, i)]);
+    });
   }
 
   /** Every subject the configuration can publish to (for the stream). */

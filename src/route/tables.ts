@@ -59,7 +59,7 @@ export class TableRouter {
     config.observers.rules.forEach((rule, i) => {
       const t = resolved[i]!;
       const subjects: string[] = [];
-      if (rule.subject) subjects.push(rule.subject);
+      if (rule.subject && config.observers.backend === 'nats') subjects.push(rule.subject);
       rule.actions.forEach((_, j) => {
         const s = webhookSubject(i, j);
         if (s) subjects.push(s);

@@ -5,11 +5,13 @@ import type { Logger } from '../log.js';
 import { UsageError } from '../errors.js';
 import { OutboxRouter } from '../route/outbox.js';
 import { filterCovers } from './subjects.js';
+import { webhookPrefix, webhookRoutes } from '../route/webhooks.js';
 
 /** Subjects the relay's stream must capture: every configured publish subject plus [relay.stream] subjects. */
 export function requiredSubjects(config: Config): string[] {
   const rules = config.observers.rules.flatMap((r) => (r.subject ? [r.subject] : []));
   const topics = config.observers.publish.some((p) => p.subscription_topic !== undefined) ? [`${config.relay.subscription_prefix}.>`] : [];
+  if (webhookRoutes(config).length > 0) topics.push(`${webhookPrefix(config)}.>`);
   return [...new Set([...OutboxRouter.configuredSubjects(config), ...rules, ...topics, ...config.relay.stream.subjects])];
 }
 

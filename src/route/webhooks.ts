@@ -1,0 +1,58 @@
+import type { Config, RuleAction } from '../config/load.js';
+import type { Target } from './envelope.js';
+
+/** One webhook action of the configuration, with the internal subject its deliveries go through. */
+export interface WebhookRoute {
+  /** `r<rule>_<action>` or `p<publish entry>_<action>` */
+  key: string;
+  action: RuleAction;
+  /** JetStream subject (backend = "nats") or internal key (backend = "webhook") */
+  subject: string;
+  /** durable consumer name delivering it (backend = "nats") */
+  consumer: string;
+}
+
+const token = (s: string) => s.replace(/[^A-Za-z0-9_-]/g, '_');
+
+/** The subject prefix under which a service's webhook deliveries are queued in JetStream. */
+export function webhookPrefix(config: Config): string {
+  return `fraiseql.webhook.${token(config.project.name)}`;
+}
+
+/** Every webhook action in the configuration (table rules and publish entries). */
+export function webhookRoutes(config: Config): WebhookRoute[] {
+  const prefix = webhookPrefix(config);
+  const out: WebhookRoute[] = [];
+  const add = (key: string, action: RuleAction) =>
+    out.push({ key, action, subject: `${prefix}.${key}`, consumer: `${token(config.project.name)}-webhook-${key}` });
+  config.observers.rules.forEach((r, i) => r.actions.forEach((a, j) => add(`r${i}_${j}`, a)));
+  config.observers.publish.forEach((p, i) => p.actions.forEach((a, j) => add(`p${i}_${j}`, a)));
+  return out;
+}
+
+export function ruleWebhookSubject(config: Config): (rule: number, action: number) => string {
+  const prefix = webhookPrefix(config);
+  return (i, j) => `${prefix}.r${i}_${j}`;
+}
+
+export function publishWebhookSubject(config: Config): (entry: number, action: number) => string {
+  const prefix = webhookPrefix(config);
+  return (i, j) => `${prefix}.p${i}_${j}`;
+}
+
+/**
+ * Where a `[[observers.publish]]` entry sends an event: its NATS subject (with the subscription
+ * topic) when NATS is the backend, and the queue of each of its webhook actions.
+ */
+export function publishTargets(config: Config, index: number): Target[] {
+  const p = config.observers.publish[index]!;
+  const out: Target[] = [];
+  if (config.observers.backend === 'nats') {
+    const t: Target = { subject: p.subject };
+    if (p.subscription_topic !== undefined) t.subscriptionTopic = p.subscription_topic;
+    out.push(t);
+  }
+  const sub = publishWebhookSubject(config);
+  p.actions.forEach((_, j) => out.push({ subject: sub(index, j) }));
+  return out;
+}

@@ -1,0 +1,93 @@
+import type { OutboundMessage } from '../types.js';
+import type { Logger } from '../log.js';
+import type { Sink } from './sink.js';
+import type { DeadLetterWriter } from './deadletter.js';
+import { deliverWithRetries, type WebhookTarget } from './webhook.js';
+import { errorMessage } from '../errors.js';
+
+/**
+ * `backend = "webhook"`: no NATS at all. Deliveries happen in commit order, one at a time; a
+ * delivery is done once the endpoint accepted it, or once it failed permanently (or ran out of
+ * attempts) and the dead letter is recorded. Only then does the slot move past it.
+ */
+export class WebhookSink implements Sink {
+  private readonly queue: { msg: OutboundMessage; done: (err?: Error) => void }[] = [];
+  private running = false;
+  private waiters: (() => void)[] = [];
+  private readonly abort = new AbortController();
+
+  constructor(
+    private readonly targets: Map<string, WebhookTarget>,
+    private readonly deadLetters: DeadLetterWriter,
+    private readonly maxQueued: number,
+    private readonly log: Logger,
+    private readonly stats: { delivered: number; failed: number } = { delivered: 0, failed: 0 },
+  ) {}
+
+  check(msg: OutboundMessage): string | null {
+    return this.targets.has(msg.subject) ? null : `no webhook is configured for ${msg.subject}`;
+  }
+
+  get hasCapacity(): boolean {
+    return this.queue.length < this.maxQueued;
+  }
+
+  get messagesInFlight(): number {
+    return this.queue.length;
+  }
+
+  waitForCapacity(): Promise<void> {
+    if (this.hasCapacity) return Promise.resolve();
+    return new Promise((r) => this.waiters.push(r));
+  }
+
+  publish(msg: OutboundMessage, done: (err?: Error) => void): void {
+    this.queue.push({ msg, done });
+    if (!this.running) void this.drain();
+  }
+
+  /** Abandons retries (the session is stopping or failed); queued work is re-read later. */
+  close(): void {
+    this.abort.abort();
+  }
+
+  private async drain(): Promise<void> {
+    this.running = true;
+    while (this.queue.length > 0) {
+      const { msg, done } = this.queue[0]!;
+      const target = this.targets.get(msg.subject)!;
+      let err: Error | undefined;
+      try {
+        const r = await deliverWithRetries(target, msg.eventId, msg.body, { signal: this.abort.signal });
+        if (this.abort.signal.aborted && !r.delivered) {
+          err = new Error('webhook delivery interrupted');
+        } else if (r.delivered) {
+          this.stats.delivered++;
+        } else {
+          this.stats.failed++;
+          const reason = r.last.ok ? 'unknown' : r.last.error;
+          this.log.warn({ event_id: msg.eventId, webhook: msg.subject, attempts: r.attempts, err: reason }, 'webhook dead-lettered');
+          await this.deadLetters.write({
+            direction: 'webhook',
+            eventId: msg.eventId,
+            subject: msg.subject,
+            headers: msg.headers,
+            body: msg.body.toString('utf8'),
+            error: reason,
+            attempts: r.attempts,
+          });
+        }
+      } catch (e) {
+        err = new Error(`webhook delivery: ${errorMessage(e)}`);
+      }
+      this.queue.shift();
+      done(err);
+      if (this.waiters.length > 0 && this.hasCapacity) {
+        const w = this.waiters;
+        this.waiters = [];
+        for (const r of w) r();
+      }
+    }
+    this.running = false;
+  }
+}

@@ -1,0 +1,198 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createHmac } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import { TestEnv, sleep, waitForRows } from './fixture.js';
+import { migrate } from '../src/migrate.js';
+import { createLogger } from '../src/log.js';
+import { Relay } from '../src/relay.js';
+
+const SECRET = 'whsec_' + Buffer.from('a-very-secret-signing-key').toString('base64');
+
+interface Received {
+  path: string;
+  id: string;
+  timestamp: string;
+  signature: string;
+  body: string;
+  custom: string | undefined;
+}
+
+/** A local endpoint: `mode(path)` decides each answer; every request is recorded. */
+async function endpoint(mode: (path: string, req: IncomingMessage) => number): Promise<{ server: Server; url: string; got: Received[]; all: Received[] }> {
+  const got: Received[] = [];
+  const all: Received[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const r: Received = {
+        path: req.url ?? '',
+        id: String(req.headers['webhook-id']),
+        timestamp: String(req.headers['webhook-timestamp']),
+        signature: String(req.headers['webhook-signature']),
+        body: Buffer.concat(chunks).toString('utf8'),
+        custom: req.headers['x-custom'] as string | undefined,
+      };
+      all.push(r);
+      const status = mode(r.path, req);
+      if (status < 300) got.push(r);
+      res.writeHead(status, status === 429 ? { 'retry-after': '1' } : {}).end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, got, all };
+}
+
+function verifies(r: Received): boolean {
+  const key = Buffer.from(SECRET.slice('whsec_'.length), 'base64');
+  const expected = createHmac('sha256', key).update(`${r.id}.${r.timestamp}.${r.body}`).digest('base64');
+  return r.signature.split(' ').includes(`v1,${expected}`);
+}
+
+const SCHEMA = `CREATE TABLE tb_order (id serial PRIMARY KEY, n int NOT NULL, note text)`;
+
+test('backend = "nats": a webhook down for 20 s gets every event once, in order, signed; the slot never waits', async () => {
+  const t0 = Date.now();
+  const ep = await endpoint((path) => (path === '/gone' ? 410 : Date.now() - t0 < 20_000 ? 503 : 200));
+  const env = await TestEnv.create({
+    toml: `
+[project]
+name = "hooks"
+[database]
+url = "\${DATABASE_URL}"
+[observers]
+nats_url = "\${NATS_URL}"
+[[observers.rules]]
+table = "tb_order"
+event = "INSERT"
+subject = "fraiseql.order.created"
+[[observers.rules.actions]]
+type = "webhook"
+url_env = "ORDER_WEBHOOK_URL"
+signing_secret_env = "ORDER_WEBHOOK_SECRET"
+headers = { X-Custom = "yes" }
+max_attempts = 100
+[[observers.rules]]
+table = "tb_order"
+event = "UPDATE"
+[[observers.rules.actions]]
+type = "webhook"
+url = "${'${GONE_URL}'}"
+[relay]
+listen = "127.0.0.1:0"
+`,
+  });
+  process.env['ORDER_WEBHOOK_URL'] = `${ep.url}/orders`;
+  process.env['ORDER_WEBHOOK_SECRET'] = SECRET;
+  process.env['GONE_URL'] = `${ep.url}/gone`;
+  let relay: Relay | null = null;
+  try {
+    await env.sql(SCHEMA);
+    await migrate(env.config(), createLogger('silent'));
+    relay = await env.startRelay();
+    for (let i = 0; i < 20; i++) await env.sql(`INSERT INTO tb_order (n) VALUES ($1)`, [i]);
+    // published to JetStream while the endpoint is down: the slot moves on
+    await env.waitForStreamCount(40, 15_000); // the subject and the webhook queue
+    let lag = Infinity;
+    for (const until = Date.now() + 10_000; Date.now() < until && lag > 4096; await sleep(100)) {
+      const [r] = await env.sql<{ lag: string }>(`SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots`);
+      lag = Number(r!.lag);
+    }
+    assert.ok(lag <= 4096, `slot confirmed while the endpoint is down (lag ${lag})`);
+    assert.ok(Date.now() - t0 < 20_000, 'checked during the outage');
+    assert.ok(ep.all.length >= 1 && ep.got.length === 0, 'attempts were made and failed');
+
+    // 410: dead-lettered at once, one attempt
+    await env.sql(`UPDATE tb_order SET note = 'x' WHERE n = 0`);
+    const dl = await waitForRows(() => env.sql<{ direction: string; attempts: number; error: string }>(`SELECT direction, attempts, error FROM fraiseql_relay.dead_letter`), 15_000);
+    assert.equal(dl.length, 1);
+    assert.equal(dl[0]!.direction, 'webhook');
+    assert.equal(dl[0]!.attempts, 1);
+    assert.match(dl[0]!.error, /410/);
+    assert.ok(!dl[0]!.error.includes('GONE'), 'no URL secret in the error');
+    assert.equal(ep.all.filter((r) => r.path === '/gone').length, 1);
+
+    for (const until = Date.now() + 60_000; ep.got.length < 20 && Date.now() < until; ) await sleep(100);
+    await sleep(300);
+    const orders = ep.got.filter((r) => r.path === '/orders');
+    assert.equal(orders.length, 20, 'each event delivered once');
+    assert.deepEqual(orders.map((r) => (JSON.parse(r.body) as { entity: { n: number } }).entity.n), [...Array(20).keys()], 'in commit order');
+    assert.equal(new Set(orders.map((r) => r.id)).size, 20);
+    assert.ok(orders.every(verifies), 'every signature verifies');
+    assert.ok(orders.every((r) => r.custom === 'yes'), 'configured headers are sent');
+    assert.equal(JSON.parse(orders[0]!.body).event_id, orders[0]!.id, 'webhook-id is the event id');
+  } finally {
+    await relay?.stop();
+    await env.destroy();
+    ep.server.close();
+  }
+});
+
+test('backend = "webhook": no NATS at all; in order, retried, confirmed only after delivery or dead letter', async () => {
+  let failFirst = 2;
+  const ep = await endpoint((path) => {
+    if (path === '/missing') return 404;
+    if (failFirst > 0) {
+      failFirst--;
+      return 500;
+    }
+    return 200;
+  });
+  const env = await TestEnv.create({
+    toml: `
+[project]
+name = "hooks-only"
+[database]
+url = "\${DATABASE_URL}"
+[observers]
+backend = "webhook"
+[[observers.rules]]
+table = "tb_order"
+event = "INSERT"
+[[observers.rules.actions]]
+type = "webhook"
+url = "${'${HOOK_URL}'}"
+signing_secret_env = "ORDER_WEBHOOK_SECRET"
+[[observers.rules]]
+table = "tb_order"
+event = "DELETE"
+[[observers.rules.actions]]
+type = "webhook"
+url = "${'${MISSING_URL}'}"
+[relay]
+listen = "127.0.0.1:0"
+`,
+  });
+  process.env['HOOK_URL'] = `${ep.url}/hook`;
+  process.env['MISSING_URL'] = `${ep.url}/missing`;
+  process.env['ORDER_WEBHOOK_SECRET'] = SECRET;
+  let relay: Relay | null = null;
+  try {
+    await env.nats.destroy(); // really no NATS
+    await env.sql(SCHEMA);
+    await migrate(env.config(), createLogger('silent'));
+    relay = new Relay(env.config(), createLogger('silent'), { backoffMinMs: 100, backoffMaxMs: 500 });
+    await relay.start();
+    for (let i = 0; i < 10; i++) await env.sql(`INSERT INTO tb_order (n) VALUES ($1)`, [i]);
+    await env.sql(`DELETE FROM tb_order WHERE n = 9`);
+    for (const until = Date.now() + 30_000; ep.got.length < 10 && Date.now() < until; ) await sleep(50);
+    assert.deepEqual(ep.got.map((r) => (JSON.parse(r.body) as { entity: { n: number } }).entity.n), [...Array(10).keys()]);
+    assert.ok(ep.got.every(verifies));
+    assert.equal(ep.all.filter((r) => r.path === '/hook').length, 12, 'two 500s retried');
+    const dl = await waitForRows(() => env.sql<{ direction: string; error: string }>(`SELECT direction, error FROM fraiseql_relay.dead_letter`), 10_000);
+    assert.equal(dl.length, 1);
+    assert.match(dl[0]!.error, /404/);
+    let lag = Infinity;
+    for (const until = Date.now() + 10_000; Date.now() < until && lag > 4096; await sleep(100)) {
+      const [r] = await env.sql<{ lag: string }>(`SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots`);
+      lag = Number(r!.lag);
+    }
+    assert.ok(lag <= 4096, `slot confirmed after delivery (lag ${lag})`);
+  } finally {
+    await relay?.stop();
+    await env.destroy();
+    ep.server.close();
+  }
+});
