@@ -204,3 +204,11 @@ test('table changes and outbox events share one stream in commit order', async (
   assert.equal((all[idx - 1]!.body['entity'] as { customer: string }).customer, 'x1');
   assert.equal((all[idx + 1]!.body['entity'] as { customer: string }).customer, 'x2');
 });
+
+test('check reports each rule table, failing the one without a replica identity', async () => {
+  const { runCli } = await import('./fixture.js');
+  const r = await runCli(['check', '-c', env.configFile], env.env);
+  assert.equal(r.code, 1, r.stdout + r.stderr);
+  assert.match(r.stdout, /ok\s+rule table public\.tb_order\s+INSERT\/UPDATE\/DELETE published/);
+  assert.match(r.stdout, /FAIL\s+rule table public\.tb_nokey\s+table public\.tb_nokey has no replica identity/);
+});

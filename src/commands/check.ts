@@ -8,6 +8,7 @@ import { loadMigrations, needsSlot, outboxPublication } from '../migrate.js';
 import { requiredSubjects } from '../sink/stream.js';
 import { filterCovers } from '../sink/subjects.js';
 import { checkHandler } from '../inbound/inbox.js';
+import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from '../ruletables.js';
 
 type Status = 'ok' | 'warn' | 'fail';
 interface Probe {
@@ -79,6 +80,43 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
           status: 'ok',
           detail: `${slot}: ${row.active_pid ? `active (pid ${row.active_pid})` : 'inactive'}, wal_status ${row.wal_status ?? 'n/a'}, lag ${row.lag ?? '?'} bytes`,
         });
+      }
+    }
+    if (config.observers.rules.length > 0) {
+      try {
+        const { tables } = await resolveRuleTables(client, config);
+        const pubTables = new Set(
+          (await client.query<{ t: string }>(`SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = $1`, [tablesPublication(config)])).rows.map((r) => r.t),
+        );
+        for (const t of tables) {
+          const name = `${t.schema}.${t.name}`;
+          const problem = identityProblem(t);
+          if (problem) out.push({ what: `rule table ${name}`, status: 'fail', detail: problem });
+          else if (!pubTables.has(name)) out.push({ what: `rule table ${name}`, status: 'fail', detail: `not in publication ${tablesPublication(config)}: run fraiseql-relay migrate` });
+          else out.push({ what: `rule table ${name}`, status: 'ok', detail: `${[...t.events].join('/')} published` });
+        }
+      } catch (err) {
+        out.push({ what: 'rule tables', status: 'fail', detail: errorMessage(err) });
+      }
+    }
+    const changeLog = await resolveChangeLog(client, config).catch(() => null);
+    if (changeLog) {
+      const q = `${quoteIdent(changeLog.schema)}.${quoteIdent(changeLog.name)}`;
+      const r = await client.query<{ rls: boolean; owner: boolean; bypass: boolean }>(
+        `SELECT c.relrowsecurity AS rls, pg_has_role(current_user, c.relowner, 'USAGE') AS owner,
+                (SELECT rolbypassrls OR rolsuper FROM pg_roles WHERE rolname = current_user) AS bypass
+           FROM pg_class c WHERE c.oid = to_regclass($1)`,
+        [q],
+      );
+      const row = r.rows[0];
+      if (row?.rls && !row.owner && !row.bypass) {
+        out.push({
+          what: 'change log',
+          status: 'warn',
+          detail: `${changeLog.schema}.${changeLog.name} has row-level security and the relay's role neither owns it nor has BYPASSRLS: replay would read nothing. ALTER ROLE … BYPASSRLS, or run the relay as the owner`,
+        });
+      } else {
+        out.push({ what: 'change log', status: 'ok', detail: `${changeLog.schema}.${changeLog.name} is streamed` });
       }
     }
     for (const sub of config.observers.subscribe) {
