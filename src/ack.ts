@@ -8,6 +8,8 @@ export class TxnTicket {
   pending = 0;
   endLsn: Lsn = -1n;
   committed = false;
+  /** set when the transaction carried a relay heartbeat: when it was emitted (ms since epoch) */
+  heartbeatAt: number | null = null;
   constructor(readonly xid: number) {}
 }
 
@@ -23,7 +25,11 @@ export class AckWatermark {
   private current: TxnTicket | null = null;
   private durable: Lsn;
 
-  constructor(start: Lsn, private readonly onDurable: (lsn: Lsn) => void) {
+  constructor(
+    start: Lsn,
+    private readonly onDurable: (lsn: Lsn) => void,
+    private readonly onHeartbeat: (emittedAt: number) => void = () => {},
+  ) {
     this.durable = start;
   }
 
@@ -90,6 +96,7 @@ export class AckWatermark {
       const t = this.queue[this.head]!;
       if (!t.committed || t.pending !== 0) break;
       if (t.endLsn > this.durable) this.durable = t.endLsn;
+      if (t.heartbeatAt !== null) this.onHeartbeat(t.heartbeatAt);
       this.head++;
       moved = true;
     }

@@ -9,6 +9,8 @@ import { runCheck } from './commands/check.js';
 import { runTeardown } from './commands/teardown.js';
 import { runDemo } from './commands/demo.js';
 import { dlqList, dlqRetry, dlqPurge } from './commands/dlq.js';
+import { runStatus } from './commands/status.js';
+import { runReplay, runReconcile } from './commands/replay.js';
 
 interface GlobalOpts {
   config: string;
@@ -98,6 +100,33 @@ export function buildProgram(): Command {
       guard(async () => {
         const { config, log } = setup(o);
         return runTeardown(config, log, o.yes === true);
+      }),
+    );
+
+  withCommon(program.command('status'))
+    .description('active relay, slot lag, last event, heartbeat, consumers, dead letters')
+    .option('--json', 'machine-readable output')
+    .action((o: GlobalOpts & { json?: boolean }) => guard(async () => runStatus(setup(o).config, { json: o.json === true })));
+
+  withCommon(program.command('replay'))
+    .description('re-publish retained outbox rows (same message ids: JetStream drops what it has)')
+    .requiredOption('--since <time>', 'an ISO time, or a duration meaning that long ago (2h, 30m, 7d)')
+    .action((o: GlobalOpts & { since: string }) =>
+      guard(async () => {
+        const { config, log } = setup(o);
+        return runReplay(config, log, { since: o.since });
+      }),
+    );
+
+  withCommon(program.command('reconcile'))
+    .description('after slot invalidation: recreate the slot and re-publish the retained outbox rows it missed')
+    .option('--yes', 'really recreate the slot')
+    .option('--force', 'even when the slot is healthy')
+    .option('--margin <duration>', 'also re-publish rows created this long before the last confirmed event', '5m')
+    .action((o: GlobalOpts & { yes?: boolean; force?: boolean; margin: string }) =>
+      guard(async () => {
+        const { config, log } = setup(o);
+        return runReconcile(config, log, { yes: o.yes === true, force: o.force === true, margin: o.margin });
       }),
     );
 

@@ -14,6 +14,7 @@ import type { Sink } from './sink/sink.js';
 import type { DeadLetterWriter } from './sink/deadletter.js';
 import { outboxPublication } from './migrate.js';
 import { errorMessage } from './errors.js';
+import { heartbeatTime } from './ops/heartbeat.js';
 
 export interface OutboundStats {
   published: number;
@@ -31,6 +32,10 @@ export interface OutboundDeps {
   stats: OutboundStats;
   /** called with each newly durable position */
   onDurable?: (lsn: bigint) => void;
+  /** a heartbeat's transaction became durable: it was emitted at `emittedAt` (ms) */
+  onHeartbeat?: (emittedAt: number) => void;
+  /** a message was acknowledged by the sink */
+  onPublished?: (msg: OutboundMessage) => void;
   /** table rules, when configured */
   tables?: TableRouter | null;
   /** FraiseQL's change log, when streamed */
@@ -68,10 +73,14 @@ export class OutboundSession {
 
   constructor(private readonly deps: OutboundDeps) {
     this.router = new OutboxRouter(deps.config, deps.database);
-    this.watermark = new AckWatermark(0n, (lsn) => {
-      this.conn.confirm(lsn);
-      deps.onDurable?.(lsn);
-    });
+    this.watermark = new AckWatermark(
+      0n,
+      (lsn) => {
+        this.conn.confirm(lsn);
+        deps.onDurable?.(lsn);
+      },
+      (at) => deps.onHeartbeat?.(at),
+    );
     this.finished = new Promise<void>((resolve, reject) => {
       this.settleRun = (err) => (err ? reject(err) : resolve());
     });
@@ -137,6 +146,11 @@ export class OutboundSession {
     if (tables?.watches(rel)) return 'table';
     if (changeLog && rel.schema === changeLog.table.schema && rel.name === changeLog.table.name) return 'changelog';
     return null;
+  }
+
+  /** Ends the session at once without a final confirmation (leadership lost). */
+  abort(reason: string): void {
+    this.fail(new Error(reason));
   }
 
   private fail(err: Error): void {
@@ -259,8 +273,15 @@ export class OutboundSession {
         }
         return this.send(t, routed.messages);
       }
+      case 'message': {
+        if (m.transactional && this.txn) {
+          const at = heartbeatTime(m.prefix, m.content);
+          if (at !== null) this.txn.heartbeatAt = at;
+        }
+        return undefined;
+      }
       default:
-        // origin, type, update, delete, truncate, messages, unknown tags: not needed here
+        // origin, type, truncate, unknown tags: not needed here
         return undefined;
     }
   }
@@ -294,6 +315,7 @@ export class OutboundSession {
       if (err) this.fail(new Error(`publish to ${msg.subject} failed: ${errorMessage(err)}`, { cause: err }));
       else {
         this.deps.stats.published++;
+        this.deps.onPublished?.(msg);
         this.watermark.settle(t);
       }
     });

@@ -1,0 +1,88 @@
+import { connect as natsConnect } from '@nats-io/transport-node';
+import type { Config } from '../config/load.js';
+import { parseDuration } from '../config/load.js';
+import type { Logger } from '../log.js';
+import { quoteIdent, withClient } from '../db.js';
+import { UsageError } from '../errors.js';
+import { republishOutbox } from '../republish.js';
+import { readSlot } from '../ops/slot.js';
+
+/** `--since`: an ISO time, or a duration meaning "that long ago" (e.g. 2h). */
+export function parseSince(s: string, now = Date.now()): Date {
+  if (/^\d+(ms|s|m|h|d)/.test(s)) return new Date(now - parseDuration(s));
+  const t = Date.parse(s);
+  if (Number.isNaN(t)) throw new UsageError(`--since ${JSON.stringify(s)} is neither a time (2026-11-22T10:00:00Z) nor a duration (2h, 30m, 7d)`);
+  return new Date(t);
+}
+
+async function nats(config: Config) {
+  if (!config.observers.nats_url) throw new UsageError('[observers] nats_url is needed to re-publish');
+  return natsConnect({ servers: config.observers.nats_url.split(','), timeout: 5000, name: 'fraiseql-relay replay' });
+}
+
+/** Re-publishes retained outbox rows since a time (same message ids). */
+export async function runReplay(config: Config, log: Logger, opts: { since: string }): Promise<number> {
+  const since = parseSince(opts.since);
+  const nc = await nats(config);
+  try {
+    const r = await republishOutbox(config, nc, since);
+    log.info({ since: since.toISOString(), ...r }, 'replay done');
+    process.stdout.write(`replayed ${r.rows} outbox rows since ${since.toISOString()}: ${r.published} published, ${r.duplicates} already in the stream, ${r.unrouted} unrouted\n`);
+    return 0;
+  } finally {
+    await nc.close();
+  }
+}
+
+/**
+ * After the slot was invalidated (wal_status = lost): recreate it, then re-publish every
+ * retained outbox row committed after the last confirmed event, less a safety margin for
+ * transactions that committed late.
+ */
+export async function runReconcile(config: Config, log: Logger, opts: { yes: boolean; force: boolean; margin: string }): Promise<number> {
+  const slot = config.relay.slot;
+  const marginMs = parseDuration(opts.margin);
+  const plan = await withClient(config.database.url, async (c) => {
+    const stats = await readSlot(c, slot);
+    const s = quoteIdent(config.relay.schema);
+    const state = (
+      await c.query<{ last_event_id: string | null; last_published_at: Date | null; created_at: Date | null }>(
+        `SELECT r.last_event_id, r.last_published_at, o.created_at
+           FROM ${s}.relay_state r LEFT JOIN ${s}.outbox o ON o.id::text = r.last_event_id WHERE r.slot = $1`,
+        [slot],
+      )
+    ).rows[0];
+    return { stats, state };
+  });
+  if (plan.stats.exists && plan.stats.walStatus !== 'lost' && !opts.force) {
+    throw new UsageError(
+      `replication slot "${slot}" is healthy (wal_status = ${plan.stats.walStatus}); nothing to reconcile. ` +
+        `Use --force to recreate it anyway, or \`replay --since\` to re-publish without touching the slot.`,
+    );
+  }
+  if (plan.stats.active) throw new UsageError(`replication slot "${slot}" is in use by process ${plan.stats.activePid}; stop the relay first`);
+  const anchor = plan.state?.created_at ?? plan.state?.last_published_at ?? null;
+  const since = anchor ? new Date(anchor.getTime() - marginMs) : new Date(0);
+  if (!opts.yes) {
+    throw new UsageError(
+      `reconcile would drop and recreate replication slot "${slot}" and re-publish retained outbox rows created since ` +
+        `${anchor ? since.toISOString() : 'the beginning (no relay state recorded)'}. Run again with --yes to proceed.`,
+    );
+  }
+  await withClient(config.database.url, async (c) => {
+    if (plan.stats.exists) await c.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
+    await c.query(`SELECT pg_create_logical_replication_slot($1, $2)`, [slot, config.relay.plugin]);
+  });
+  log.info({ slot }, 'recreated replication slot');
+  const nc = await nats(config);
+  try {
+    const r = await republishOutbox(config, nc, since);
+    process.stdout.write(
+      `reconciled: slot "${slot}" recreated; ${r.rows} retained outbox rows since ${since.toISOString()} re-published ` +
+        `(${r.published} new to the stream, ${r.duplicates} already there, ${r.unrouted} unrouted)\n`,
+    );
+    return 0;
+  } finally {
+    await nc.close();
+  }
+}

@@ -1,0 +1,105 @@
+import pg from 'pg';
+import { connectionConfig } from '../db.js';
+import type { Logger } from '../log.js';
+import { errorMessage } from '../errors.js';
+
+/**
+ * Exactly one active relay per slot, with no infrastructure beyond PostgreSQL: the active one
+ * holds a session advisory lock on a dedicated connection. When that process dies (SIGKILL) or
+ * its connection is cut, PostgreSQL releases the lock and a standby polling for it takes over.
+ * The slot's own single-consumer rule ("replication slot is active for PID n") is the second
+ * fence against two writers.
+ */
+export class LeaderLock {
+  private client: pg.Client | null = null;
+  private stopped = false;
+  private timer: NodeJS.Timeout | null = null;
+  private held = false;
+
+  constructor(
+    private readonly url: string,
+    private readonly slot: string,
+    private readonly log: Logger,
+    private readonly onAcquire: () => void,
+    private readonly onLose: (reason: string) => void,
+    private readonly pollMs = 2000,
+  ) {}
+
+  get isActive(): boolean {
+    return this.held;
+  }
+
+  start(): void {
+    void this.attempt();
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => void this.attempt(), this.pollMs);
+  }
+
+  private async attempt(): Promise<void> {
+    if (this.stopped || this.held) return;
+    try {
+      if (!this.client) {
+        const c = new pg.Client(connectionConfig(this.url, { application_name: 'fraiseql-relay leader' }));
+        c.on('error', () => {});
+        c.on('end', () => this.lost('the leader connection to PostgreSQL closed'));
+        await c.connect();
+        // detect a cut connection quickly even when idle
+        this.client = c;
+      }
+      const r = await this.client.query<{ ok: boolean }>(
+        `SELECT pg_try_advisory_lock(hashtext('fraiseql-relay/active'), hashtext($1)) AS ok`,
+        [this.slot],
+      );
+      if (r.rows[0]?.ok) {
+        this.held = true;
+        this.log.info({ slot: this.slot }, 'took over: this relay is active');
+        this.onAcquire();
+        this.watch();
+        return;
+      }
+    } catch (err) {
+      this.log.warn({ err: errorMessage(err) }, 'leader election: PostgreSQL unreachable');
+      const c = this.client;
+      this.client = null;
+      await c?.end().catch(() => {});
+    }
+    this.schedule();
+  }
+
+  /** While active, a cheap query proves the lock's connection is still there. */
+  private watch(): void {
+    if (this.stopped || !this.held) return;
+    this.timer = setTimeout(() => {
+      const c = this.client;
+      if (!c) return;
+      c.query('SELECT 1').then(
+        () => this.watch(),
+        (err: unknown) => this.lost(`the leader connection failed: ${errorMessage(err)}`),
+      );
+    }, this.pollMs);
+  }
+
+  private lost(reason: string): void {
+    const c = this.client;
+    this.client = null;
+    c?.end().catch(() => {});
+    if (!this.held) return;
+    this.held = false;
+    if (this.stopped) return;
+    this.log.warn({ reason }, 'lost the leader lock: standing by');
+    this.onLose(reason);
+    this.schedule();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    const c = this.client;
+    this.client = null;
+    this.held = false;
+    await c?.end().catch(() => {});
+  }
+}

@@ -1,0 +1,67 @@
+import pg from 'pg';
+import { connectionConfig } from '../db.js';
+
+export interface SlotStats {
+  exists: boolean;
+  active: boolean;
+  activePid: number | null;
+  walStatus: string | null;
+  /** bytes between the server's WAL position and the slot's confirmed position */
+  lagBytes: number;
+  /** WAL kept on disk for the slot */
+  retainedBytes: number;
+  /** remaining WAL budget before invalidation; null when max_slot_wal_keep_size is unlimited */
+  safeWalBytes: number | null;
+  confirmedLsn: string | null;
+  /** flush_lag reported by pg_stat_replication for the slot's walsender, seconds */
+  flushLagSeconds: number | null;
+}
+
+/** One read of pg_replication_slots (and pg_stat_replication) for the slot. */
+export async function readSlot(client: pg.Client | pg.Pool, slot: string): Promise<SlotStats> {
+  const r = await client.query<{
+    active: boolean; active_pid: number | null; wal_status: string | null; lag: string | null; retained: string | null;
+    safe: string | null; confirmed: string | null; flush_lag: number | null;
+  }>(
+    `SELECT s.active, s.active_pid, s.wal_status,
+            pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::text AS lag,
+            pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::text AS retained,
+            s.safe_wal_size::text AS safe, s.confirmed_flush_lsn::text AS confirmed,
+            (SELECT extract(epoch FROM r.flush_lag)::float8 FROM pg_stat_replication r WHERE r.pid = s.active_pid) AS flush_lag
+       FROM pg_replication_slots s WHERE s.slot_name = $1`,
+    [slot],
+  );
+  const row = r.rows[0];
+  if (!row) {
+    return { exists: false, active: false, activePid: null, walStatus: null, lagBytes: 0, retainedBytes: 0, safeWalBytes: null, confirmedLsn: null, flushLagSeconds: null };
+  }
+  return {
+    exists: true,
+    active: row.active,
+    activePid: row.active_pid,
+    walStatus: row.wal_status,
+    lagBytes: Number(row.lag ?? 0),
+    retainedBytes: Number(row.retained ?? 0),
+    safeWalBytes: row.safe === null ? null : Number(row.safe),
+    confirmedLsn: row.confirmed,
+    flushLagSeconds: row.flush_lag,
+  };
+}
+
+/** The explanation and the way out when the slot was invalidated. */
+export function lostSlotMessage(slot: string): string {
+  return (
+    `replication slot "${slot}" has been invalidated (wal_status = lost): PostgreSQL removed WAL the slot still needed ` +
+    `(max_slot_wal_keep_size was exceeded while the relay was down or behind), so events committed since the last ` +
+    `confirmed position may never be decoded. The relay will not continue on a gap.\n` +
+    `  Way out: run \`fraiseql-relay reconcile --yes\`: it recreates the slot and re-publishes every retained outbox row ` +
+    `committed after the last confirmed event (same message ids, so JetStream drops what it already has). ` +
+    `Then start the relay again.`
+  );
+}
+
+export function slotPool(url: string): pg.Pool {
+  const p = new pg.Pool({ ...connectionConfig(url, { application_name: 'fraiseql-relay monitor' }), max: 1 });
+  p.on('error', () => {});
+  return p;
+}
