@@ -5,7 +5,7 @@ import { AckWatermark, type TxnTicket } from './ack.js';
 import { ReplicationConnection } from './source/replication.js';
 import { PgoutputDecoder } from './source/pgoutput.js';
 import { parseFrame } from './source/frames.js';
-import { formatLsn } from './source/lsn.js';
+import { formatLsn, PG_EPOCH_OFFSET_MS } from './source/lsn.js';
 import { OutboxRouter, type RouteResult } from './route/outbox.js';
 import type { TableRouter, ResolvedTable } from './route/tables.js';
 import type { ChangeLogRouter } from './route/changelog.js';
@@ -64,6 +64,7 @@ export class OutboundSession {
   private readonly kinds = new Map<number, RelationKind | null>();
   private txn: TxnTicket | null = null;
   private commitTime = 0n;
+  private commitMs = 0;
   private failure: Error | null = null;
   private stopping = false;
   private paused = false;
@@ -148,6 +149,11 @@ export class OutboundSession {
     return null;
   }
 
+  get sinkInFlight(): { messages: number; bytes: number } {
+    const s = this.deps.sink as { messagesInFlight: number; bytesInFlight?: number };
+    return { messages: s.messagesInFlight, bytes: s.bytesInFlight ?? 0 };
+  }
+
   /** Ends the session at once without a final confirmation (leadership lost). */
   abort(reason: string): void {
     this.fail(new Error(reason));
@@ -212,6 +218,7 @@ export class OutboundSession {
       case 'begin':
         this.txn = this.watermark.begin(m.xid);
         this.commitTime = m.commitTime;
+        this.commitMs = Number(m.commitTime / 1000n) + PG_EPOCH_OFFSET_MS;
         return undefined;
       case 'commit': {
         const t = this.txn;
@@ -311,6 +318,7 @@ export class OutboundSession {
 
   private publish(t: TxnTicket, msg: OutboundMessage): void {
     this.watermark.add(t);
+    msg.commitMs = this.commitMs;
     this.deps.sink.publish(msg, (err) => {
       if (err) this.fail(new Error(`publish to ${msg.subject} failed: ${errorMessage(err)}`, { cause: err }));
       else {

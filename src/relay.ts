@@ -19,10 +19,9 @@ import type { Sink } from './sink/sink.js';
 import { ruleWebhookSubject, webhookRoutes, type WebhookRoute } from './route/webhooks.js';
 import { JetStreamSink } from './sink/jetstream.js';
 import { DeadLetterWriter } from './sink/deadletter.js';
-import { OutboundSession, type OutboundStats } from './outbound.js';
-import { OutboxRetention } from './retention.js';
-import { SlotError } from './source/replication.js';
-import { UsageError, errorMessage } from './errors.js';
+import type { OutboundStats } from './outbound.js';
+import { OutboundRunner, type RunnerEvents } from './outbound-runner.js';
+import { UsageError } from './errors.js';
 import { formatLsn } from './source/lsn.js';
 import { backoffDelay } from './backoff.js';
 
@@ -34,6 +33,10 @@ export interface RelayOptions {
   backoffMaxMs?: number;
   /** PubAck timeout */
   publishTimeoutMs?: number;
+  /** default true: one active relay per slot through a PostgreSQL advisory lock */
+  leaderElection?: boolean;
+  leaderPollMs?: number;
+  slotPollMs?: number;
 }
 
 /**
@@ -42,28 +45,41 @@ export interface RelayOptions {
  * position, so nothing is retried out of order and nothing unacknowledged is confirmed.
  */
 export class Relay {
-  readonly stats: OutboundStats = { published: 0, unrouted: 0, deadLettered: 0, transactions: 0 };
   readonly inboundStats: InboundStats = { applied: 0, duplicates: 0, failed: 0, deadLettered: 0 };
+  readonly webhookStats = { delivered: 0, failed: 0, retried: 0, deadLettered: 0 };
   private inbox: InboxExecutor | null = null;
   private tables: TableRouter | null = null;
   private changeLog: { table: ResolvedTable; router: ChangeLogRouter } | null = null;
   private readonly workers: { stop(timeoutMs: number): Promise<void> }[] = [];
-  readonly webhookStats = { delivered: 0, failed: 0, retried: 0, deadLettered: 0 };
   private nc: NatsConnection | null = null;
   private deadLetters: DeadLetterWriter | null = null;
-  private retention: OutboxRetention | null = null;
-  private session: OutboundSession | null = null;
+  private outbound: OutboundRunner | null = null;
   private stopping = false;
-  private loop: Promise<void> | null = null;
-  private wake: (() => void) | null = null;
-  private confirmed = 0n;
-  lastError: string | null = null;
+  private fatalError: Error | null = null;
+  private fatalResolve!: (e: Error) => void;
+  /** resolves when the relay hit a condition it must not run on (exit non-zero) */
+  readonly fatal: Promise<Error> = new Promise((r) => (this.fatalResolve = r));
+  /** lifecycle hooks (metrics, health) */
+  events: RunnerEvents & { onNats?: (up: boolean) => void } = {};
+  natsUp = false;
 
-  constructor(private readonly config: Config, private readonly log: Logger, private readonly opts: RelayOptions = {}) {}
+  get stats(): OutboundStats {
+    return this.outbound?.stats ?? { published: 0, unrouted: 0, deadLettered: 0, transactions: 0 };
+  }
 
   get confirmedLsn(): bigint {
-    return this.confirmed;
+    return this.outbound?.confirmedLsn ?? 0n;
   }
+
+  get outboundRunner(): OutboundRunner | null {
+    return this.outbound;
+  }
+
+  get natsConnection(): NatsConnection | null {
+    return this.nc;
+  }
+
+  constructor(private readonly config: Config, private readonly log: Logger, private readonly opts: RelayOptions = {}) {}
 
   /** Connects, prepares the stream and starts streaming. Rejects on configuration problems. */
   async start(): Promise<void> {
@@ -83,7 +99,14 @@ export class Relay {
     let streamSubjects: string[] = [];
     if (nats) {
       log.info({ database }, 'connecting to NATS');
-      this.nc = await connectNats({ url: config.observers.nats_url!, log: log.child({ component: 'nats' }) });
+      this.nc = await connectNats({
+        url: config.observers.nats_url!,
+        log: log.child({ component: 'nats' }),
+        onStatus: (up) => {
+          this.natsUp = up;
+          this.events.onNats?.(up);
+        },
+      });
       streamSubjects = await ensureStream(this.nc, config, log.child({ component: 'stream' }));
     }
     this.deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
@@ -98,8 +121,6 @@ export class Relay {
       log.info({ table: `${changeLog.schema}.${changeLog.name}` }, "streaming FraiseQL's change log");
     }
     if (needsSlot(config)) {
-      this.retention = new OutboxRetention(config.database.url, config.relay.schema, config.relay.retention, () => this.confirmed, log.child({ component: 'retention' }));
-      this.retention.start();
       const targets = new Map(webhooks.map((w) => [w.route.subject, w.target]));
       let first = true;
       const makeSink = async (): Promise<Sink> => {
@@ -114,7 +135,24 @@ export class Relay {
           log: log.child({ component: 'publisher' }),
         });
       };
-      this.loop = this.runLoop(makeSink, database);
+      this.outbound = new OutboundRunner(
+        config,
+        { config, deadLetters: this.deadLetters, database, tables: this.tables, changeLog: this.changeLog },
+        makeSink,
+        log,
+        {
+          backoffMinMs: this.opts.backoffMinMs ?? 500,
+          backoffMaxMs: this.opts.backoffMaxMs ?? 30_000,
+          leaderElection: this.opts.leaderElection ?? true,
+          leaderPollMs: this.opts.leaderPollMs ?? 2000,
+          slotPollMs: this.opts.slotPollMs ?? 10_000,
+        },
+        { ...this.events, onFatal: (err) => {
+          this.events.onFatal?.(err);
+          this.die(err);
+        } },
+      );
+      this.outbound.start();
     }
     if (nats) {
       await this.startWebhookWorkers(webhooks);
@@ -167,57 +205,6 @@ export class Relay {
     }
   }
 
-  private async runLoop(makeSink: () => Promise<Sink>, database: string): Promise<void> {
-    const { config } = this;
-    const log = this.log.child({ component: 'outbound' });
-    const min = this.opts.backoffMinMs ?? 500;
-    const max = this.opts.backoffMaxMs ?? 30_000;
-    let attempt = 0;
-    while (!this.stopping) {
-      // a fresh sink per session: nothing from a failed one can be confused with new work
-      const sink = await makeSink();
-      const session = new OutboundSession({
-        config,
-        log,
-        sink,
-        deadLetters: this.deadLetters!,
-        database,
-        stats: this.stats,
-        tables: this.tables,
-        changeLog: this.changeLog,
-        onDurable: (lsn) => {
-          this.confirmed = lsn;
-          attempt = 0;
-        },
-      });
-      this.session = session;
-      try {
-        await session.run();
-        if (this.stopping) break;
-      } catch (err) {
-        if (this.stopping) break;
-        this.lastError = errorMessage(err);
-        if (err instanceof SlotError) {
-          log.error({ err: this.lastError }, 'replication slot unusable; retrying until it is fixed');
-        } else {
-          log.warn({ err: this.lastError, confirmed: formatLsn(this.confirmed) }, 'outbound stream interrupted; reconnecting from the confirmed position');
-        }
-      } finally {
-        if (sink instanceof WebhookSink) sink.close();
-      }
-      this.session = null;
-      const delay = backoffDelay(attempt++, min, max);
-      await new Promise<void>((r) => {
-        const t = setTimeout(r, delay);
-        this.wake = () => {
-          clearTimeout(t);
-          r();
-        };
-      });
-      this.wake = null;
-    }
-  }
-
   private async streamSubjects(): Promise<string[]> {
     try {
       return await ensureStream(this.nc!, this.config, this.log.child({ component: 'stream' }));
@@ -230,14 +217,18 @@ export class Relay {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    this.wake?.();
     const bound = this.config.relay.shutdown_timeout;
-    await Promise.all([this.session?.stop(bound), ...this.workers.map((w) => w.stop(bound))]);
-    await this.loop?.catch(() => {});
+    await Promise.all([this.outbound?.stop(bound), ...this.workers.map((w) => w.stop(bound))]);
     await this.inbox?.close();
-    await this.retention?.stop();
     await this.deadLetters?.close();
     await this.nc?.drain().catch(() => {});
-    this.log.info({ confirmed: formatLsn(this.confirmed), outbound: this.stats, inbound: this.inboundStats }, 'relay stopped');
+    this.log.info({ confirmed: formatLsn(this.confirmedLsn), outbound: this.stats, inbound: this.inboundStats, webhooks: this.webhookStats }, 'relay stopped');
+  }
+
+  /** A condition the relay must not run on (an invalidated slot): stop, and tell `run`. */
+  private die(err: Error): void {
+    if (this.fatalError) return;
+    this.fatalError = err;
+    this.fatalResolve(err);
   }
 }

@@ -69,4 +69,6 @@ export interface OutboundMessage {
   eventId: string;
   headers: Record<string, string>;
   body: Buffer;
+  /** commit time of the event's transaction (ms since epoch), for the publish latency metric */
+  commitMs?: number;
 }

@@ -13,6 +13,8 @@ export interface InboundStats {
   duplicates: number;
   failed: number;
   deadLettered: number;
+  /** per-consumer outcomes, for metrics */
+  onOutcome?: (consumer: string, outcome: 'applied' | 'duplicate' | 'failed' | 'dead_lettered') => void;
 }
 
 /** Headers of a message as a plain object. */
@@ -97,6 +99,7 @@ export class InboundWorker {
           m.ack();
           if (outcome === 'applied') this.stats.applied++;
           else this.stats.duplicates++;
+          this.stats.onOutcome?.(rule.consumer, outcome);
           return;
         } catch (err) {
           if (isTransient(err)) {
@@ -110,6 +113,7 @@ export class InboundWorker {
             continue;
           }
           this.stats.failed++;
+          this.stats.onOutcome?.(rule.consumer, 'failed');
           const deliveries = m.info.deliveryCount;
           const reason = `${sqlState(err) ?? ''} ${errorMessage(err)}`.trim();
           if (deliveries >= rule.max_deliver) {
@@ -154,6 +158,7 @@ export class InboundWorker {
     }
     m.term();
     this.stats.deadLettered++;
+    this.stats.onOutcome?.(this.rule.consumer, 'dead_lettered');
     this.log.warn({ consumer: this.rule.consumer, event_id: eventId, subject: m.subject, error }, 'inbound event dead-lettered');
   }
 

@@ -8,6 +8,8 @@ export interface NatsOptions {
   log: Logger;
   /** false: fail at once when the first connection is refused (check, status) */
   waitOnFirstConnect?: boolean;
+  /** told of each connection state change */
+  onStatus?: (up: boolean) => void;
 }
 
 /** A NATS connection for a daemon: reconnects forever and logs each state change once. */
@@ -25,13 +27,16 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
   });
   const log = opts.log;
   log.info({ server: servers.map(redactUrl).join(',') }, 'NATS connected');
+  opts.onStatus?.(true);
   void (async () => {
     for await (const s of nc.status()) {
       switch (s.type) {
         case 'disconnect':
+          opts.onStatus?.(false);
           log.warn({ server: redactUrl(String(s.server ?? '')) }, 'NATS disconnected');
           break;
         case 'reconnect':
+          opts.onStatus?.(true);
           log.info({ server: redactUrl(String(s.server ?? '')) }, 'NATS reconnected');
           break;
         case 'error':

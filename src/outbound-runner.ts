@@ -1,0 +1,264 @@
+import { hostname } from 'node:os';
+import type pg from 'pg';
+import type { Config } from './config/load.js';
+import type { Logger } from './log.js';
+import type { OutboundMessage } from './types.js';
+import { quoteIdent } from './db.js';
+import { OutboundSession, type OutboundDeps, type OutboundStats } from './outbound.js';
+import type { Sink } from './sink/sink.js';
+import { OutboxRetention } from './retention.js';
+import { SlotError } from './source/replication.js';
+import { errorMessage } from './errors.js';
+import { formatLsn } from './source/lsn.js';
+import { backoffDelay } from './backoff.js';
+import { LeaderLock } from './ops/leader.js';
+import { HeartbeatEmitter } from './ops/heartbeat.js';
+import { lostSlotMessage, readSlot, slotPool, type SlotStats } from './ops/slot.js';
+
+export interface RunnerOptions {
+  backoffMinMs: number;
+  backoffMaxMs: number;
+  /** false: no leader election (one relay per slot is guaranteed some other way) */
+  leaderElection: boolean;
+  /** how often a standby tries to take over */
+  leaderPollMs: number;
+  /** how often the slot is inspected */
+  slotPollMs: number;
+}
+
+export interface RunnerEvents {
+  onActive?: (active: boolean) => void;
+  onDurable?: (lsn: bigint) => void;
+  onPublished?: (msg: OutboundMessage) => void;
+  onHeartbeat?: (lagMs: number) => void;
+  onSlot?: (s: SlotStats) => void;
+  onReconnect?: () => void;
+  /** the relay cannot continue (slot invalidated): it should stop and exit non-zero */
+  onFatal?: (err: Error) => void;
+}
+
+type SessionDeps = Omit<OutboundDeps, 'sink' | 'stats' | 'onDurable' | 'onHeartbeat' | 'onPublished' | 'log'>;
+
+/**
+ * The outbound side's lifecycle: win the leader lock (or stand by), then keep a replication
+ * session running, reconnecting from the slot's confirmed position after any failure, with the
+ * heartbeat, outbox retention and the relay_state record alongside. Losing the lock ends the
+ * session at once.
+ */
+export class OutboundRunner {
+  readonly stats: OutboundStats = { published: 0, unrouted: 0, deadLettered: 0, transactions: 0 };
+  private active = false;
+  private stopping = false;
+  private session: OutboundSession | null = null;
+  private loop: Promise<void> | null = null;
+  private wake: (() => void) | null = null;
+  private confirmed = 0n;
+  private leader: LeaderLock | null = null;
+  private readonly heartbeat: HeartbeatEmitter;
+  private readonly retention: OutboxRetention;
+  private readonly monitor: pg.Pool;
+  private timers: NodeJS.Timeout[] = [];
+  private lastEvent: { id: string; subject: string; at: Date } | null = null;
+  private lastHeartbeat: { at: Date; lagMs: number } | null = null;
+  private stateDirty = false;
+  activeSince = 0;
+  lastError: string | null = null;
+  connected = false;
+
+  constructor(
+    private readonly config: Config,
+    private readonly base: SessionDeps,
+    private readonly makeSink: () => Promise<Sink>,
+    private readonly log: Logger,
+    private readonly opts: RunnerOptions,
+    private readonly events: RunnerEvents = {},
+  ) {
+    this.heartbeat = new HeartbeatEmitter(config.database.url, config.relay.heartbeat, log.child({ component: 'heartbeat' }));
+    this.retention = new OutboxRetention(config.database.url, config.relay.schema, config.relay.retention, () => this.confirmed, log.child({ component: 'retention' }));
+    this.monitor = slotPool(config.database.url);
+  }
+
+  get isActive(): boolean {
+    return this.active;
+  }
+
+  get confirmedLsn(): bigint {
+    return this.confirmed;
+  }
+
+  get heartbeatBack(): { at: Date; lagMs: number } | null {
+    return this.lastHeartbeat;
+  }
+
+  get currentSession(): OutboundSession | null {
+    return this.session;
+  }
+
+  start(): void {
+    this.timers.push(setInterval(() => void this.pollSlot(), this.opts.slotPollMs));
+    this.timers.push(setInterval(() => void this.writeState(), 2000));
+    void this.pollSlot();
+    if (!this.opts.leaderElection) {
+      this.becomeActive();
+      return;
+    }
+    this.leader = new LeaderLock(
+      this.config.database.url,
+      this.config.relay.slot,
+      this.log.child({ component: 'leader' }),
+      () => this.becomeActive(),
+      (reason) => this.standDown(reason),
+      this.opts.leaderPollMs,
+    );
+    this.log.info({ slot: this.config.relay.slot }, 'standing by until this relay holds the leader lock');
+    this.leader.start();
+  }
+
+  private becomeActive(): void {
+    if (this.stopping || this.active) return;
+    this.active = true;
+    this.activeSince = Date.now();
+    this.events.onActive?.(true);
+    this.heartbeat.start();
+    this.retention.start();
+    this.loop = this.runLoop();
+  }
+
+  private standDown(reason: string): void {
+    if (!this.active) return;
+    this.active = false;
+    this.events.onActive?.(false);
+    this.heartbeat.stop();
+    this.session?.abort(`leadership lost: ${reason}`);
+    this.wake?.();
+  }
+
+  private async runLoop(): Promise<void> {
+    const log = this.log.child({ component: 'outbound' });
+    let attempt = 0;
+    while (!this.stopping && this.active) {
+      const sink = await this.makeSink();
+      const session = new OutboundSession({
+        ...this.base,
+        config: this.config,
+        log,
+        sink,
+        stats: this.stats,
+        onDurable: (lsn) => {
+          this.confirmed = lsn;
+          this.stateDirty = true;
+          attempt = 0;
+          this.events.onDurable?.(lsn);
+        },
+        onHeartbeat: (at) => {
+          const lagMs = Date.now() - at;
+          this.lastHeartbeat = { at: new Date(), lagMs };
+          this.stateDirty = true;
+          this.events.onHeartbeat?.(lagMs);
+        },
+        onPublished: (msg) => {
+          this.lastEvent = { id: msg.eventId, subject: msg.subject, at: new Date() };
+          this.stateDirty = true;
+          this.events.onPublished?.(msg);
+        },
+      });
+      this.session = session;
+      try {
+        this.connected = true;
+        await session.run();
+        if (this.stopping || !this.active) break;
+      } catch (err) {
+        this.connected = false;
+        if (this.stopping || !this.active) break;
+        this.lastError = errorMessage(err);
+        if (err instanceof SlotError && /wal_status = lost/.test(err.message)) {
+          this.fatal(new Error(lostSlotMessage(this.config.relay.slot)));
+          break;
+        }
+        if (err instanceof SlotError) log.error({ err: this.lastError }, 'replication slot unusable; retrying until it is fixed');
+        else log.warn({ err: this.lastError, confirmed: formatLsn(this.confirmed) }, 'outbound stream interrupted; reconnecting from the confirmed position');
+        this.events.onReconnect?.();
+      } finally {
+        this.connected = false;
+        (sink as { close?: () => void }).close?.();
+      }
+      this.session = null;
+      const delay = backoffDelay(attempt++, this.opts.backoffMinMs, this.opts.backoffMaxMs);
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, delay);
+        this.wake = () => {
+          clearTimeout(t);
+          r();
+        };
+      });
+      this.wake = null;
+    }
+    this.session = null;
+  }
+
+  private fatal(err: Error): void {
+    this.log.fatal({ slot: this.config.relay.slot }, err.message);
+    this.events.onFatal?.(err);
+  }
+
+  private async pollSlot(): Promise<void> {
+    try {
+      const s = await readSlot(this.monitor, this.config.relay.slot);
+      this.events.onSlot?.(s);
+      if (s.walStatus === 'lost') {
+        this.fatal(new Error(lostSlotMessage(this.config.relay.slot)));
+      }
+    } catch {
+      // PostgreSQL unreachable: the session reports it
+    }
+  }
+
+  private async writeState(): Promise<void> {
+    if (!this.active || !this.stateDirty) return;
+    this.stateDirty = false;
+    const s = quoteIdent(this.config.relay.schema);
+    try {
+      await this.monitor.query(
+        `INSERT INTO ${s}.relay_state (slot, holder, confirmed_lsn, last_event_id, last_event_subject, last_published_at, heartbeat_at, heartbeat_lag_ms, updated_at)
+         VALUES ($1, $2, $3::pg_lsn, $4, $5, $6, $7, $8, now())
+         ON CONFLICT (slot) DO UPDATE SET holder = EXCLUDED.holder, confirmed_lsn = EXCLUDED.confirmed_lsn,
+           last_event_id = coalesce(EXCLUDED.last_event_id, ${s}.relay_state.last_event_id),
+           last_event_subject = coalesce(EXCLUDED.last_event_subject, ${s}.relay_state.last_event_subject),
+           last_published_at = coalesce(EXCLUDED.last_published_at, ${s}.relay_state.last_published_at),
+           heartbeat_at = coalesce(EXCLUDED.heartbeat_at, ${s}.relay_state.heartbeat_at),
+           heartbeat_lag_ms = coalesce(EXCLUDED.heartbeat_lag_ms, ${s}.relay_state.heartbeat_lag_ms),
+           updated_at = now()`,
+        [
+          this.config.relay.slot,
+          `${hostname()}/${process.pid}`,
+          formatLsn(this.confirmed),
+          this.lastEvent?.id ?? null,
+          this.lastEvent?.subject ?? null,
+          this.lastEvent?.at ?? null,
+          this.lastHeartbeat?.at ?? null,
+          this.lastHeartbeat?.lagMs ?? null,
+        ],
+      );
+    } catch {
+      this.stateDirty = true; // try again next time
+    }
+  }
+
+  /** Stops reading, waits (bounded) for in-flight acks, confirms, releases the lock. */
+  async stop(timeoutMs: number): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.wake?.();
+    for (const t of this.timers) clearInterval(t);
+    this.heartbeat.stop();
+    await this.session?.stop(timeoutMs);
+    await this.loop?.catch(() => {});
+    this.stateDirty = this.active;
+    await this.writeState();
+    this.active = false;
+    await this.leader?.stop();
+    await this.retention.stop();
+    await this.heartbeat.close();
+    await this.monitor.end().catch(() => {});
+  }
+}
