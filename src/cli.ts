@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import { loadConfig, ConfigError, type Config } from './config/load.js';
 import { createLogger, type Logger } from './log.js';
 import { UsageError, errorMessage } from './errors.js';
+import { setDatabaseCaFile } from './db.js';
 import { runMigrate } from './commands/migrate.js';
 import { runRelay } from './commands/run.js';
 import { runCheck } from './commands/check.js';
@@ -28,6 +29,7 @@ function withCommon(cmd: Command): Command {
 function setup(opts: GlobalOpts): { config: Config; log: Logger } {
   const log = createLogger(opts.logLevel);
   const config = loadConfig(resolve(opts.config));
+  setDatabaseCaFile(config.relay.database_ca_file);
   if (config.ignoredKeys.length > 0) {
     log.warn({ keys: config.ignoredKeys }, 'FraiseQL [observers] keys the relay does not use are ignored');
   }

@@ -8,8 +8,31 @@ export const rawTypes = {
   getTypeParser: () => (value: string | Buffer) => (typeof value === 'string' ? value : value.toString('utf8')),
 } as unknown as pg.CustomTypesConfig;
 
+let caFile: string | undefined;
+
+/** `[relay] database_ca_file`: every connection verifies the server against this CA bundle. */
+export function setDatabaseCaFile(path: string | undefined): void {
+  caFile = path;
+}
+
+/**
+ * TLS follows the URL (`?sslmode=require|verify-ca|verify-full`, `sslrootcert=…`, as libpq); a
+ * configured CA file is added as `sslrootcert` (with `sslmode=verify-full` unless the URL sets one).
+ */
+export function withCaFile(url: string, ca: string | undefined = caFile): string {
+  if (!ca) return url;
+  try {
+    const u = new URL(url);
+    if (!u.searchParams.has('sslrootcert')) u.searchParams.set('sslrootcert', ca);
+    if (!u.searchParams.has('sslmode')) u.searchParams.set('sslmode', 'verify-full');
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
+
 export function connectionConfig(url: string, extra: pg.ClientConfig = {}): pg.ClientConfig {
-  return { connectionString: url, application_name: 'fraiseql-relay', ...extra };
+  return { connectionString: withCaFile(url), application_name: 'fraiseql-relay', ...extra };
 }
 
 export async function connect(url: string, extra: pg.ClientConfig = {}): Promise<pg.Client> {

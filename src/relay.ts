@@ -3,6 +3,7 @@ import type { Config } from './config/load.js';
 import type { Logger } from './log.js';
 import { withClient } from './db.js';
 import { connectNats } from './sink/nats.js';
+import { natsAuthOptions } from './sink/natsauth.js';
 import { ensureStream, findStream } from './sink/stream.js';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { needsSlot } from './migrate.js';
@@ -101,6 +102,7 @@ export class Relay {
       log.info({ database }, 'connecting to NATS');
       this.nc = await connectNats({
         url: config.observers.nats_url!,
+        auth: natsAuthOptions(config.relay.nats),
         log: log.child({ component: 'nats' }),
         onStatus: (up) => {
           this.natsUp = up;

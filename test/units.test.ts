@@ -161,3 +161,21 @@ test('a row change event id is a stable, well-formed UUID of its WAL position', 
   assert.equal(entityTypeOf('tb_order'), 'Order');
   assert.equal(entityTypeOf('order_line'), 'OrderLine');
 });
+
+test('a database CA file becomes sslrootcert with verify-full, unless the URL says otherwise', async () => {
+  const { withCaFile } = await import('../src/db.js');
+  assert.equal(withCaFile('postgres://u@h/db', '/etc/ca.pem'), 'postgres://u@h/db?sslrootcert=%2Fetc%2Fca.pem&sslmode=verify-full');
+  assert.equal(withCaFile('postgres://u@h/db?sslmode=verify-ca', '/etc/ca.pem'), 'postgres://u@h/db?sslmode=verify-ca&sslrootcert=%2Fetc%2Fca.pem');
+  assert.equal(withCaFile('postgres://u@h/db', undefined), 'postgres://u@h/db');
+});
+
+test('NATS authentication comes from files and the environment, never the config file', async () => {
+  const { natsAuthOptions } = await import('../src/sink/natsauth.js');
+  const base = { tls: false };
+  assert.deepEqual(natsAuthOptions(base, {}), {});
+  assert.deepEqual(natsAuthOptions({ tls: true, ca_file: '/ca.pem' }, {}).tls, { caFile: '/ca.pem' });
+  assert.equal(typeof natsAuthOptions({ ...base, token_env: 'NATS_TOKEN' }, { NATS_TOKEN: 't' }).authenticator, 'function');
+  assert.throws(() => natsAuthOptions({ ...base, token_env: 'NATS_TOKEN' }, {}), /token_env: environment variable NATS_TOKEN is not set/);
+  assert.equal(typeof natsAuthOptions({ ...base, user_env: 'U', password_env: 'P' }, { U: 'u', P: 'p' }).authenticator, 'function');
+  assert.throws(() => natsAuthOptions({ ...base, creds_file: '/nonexistent/x.creds' }, {}), /creds_file \/nonexistent\/x\.creds: cannot read it/);
+});

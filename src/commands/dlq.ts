@@ -1,6 +1,7 @@
-import { headers as natsHeaders, connect as natsConnect, type NatsConnection } from '@nats-io/transport-node';
+import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
 import type { Config } from '../config/load.js';
+import { connectOnce } from '../sink/nats.js';
 import { parseDuration } from '../config/load.js';
 import type { Logger } from '../log.js';
 import { quoteIdent, withClient } from '../db.js';
@@ -79,7 +80,7 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
           log.info({ id: r.id, handler, outcome }, 'dead letter re-driven');
         } else if (r.direction === 'outbound') {
           if (!config.observers.nats_url) throw new Error('[observers] nats_url is needed to re-publish');
-          nc ??= await natsConnect({ servers: config.observers.nats_url.split(','), timeout: 5000, name: 'fraiseql-relay dlq' });
+          nc ??= await connectOnce(config, 'dlq');
           const h = natsHeaders();
           for (const [k, v] of Object.entries(r.headers ?? {})) h.set(k, v);
           await jetstream(nc).publish(r.subject!, r.body, { msgID: `${r.event_id}:${r.subject}`, headers: h });

@@ -1,5 +1,5 @@
-import { connect as natsConnect } from '@nats-io/transport-node';
 import type { Config } from '../config/load.js';
+import { connectOnce } from '../sink/nats.js';
 import { parseDuration } from '../config/load.js';
 import type { Logger } from '../log.js';
 import { quoteIdent, withClient } from '../db.js';
@@ -17,7 +17,7 @@ export function parseSince(s: string, now = Date.now()): Date {
 
 async function nats(config: Config) {
   if (!config.observers.nats_url) throw new UsageError('[observers] nats_url is needed to re-publish');
-  return natsConnect({ servers: config.observers.nats_url.split(','), timeout: 5000, name: 'fraiseql-relay replay' });
+  return connectOnce(config, 'replay');
 }
 
 /** Re-publishes retained outbox rows since a time (same message ids). */

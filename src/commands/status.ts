@@ -1,6 +1,6 @@
-import { connect as natsConnect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import type { Config } from '../config/load.js';
+import { connectOnce } from '../sink/nats.js';
 import { quoteIdent, withClient } from '../db.js';
 import { errorMessage } from '../errors.js';
 import { readSlot, type SlotStats } from '../ops/slot.js';
@@ -55,7 +55,7 @@ export async function collectStatus(config: Config): Promise<StatusReport> {
   });
   if (config.observers.subscribe.length > 0 && config.observers.nats_url) {
     try {
-      const nc = await natsConnect({ servers: config.observers.nats_url.split(','), timeout: 5000, name: 'fraiseql-relay status' });
+      const nc = await connectOnce(config, 'status');
       try {
         const jsm = await jetstreamManager(nc);
         for (const sub of config.observers.subscribe) {

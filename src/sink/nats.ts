@@ -1,4 +1,6 @@
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import type { Config } from '../config/load.js';
+import { natsAuthOptions } from './natsauth.js';
 import type { Logger } from '../log.js';
 import { redactUrl } from '../errors.js';
 
@@ -10,12 +12,15 @@ export interface NatsOptions {
   waitOnFirstConnect?: boolean;
   /** told of each connection state change */
   onStatus?: (up: boolean) => void;
+  /** TLS and authentication (natsAuthOptions) */
+  auth?: Partial<ConnectionOptions>;
 }
 
 /** A NATS connection for a daemon: reconnects forever and logs each state change once. */
 export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
   const servers = opts.url.split(',').map((s) => s.trim()).filter(Boolean);
   const nc = await connect({
+    ...opts.auth,
     servers,
     name: opts.name ?? 'fraiseql-relay',
     maxReconnectAttempts: -1,
@@ -48,4 +53,11 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     }
   })().catch(() => {});
   return nc;
+}
+
+/** A short-lived connection for a command (check, status, dlq, replay): fails fast. */
+export async function connectOnce(config: Config, name: string): Promise<NatsConnection> {
+  const url = config.observers.nats_url;
+  if (!url) throw new Error('[observers] nats_url is not set');
+  return connect({ ...natsAuthOptions(config.relay.nats), servers: url.split(',').map((s) => s.trim()), timeout: 5000, name: `fraiseql-relay ${name}` });
 }
