@@ -14,7 +14,7 @@ test('the relay runs as the documented least-privilege role (LOGIN REPLICATION, 
   try {
     await env.migrate(); // as the owner (postgres)
     await env.sql(`CREATE SCHEMA app; CREATE TABLE app.seen (id text);
-      CREATE FUNCTION app.fn_count(p jsonb) RETURNS void LANGUAGE sql SECURITY DEFINER AS $$ INSERT INTO app.seen VALUES (p->>'id') $$;
+      CREATE FUNCTION app.fn_count(p jsonb) RETURNS void LANGUAGE sql SECURITY DEFINER AS $$ INSERT INTO app.seen VALUES (p->>'id') $$;`);
     await env.sql(await readFile(join(ROOT, 'deploy', 'sql', 'relay-role.sql'), 'utf8'));
     await env.sql(`GRANT USAGE ON SCHEMA app TO fraiseql_relay_app`);
     const [role] = await env.sql<{ rolsuper: boolean; rolreplication: boolean; rolbypassrls: boolean }>(
