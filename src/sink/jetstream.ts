@@ -1,5 +1,6 @@
 import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { PubAckPublisher } from './pubacks.js';
 import type { OutboundMessage } from '../types.js';
 import type { Logger } from '../log.js';
 import { anyMatches } from './subjects.js';
@@ -32,7 +33,7 @@ export function encodedHeaderSize(h: Record<string, string>, msgId: string): num
  * by the stream's duplicate window. Knows nothing of LSNs: the caller's callback settles.
  */
 export class JetStreamSink {
-  private readonly js: JetStreamClient;
+  private readonly publisher: PubAckPublisher;
   private jsm: JetStreamManager | null = null;
   private inFlight = 0;
   private inFlightBytes = 0;
@@ -40,7 +41,7 @@ export class JetStreamSink {
   private readonly captured = new Map<string, boolean>();
 
   constructor(private readonly nc: NatsConnection, private readonly opts: JetStreamSinkOptions) {
-    this.js = jetstream(nc, { timeout: opts.timeoutMs });
+    this.publisher = new PubAckPublisher(nc, opts.timeoutMs);
   }
 
   get messagesInFlight(): number {
@@ -115,15 +116,16 @@ export class JetStreamSink {
   publish(msg: OutboundMessage, done: (err?: Error) => void): void {
     const h = natsHeaders();
     for (const k in msg.headers) h.set(k, msg.headers[k]!);
+    h.set('Nats-Msg-Id', `${msg.eventId}:${msg.subject}`);
     const bytes = msg.body.length;
     this.inFlight++;
     this.inFlightBytes += bytes;
-    this.js
-      .publish(msg.subject, msg.body, { msgID: `${msg.eventId}:${msg.subject}`, headers: h, timeout: this.opts.timeoutMs })
-      .then(
-        () => this.finish(bytes, done, undefined),
-        (err: unknown) => this.finish(bytes, done, err instanceof Error ? err : new Error(String(err))),
-      );
+    this.publisher.publish(msg.subject, msg.body, h, (err) => this.finish(bytes, done, err));
+  }
+
+  /** Stops listening for acknowledgements (the session using this sink is over). */
+  close(): void {
+    this.publisher.close();
   }
 
   private finish(bytes: number, done: (err?: Error) => void, err: Error | undefined): void {
