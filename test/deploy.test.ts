@@ -1,0 +1,654 @@
+/**
+ * deploy/ agrees with the code: the Dockerfile, the Kustomize base, the Helm chart and the
+ * compose file use the HTTP port and paths the relay serves (`[relay] listen`, /livez, /readyz,
+ * /metrics), pass `-c` the file their ConfigMap (or volume) mounts, provide every `${NAME}` the
+ * example config names, run commands the CLI has, and give the relay more time to stop than its
+ * `shutdown_timeout`.
+ *
+ * The manifests are parsed as YAML; when `kubectl` (kustomize) or `helm` is on PATH, the
+ * rendered objects are checked the same way.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { basename, dirname, join, posix, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parse as parseYaml, parseAllDocuments } from 'yaml';
+import { parseConfig, parseDuration, type Config } from '../src/config/load.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const DEPLOY = join(ROOT, 'deploy');
+const BASE = join(DEPLOY, 'kubernetes', 'base');
+const CHART = join(DEPLOY, 'helm', 'fraiseql-relay');
+const PKG = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+
+/** The port DESIGN.md §3.5 and the Dockerfile promise. */
+const CONTRACT_PORT = 9464;
+/** The uid the image runs as and the manifests ask for. */
+const UID = 10001;
+
+/** Manifests are untyped YAML trees. */
+type K8s = any;
+
+// ---------------------------------------------------------------- helpers
+
+function read(path: string): string {
+  return readFileSync(path, 'utf8');
+}
+
+/** Every YAML document of a text (empty ones dropped); a syntax error fails the test. */
+function yamlDocs(text: string, what: string): K8s[] {
+  const docs = parseAllDocuments(text, { merge: true });
+  const out: K8s[] = [];
+  for (const d of Array.isArray(docs) ? docs : [docs]) {
+    assert.deepEqual(d.errors.map((e) => e.message), [], `${what}: YAML errors`);
+    const v: unknown = d.toJS();
+    if (v !== null && v !== undefined) out.push(v);
+  }
+  return out;
+}
+
+/** `${NAME}` placeholders of a TOML text, outside whole-line comments. */
+function placeholders(toml: string): string[] {
+  const names = new Set<string>();
+  for (const line of toml.split('\n')) {
+    if (line.trim().startsWith('#')) continue;
+    for (const m of line.matchAll(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g)) names.add(m[1]!);
+  }
+  return [...names].sort();
+}
+
+function portOf(listen: string): number {
+  const m = /:(\d+)$/.exec(listen);
+  assert.ok(m, `listen ${JSON.stringify(listen)} has a port`);
+  return Number(m[1]);
+}
+
+/** The configuration the relay uses when `[relay]` says nothing. */
+const DEFAULTS: Config = parseConfig(
+  '[project]\nname = "defaults"\n\n[database]\ntype = "postgresql"\nurl = "postgres://relay@db/app"\n',
+  join(ROOT, 'defaults.toml'),
+  {},
+);
+const DEFAULT_PORT = portOf(DEFAULTS.relay.listen);
+
+/** Runs the CLI from source (src/cli.ts parses argv as soon as it is imported). */
+function cli(args: string[]): string {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(ROOT, 'src', 'cli.ts'), ...args], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0', COLUMNS: '200' },
+  });
+  assert.equal(r.status, 0, `fraiseql-relay ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return r.stdout;
+}
+
+let commandsCache: string[] | undefined;
+/** The top-level commands `fraiseql-relay --help` lists. */
+function cliCommands(): string[] {
+  if (commandsCache) return commandsCache;
+  const help = cli(['--help']);
+  const lines = help.split('\n');
+  const start = lines.findIndex((l) => /^Commands:/.test(l));
+  assert.ok(start >= 0, `--help lists commands:\n${help}`);
+  const names: string[] = [];
+  for (const line of lines.slice(start + 1)) {
+    if (line.trim() === '') break;
+    const m = /^ {2}([a-z][a-z0-9-]*)/.exec(line);
+    if (m && m[1] !== 'help') names.push(m[1]!);
+  }
+  assert.ok(names.includes('run') && names.includes('migrate'), `commands found: ${names.join(', ')}`);
+  commandsCache = names;
+  return names;
+}
+
+const configOptionCache = new Map<string, boolean>();
+/** Whether `fraiseql-relay <command> --help` documents `-c, --config <file>`. */
+function takesConfig(command: string): boolean {
+  let v = configOptionCache.get(command);
+  if (v === undefined) {
+    v = /-c, --config <file>/.test(cli([command, '--help']));
+    configOptionCache.set(command, v);
+  }
+  return v;
+}
+
+/** `[command, '-c', file]` (or `--config`): the command must exist and take -c. */
+function checkInvocation(args: unknown, expected: string, what: string): string {
+  assert.ok(Array.isArray(args) && args.every((a) => typeof a === 'string'), `${what}: args is a list of strings`);
+  const list = args as string[];
+  const command = list[0]!;
+  assert.equal(command, expected, `${what}: runs \`${expected}\``);
+  assert.ok(cliCommands().includes(command), `${what}: \`${command}\` is a fraiseql-relay command (${cliCommands().join(', ')})`);
+  assert.ok(takesConfig(command), `${what}: \`${command}\` takes -c/--config`);
+  const i = list.findIndex((a) => a === '-c' || a === '--config');
+  assert.ok(i > 0 && list[i + 1] !== undefined, `${what}: passes the config with -c: ${JSON.stringify(list)}`);
+  return list[i + 1]!;
+}
+
+/** Parses a config the way the relay does, with the environment a workload provides. */
+function checkConfig(toml: string, env: Record<string, string>, what: string): Config {
+  for (const name of placeholders(toml)) {
+    assert.ok(name in env, `${what}: the config names \${${name}}, which the workload does not set (it sets ${Object.keys(env).join(', ')})`);
+  }
+  try {
+    return parseConfig(toml, `${what}/fraiseql.toml`, env);
+  } catch (e) {
+    assert.fail(`${what}: the config does not load: ${e instanceof Error ? e.message : String(e)}`);
+  }
+}
+
+function labelsMatch(selector: Record<string, string> | undefined, labels: Record<string, string> | undefined, what: string): void {
+  assert.ok(selector && Object.keys(selector).length > 0, `${what}: has a selector`);
+  for (const [k, v] of Object.entries(selector)) {
+    assert.equal(labels?.[k], v, `${what}: selector ${k}=${v} matches the relay pods' labels`);
+  }
+}
+
+function resolvePort(container: K8s, port: unknown, what: string): number {
+  if (typeof port === 'number') return port;
+  const named = (container.ports ?? []).find((p: K8s) => p.name === port);
+  assert.ok(named, `${what}: port ${String(port)} is a named port of the container`);
+  return named.containerPort as number;
+}
+
+/** k8s rounds maxUnavailable percentages down. */
+function maxUnavailable(value: unknown, replicas: number): number {
+  if (typeof value === 'number') return value;
+  const m = /^(\d+)%$/.exec(String(value));
+  assert.ok(m, `maxUnavailable ${String(value)} is a number or a percentage`);
+  return Math.floor((Number(m[1]) * replicas) / 100);
+}
+
+// ---------------------------------------------------------------- Kubernetes objects
+
+interface Workload {
+  pod: K8s;
+  container: K8s;
+  config: Config;
+  configPath: string;
+}
+
+/**
+ * Checks a Deployment's or Job's pod: the command and its -c file, the ConfigMap mounted there,
+ * the environment (from Secrets) the config needs, the security context. Returns the parsed
+ * config.
+ */
+function checkPod(objects: K8s[], pod: K8s, command: string, what: string): Workload {
+  assert.equal(pod.containers?.length, 1, `${what}: one container`);
+  const container = pod.containers[0];
+  const configPath = checkInvocation(container.args, command, what);
+  assert.equal(container.command, undefined, `${what}: keeps the image's entrypoint (tini, node, bin/fraiseql-relay.js)`);
+
+  // the config file: a ConfigMap key mounted at the directory of the -c path
+  const mount = (container.volumeMounts ?? []).find((m: K8s) => m.mountPath === posix.dirname(configPath));
+  assert.ok(mount, `${what}: a volume is mounted at ${posix.dirname(configPath)} (the directory of -c ${configPath})`);
+  const volume = (pod.volumes ?? []).find((v: K8s) => v.name === mount.name);
+  assert.ok(volume?.configMap?.name, `${what}: the volume ${mount.name} is a ConfigMap`);
+  const item = (volume.configMap.items ?? []).find((i: K8s) => i.path === posix.basename(configPath));
+  const key = item ? item.key : posix.basename(configPath);
+  const cm = objects.find((o) => o.kind === 'ConfigMap' && o.metadata?.name === volume.configMap.name);
+  assert.ok(cm, `${what}: the ConfigMap ${volume.configMap.name} exists`);
+  const toml = cm.data?.[key];
+  assert.equal(typeof toml, 'string', `${what}: the ConfigMap ${volume.configMap.name} has the key ${key} (the file -c reads)`);
+
+  // the environment: every variable the config names, resolved from its Secret
+  const env: Record<string, string> = {};
+  for (const e of container.env ?? []) {
+    if (typeof e.value === 'string') {
+      env[e.name] = e.value;
+    } else if (e.valueFrom?.secretKeyRef) {
+      const ref = e.valueFrom.secretKeyRef;
+      const secret = objects.find((o) => o.kind === 'Secret' && o.metadata?.name === ref.name);
+      assert.ok(secret, `${what}: env ${e.name} reads the Secret ${ref.name}, which exists`);
+      const value: unknown = secret.stringData?.[ref.key] ?? (secret.data?.[ref.key] === undefined ? undefined : Buffer.from(secret.data[ref.key], 'base64').toString());
+      assert.equal(typeof value, 'string', `${what}: the Secret ${ref.name} has the key ${ref.key} (env ${e.name})`);
+      env[e.name] = value as string;
+    }
+  }
+  for (const name of placeholders(toml)) {
+    const e = (container.env ?? []).find((x: K8s) => x.name === name);
+    assert.ok(e?.valueFrom?.secretKeyRef, `${what}: \${${name}} of the config comes from a Secret`);
+  }
+  const config = checkConfig(toml, env, what);
+
+  // security: non-root, read-only root filesystem with a writable /tmp, no privileges
+  const psc = pod.securityContext ?? {};
+  const csc = container.securityContext ?? {};
+  const eff = (k: string): unknown => csc[k] ?? psc[k];
+  assert.equal(eff('runAsNonRoot'), true, `${what}: runAsNonRoot`);
+  assert.equal(eff('runAsUser'), UID, `${what}: runAsUser ${UID} (the image's user)`);
+  assert.equal(csc.readOnlyRootFilesystem, true, `${what}: readOnlyRootFilesystem`);
+  assert.equal(csc.allowPrivilegeEscalation, false, `${what}: allowPrivilegeEscalation false`);
+  assert.deepEqual(csc.capabilities?.drop, ['ALL'], `${what}: drops all capabilities`);
+  assert.equal((csc.seccompProfile ?? psc.seccompProfile)?.type, 'RuntimeDefault', `${what}: seccomp RuntimeDefault`);
+  const tmp = (container.volumeMounts ?? []).find((m: K8s) => m.mountPath === '/tmp');
+  assert.ok(tmp, `${what}: /tmp is mounted (the root filesystem is read-only)`);
+  assert.ok((pod.volumes ?? []).find((v: K8s) => v.name === tmp.name)?.emptyDir, `${what}: /tmp is an emptyDir`);
+  assert.ok(container.resources?.requests?.memory && container.resources?.limits?.memory, `${what}: memory requests and limits`);
+
+  return { pod, container, config, configPath };
+}
+
+function one(objects: K8s[], kind: string, what: string, filter: (o: K8s) => boolean = () => true): K8s {
+  const found = objects.filter((o) => o.kind === kind && filter(o));
+  assert.equal(found.length, 1, `${what}: exactly one ${kind} (found ${found.length})`);
+  return found[0];
+}
+
+/** The checks every rendering of the manifests (static, kustomize, helm) must pass. */
+function checkManifests(objects: K8s[], what: string, opts: { serviceMonitor: boolean; job: boolean }): void {
+  const deployment = one(objects, 'Deployment', what);
+  const d = `${what} Deployment`;
+  const relay = checkPod(objects, deployment.spec.template.spec, 'run', d);
+  const podLabels = deployment.spec.template.metadata.labels as Record<string, string>;
+  labelsMatch(deployment.spec.selector.matchLabels, podLabels, `${d} selector`);
+
+  // HTTP: the port the config listens on = the default = the container port = the probes' port
+  const listenPort = portOf(relay.config.relay.listen);
+  assert.equal(DEFAULT_PORT, CONTRACT_PORT, `the default [relay] listen port is ${CONTRACT_PORT}`);
+  assert.equal(listenPort, DEFAULT_PORT, `${d}: the config listens on the default port ${DEFAULT_PORT}`);
+  const metrics = (relay.container.ports ?? []).find((p: K8s) => p.name === 'metrics');
+  assert.ok(metrics, `${d}: a container port named metrics`);
+  assert.equal(metrics.containerPort, listenPort, `${d}: container port metrics = [relay] listen port`);
+  const live = relay.container.livenessProbe?.httpGet;
+  const ready = relay.container.readinessProbe?.httpGet;
+  assert.equal(live?.path, '/livez', `${d}: livenessProbe GET /livez`);
+  assert.equal(ready?.path, '/readyz', `${d}: readinessProbe GET /readyz`);
+  assert.equal(resolvePort(relay.container, live.port, d), listenPort, `${d}: livenessProbe on the listen port`);
+  assert.equal(resolvePort(relay.container, ready.port, d), listenPort, `${d}: readinessProbe on the listen port`);
+
+  // two replicas, one active; the rollout must not wait for standbys to become Ready (they never do)
+  const replicas = deployment.spec.replicas as number;
+  assert.ok(replicas >= 2, `${d}: at least 2 replicas (one active, one standby)`);
+  assert.equal(deployment.spec.strategy?.type, 'RollingUpdate', `${d}: RollingUpdate`);
+  assert.ok(
+    maxUnavailable(deployment.spec.strategy.rollingUpdate?.maxUnavailable, replicas) >= replicas,
+    `${d}: maxUnavailable covers every replica (only the active relay is Ready; a lower value stalls the rollout)`,
+  );
+
+  // shutdown: the kubelet waits longer than the relay's own bound
+  const grace = deployment.spec.template.spec.terminationGracePeriodSeconds as number;
+  assert.equal(typeof grace, 'number', `${d}: terminationGracePeriodSeconds is set`);
+  assert.ok(
+    grace * 1000 > relay.config.relay.shutdown_timeout,
+    `${d}: terminationGracePeriodSeconds ${grace}s > [relay] shutdown_timeout ${relay.config.relay.shutdown_timeout / 1000}s`,
+  );
+
+  // migration Job: same config, `migrate`
+  const jobs = objects.filter((o) => o.kind === 'Job');
+  if (opts.job) {
+    const job = one(objects, 'Job', what);
+    const j = `${what} Job`;
+    const m = checkPod(objects, job.spec.template.spec, 'migrate', j);
+    assert.equal(job.spec.template.spec.restartPolicy, 'OnFailure', `${j}: restartPolicy OnFailure`);
+    assert.equal(m.configPath, relay.configPath, `${j}: reads the same config path as the relay`);
+    assert.equal(m.config.relay.schema, relay.config.relay.schema, `${j}: migrates the schema the relay uses`);
+    assert.equal(m.config.relay.slot, relay.config.relay.slot, `${j}: creates the slot the relay uses`);
+  } else {
+    assert.equal(jobs.length, 0, `${what}: no migration Job`);
+  }
+
+  // PodDisruptionBudget over the relay pods
+  const pdb = one(objects, 'PodDisruptionBudget', what);
+  assert.equal(pdb.spec.minAvailable, 1, `${what} PodDisruptionBudget: minAvailable 1`);
+  labelsMatch(pdb.spec.selector.matchLabels, podLabels, `${what} PodDisruptionBudget`);
+
+  // Service for metrics, on the relay pods' metrics port, standbys included
+  const service = one(objects, 'Service', what);
+  const s = `${what} Service`;
+  labelsMatch(service.spec.selector, podLabels, s);
+  const sp = (service.spec.ports ?? []).find((p: K8s) => p.name === 'metrics');
+  assert.ok(sp, `${s}: a port named metrics`);
+  assert.equal(sp.port, listenPort, `${s}: port ${listenPort}`);
+  assert.equal(resolvePort(relay.container, sp.targetPort ?? sp.port, s), listenPort, `${s}: targets the relay's listen port`);
+  assert.equal(service.spec.publishNotReadyAddresses, true, `${s}: publishes standbys (not Ready) for scraping`);
+
+  // ServiceMonitor
+  const monitors = objects.filter((o) => o.kind === 'ServiceMonitor');
+  if (opts.serviceMonitor) {
+    const sm = one(objects, 'ServiceMonitor', what);
+    const m = `${what} ServiceMonitor`;
+    assert.equal(sm.apiVersion, 'monitoring.coreos.com/v1', `${m}: monitoring.coreos.com/v1`);
+    labelsMatch(sm.spec.selector.matchLabels, service.metadata.labels, m);
+    assert.equal(sm.spec.endpoints?.length, 1, `${m}: one endpoint`);
+    assert.equal(sm.spec.endpoints[0].port, 'metrics', `${m}: scrapes the Service port metrics`);
+    assert.equal(sm.spec.endpoints[0].path, '/metrics', `${m}: path /metrics`);
+  } else {
+    assert.equal(monitors.length, 0, `${what}: no ServiceMonitor`);
+  }
+}
+
+// ---------------------------------------------------------------- Kustomize base
+
+/** The base's objects as kustomize would build them, without kustomize: resources + generated ConfigMaps. */
+function kustomizeBaseStatic(): { objects: K8s[]; kustomization: K8s } {
+  const kustomization = parseYaml(read(join(BASE, 'kustomization.yaml')));
+  const objects: K8s[] = [];
+  for (const r of kustomization.resources as string[]) {
+    assert.ok(existsSync(join(BASE, r)), `kustomization resource ${r} exists`);
+    objects.push(...yamlDocs(read(join(BASE, r)), r));
+  }
+  for (const g of kustomization.configMapGenerator ?? []) {
+    const data: Record<string, string> = {};
+    for (const f of g.files as string[]) {
+      const [key, path] = f.includes('=') ? (f.split('=', 2) as [string, string]) : [basename(f), f];
+      data[key] = read(join(BASE, path));
+    }
+    objects.push({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: g.name }, data });
+  }
+  return { objects, kustomization };
+}
+
+/** The example Secret (not part of the base): stands in for the Secret the operator creates. */
+function exampleSecret(): K8s {
+  const text = read(join(BASE, 'secret.example.yaml'));
+  assert.match(text, /EXAMPLE/, 'secret.example.yaml says it is an example');
+  const [secret] = yamlDocs(text, 'secret.example.yaml');
+  assert.equal(secret.kind, 'Secret');
+  return secret;
+}
+
+test('kustomize base: the manifests agree with the code', () => {
+  const { objects, kustomization } = kustomizeBaseStatic();
+  assert.ok(!(kustomization.resources as string[]).includes('secret.example.yaml'), 'the example Secret is not applied with the base');
+  checkManifests([...objects, exampleSecret()], 'kustomize base', { serviceMonitor: true, job: true });
+  const image = (kustomization.images ?? []).find((i: K8s) => i.name === 'fraiseql-relay');
+  assert.equal(image?.newTag, PKG.version, 'kustomization images: the tag is package.json version');
+});
+
+test('kustomize base: `kubectl kustomize` renders the same (when kubectl is on PATH)', () => {
+  const r = spawnSync('kubectl', ['kustomize', BASE], { encoding: 'utf8', timeout: 60_000 });
+  if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') {
+    return; // no kubectl here: the static checks above stand
+  }
+  assert.equal(r.status, 0, `kubectl kustomize failed: ${r.stderr}`);
+  const objects = yamlDocs(r.stdout, 'kubectl kustomize');
+  assert.ok(
+    objects.some((o) => o.kind === 'ConfigMap' && /^fraiseql-relay-config-[a-z0-9]+$/.test(o.metadata.name)),
+    'the generated ConfigMap carries a content hash',
+  );
+  checkManifests([...objects, exampleSecret()], 'kubectl kustomize', { serviceMonitor: true, job: true });
+});
+
+// ---------------------------------------------------------------- Helm chart
+
+function helmHelper(helpers: string, name: string): string {
+  const m = new RegExp(`\\{\\{-? define "fraiseql-relay\\.${name}" -?\\}\\}(.*?)\\{\\{-? end -?\\}\\}`).exec(helpers);
+  assert.ok(m, `_helpers.tpl defines fraiseql-relay.${name} on one line`);
+  return m[1]!;
+}
+
+test('helm chart: values and templates agree with the code', () => {
+  const chart = parseYaml(read(join(CHART, 'Chart.yaml')));
+  assert.equal(chart.apiVersion, 'v2', 'Chart.yaml apiVersion v2');
+  assert.equal(chart.appVersion, PKG.version, 'Chart.yaml appVersion is package.json version (the default image tag)');
+
+  const values = parseYaml(read(join(CHART, 'values.yaml')));
+  assert.equal(typeof values.config, 'string', 'values.config holds fraiseql.toml');
+  const env: Record<string, string> = {};
+  for (const k of values.secretKeys as string[]) {
+    assert.equal(typeof values.secretValues?.[k], 'string', `values.secretValues has an example for ${k}`);
+    env[k] = values.secretValues[k];
+  }
+  const config = checkConfig(values.config, env, 'helm values');
+  assert.equal(portOf(config.relay.listen), DEFAULT_PORT, 'values.config listens on the default port');
+  assert.equal(values.port, portOf(config.relay.listen), 'values.port is the port of [relay] listen in values.config');
+  assert.ok(values.terminationGracePeriodSeconds * 1000 > config.relay.shutdown_timeout, 'values: terminationGracePeriodSeconds > shutdown_timeout');
+  assert.ok(values.replicaCount >= 2, 'values: at least 2 replicas');
+  assert.ok(maxUnavailable(values.strategy?.rollingUpdate?.maxUnavailable, values.replicaCount) >= values.replicaCount, 'values: maxUnavailable covers every replica');
+  assert.equal(values.serviceMonitor?.enabled, false, 'values: serviceMonitor.enabled exists (off: it needs the CRDs)');
+  assert.equal(values.migrationJob?.enabled, true, 'values: migrationJob.enabled exists (on)');
+  assert.equal(values.existingSecret, '', 'values: existingSecret exists');
+  assert.equal(values.securityContext?.readOnlyRootFilesystem, true, 'values: readOnlyRootFilesystem');
+  assert.equal(values.podSecurityContext?.runAsUser, UID, `values: runAsUser ${UID}`);
+
+  // templates: the parts that are plain text
+  const t = (f: string): string => read(join(CHART, 'templates', f));
+  const helpers = t('_helpers.tpl');
+  const configDir = helmHelper(helpers, 'configDir');
+  const configFile = helmHelper(helpers, 'configFile').replace('{{ include "fraiseql-relay.configDir" . }}', configDir);
+  assert.equal(configFile, `${configDir}/fraiseql.toml`, 'configFile is fraiseql.toml in configDir');
+  assert.match(t('configmap.yaml'), /^ {2}fraiseql\.toml: \|\n {4}\{\{- \.Values\.config \| nindent 4 \}\}/m, 'the ConfigMap key fraiseql.toml holds values.config');
+
+  const deployment = t('deployment.yaml');
+  const dargs = /args: \["(\w+)", "-c", \{\{ include "fraiseql-relay\.configFile" \. \| quote \}\}\]/.exec(deployment);
+  assert.ok(dargs, 'deployment.yaml: args [<command>, -c, configFile]');
+  checkInvocation([dargs[1], '-c', configFile], 'run', 'helm deployment.yaml');
+  assert.match(deployment, /mountPath: \{\{ include "fraiseql-relay\.configDir" \. \}\}/, 'deployment.yaml mounts the config at configDir');
+  assert.match(deployment, /- name: metrics\n\s+containerPort: \{\{ \.Values\.port \}\}/, 'deployment.yaml: container port metrics = values.port');
+  assert.match(deployment, /livenessProbe:\n\s+httpGet:\n\s+path: \/livez\n\s+port: metrics\n/, 'deployment.yaml: livenessProbe GET /livez on metrics');
+  assert.match(deployment, /readinessProbe:\n\s+httpGet:\n\s+path: \/readyz\n\s+port: metrics\n/, 'deployment.yaml: readinessProbe GET /readyz on metrics');
+  assert.match(deployment, /terminationGracePeriodSeconds: \{\{ \.Values\.terminationGracePeriodSeconds \}\}/, 'deployment.yaml uses values.terminationGracePeriodSeconds');
+
+  const job = t('migrate-job.yaml');
+  const jargs = /args: \["(\w+)", "-c", \{\{ include "fraiseql-relay\.configFile" \. \| quote \}\}\]/.exec(job);
+  assert.ok(jargs, 'migrate-job.yaml: args [<command>, -c, configFile]');
+  checkInvocation([jargs[1], '-c', configFile], 'migrate', 'helm migrate-job.yaml');
+  assert.match(job, /^\{\{- if \.Values\.migrationJob\.enabled \}\}/, 'migrate-job.yaml is behind migrationJob.enabled');
+  assert.match(job, /kind: Job\n(?:.*\n)*?\s+helm\.sh\/hook: pre-install,pre-upgrade\n/, 'the migration Job is a pre-install,pre-upgrade hook');
+  assert.match(job, /restartPolicy: OnFailure/, 'the migration Job restarts on failure');
+
+  assert.match(t('servicemonitor.yaml'), /^\{\{- if \.Values\.serviceMonitor\.enabled \}\}\napiVersion: monitoring\.coreos\.com\/v1\nkind: ServiceMonitor/, 'servicemonitor.yaml is behind serviceMonitor.enabled');
+  assert.match(t('servicemonitor.yaml'), /- port: metrics\n\s+path: \/metrics\n/, 'the ServiceMonitor scrapes metrics /metrics');
+  assert.match(t('service.yaml'), /- name: metrics\n\s+port: \{\{ \.Values\.port \}\}\n\s+targetPort: metrics/, 'the Service port metrics = values.port');
+  assert.match(t('secret.yaml'), /^\{\{- if not \.Values\.existingSecret \}\}/, 'secret.yaml is skipped with existingSecret');
+});
+
+function helm(args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync('helm', args, { encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+test('helm chart: `helm template` renders objects that agree with the code (when helm is on PATH)', () => {
+  const probe = spawnSync('helm', ['version', '--short'], { encoding: 'utf8' });
+  if (probe.error && (probe.error as NodeJS.ErrnoException).code === 'ENOENT') {
+    return; // no helm here: the static checks above stand
+  }
+  const lint = helm(['lint', CHART]);
+  assert.equal(lint.status, 0, `helm lint: ${lint.stdout}${lint.stderr}`);
+
+  // defaults, with the ServiceMonitor
+  const r = helm(['template', 'orders', CHART, '--set', 'serviceMonitor.enabled=true']);
+  assert.equal(r.status, 0, `helm template: ${r.stderr}`);
+  const objects = yamlDocs(r.stdout, 'helm template');
+  checkManifests(objects, 'helm template', { serviceMonitor: true, job: true });
+  const deployment = one(objects, 'Deployment', 'helm template');
+  assert.equal(deployment.spec.template.spec.containers[0].image, `fraiseql-relay:${PKG.version}`, 'helm: the image tag defaults to appVersion');
+  const job = one(objects, 'Job', 'helm template');
+  assert.equal(job.metadata.annotations?.['helm.sh/hook'], 'pre-install,pre-upgrade', 'helm: the Job is a pre-install,pre-upgrade hook');
+  // on install, hooks run before the release's own objects exist: the Job's ConfigMap and Secret are earlier hooks
+  const jobSpec = job.spec.template.spec;
+  const weight = (o: K8s): number => Number(o.metadata.annotations?.['helm.sh/hook-weight'] ?? 0);
+  const cmName = jobSpec.volumes.find((v: K8s) => v.configMap)?.configMap.name;
+  const secretNames = new Set<string>(jobSpec.containers[0].env.filter((e: K8s) => e.valueFrom?.secretKeyRef).map((e: K8s) => e.valueFrom.secretKeyRef.name));
+  for (const o of objects.filter((x) => (x.kind === 'ConfigMap' && x.metadata.name === cmName) || (x.kind === 'Secret' && secretNames.has(x.metadata.name)))) {
+    assert.match(o.metadata.annotations?.['helm.sh/hook'] ?? '', /pre-install/, `helm: the Job's ${o.kind} ${o.metadata.name} is a hook too`);
+    assert.ok(weight(o) < weight(job), `helm: the Job's ${o.kind} ${o.metadata.name} is created before the Job`);
+  }
+
+  // defaults: no ServiceMonitor (it needs the CRDs)
+  const plain = helm(['template', 'orders', CHART]);
+  assert.equal(plain.status, 0, `helm template (defaults): ${plain.stderr}`);
+  checkManifests(yamlDocs(plain.stdout, 'helm template (defaults)'), 'helm template (defaults)', { serviceMonitor: false, job: true });
+
+  // existingSecret: no Secret rendered, every secretKeyRef points at it
+  const ext = helm(['template', 'orders', CHART, '--set', 'existingSecret=orders-relay-env', '--set', 'migrationJob.enabled=false']);
+  assert.equal(ext.status, 0, `helm template (existingSecret): ${ext.stderr}`);
+  const extObjects = yamlDocs(ext.stdout, 'helm template (existingSecret)');
+  assert.equal(extObjects.filter((o) => o.kind === 'Secret').length, 0, 'helm: existingSecret renders no Secret');
+  const refs = one(extObjects, 'Deployment', 'helm (existingSecret)').spec.template.spec.containers[0].env.filter((e: K8s) => e.valueFrom?.secretKeyRef);
+  assert.ok(refs.length >= 2 && refs.every((e: K8s) => e.valueFrom.secretKeyRef.name === 'orders-relay-env'), 'helm: env reads the existing Secret');
+  // the operator's Secret, as the static check of the base has the example one
+  const standIn = { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'orders-relay-env' }, stringData: { DATABASE_URL: 'postgres://relay@db/orders', NATS_URL: 'nats://nats:4222' } };
+  checkManifests([...extObjects, standIn], 'helm template (existingSecret)', { serviceMonitor: false, job: false });
+
+  // migrate as the schema owner, the relay as the least-privilege role
+  const owner = helm(['template', 'orders', CHART, '--set', 'migrationJob.databaseUrlKey=MIGRATE_DATABASE_URL', '--set', 'secretValues.MIGRATE_DATABASE_URL=postgres://owner@db/orders']);
+  assert.equal(owner.status, 0, `helm template (databaseUrlKey): ${owner.stderr}`);
+  const ownerObjects = yamlDocs(owner.stdout, 'helm template (databaseUrlKey)');
+  const dbKey = (kind: string): unknown =>
+    one(ownerObjects, kind, 'helm (databaseUrlKey)').spec.template.spec.containers[0].env.find((e: K8s) => e.name === 'DATABASE_URL')?.valueFrom?.secretKeyRef?.key;
+  assert.equal(dbKey('Job'), 'MIGRATE_DATABASE_URL', 'helm: migrationJob.databaseUrlKey gives migrate its own DATABASE_URL');
+  assert.equal(dbKey('Deployment'), 'DATABASE_URL', 'helm: the relay keeps DATABASE_URL');
+  checkManifests(ownerObjects, 'helm template (databaseUrlKey)', { serviceMonitor: false, job: true });
+
+  // a key the chart should create but has no value for: a render error, not a broken pod
+  const missing = helm(['template', 'orders', CHART, '--set', 'secretKeys={DATABASE_URL,NATS_URL,HOOK_TOKEN}']);
+  assert.notEqual(missing.status, 0, 'helm: a secretKeys entry without secretValues fails the render');
+  assert.match(missing.stderr, /secretValues\.HOOK_TOKEN/, 'helm: the render error names the key');
+});
+
+// ---------------------------------------------------------------- compose
+
+test('compose.yaml: PostgreSQL with logical WAL, NATS with JetStream, migrate then the relay', () => {
+  const compose = yamlDocs(read(join(DEPLOY, 'compose.yaml')), 'compose.yaml')[0];
+  const services = compose.services as Record<string, K8s>;
+  for (const name of ['postgres', 'nats', 'migrate', 'relay']) assert.ok(services[name], `compose: service ${name}`);
+  const { postgres, nats, migrate, relay } = services as Record<string, K8s>;
+
+  assert.match(String(postgres.image), /^postgres:1[5-9]/, 'compose: PostgreSQL 15+');
+  assert.ok((postgres.command as string[]).includes('wal_level=logical'), 'compose: PostgreSQL runs with wal_level=logical');
+  assert.match(String(nats.image), /^nats:2\.(9|1\d)/, 'compose: nats-server 2.9+');
+  assert.ok((nats.command as string[]).some((a) => a === '-js' || a === '--jetstream'), 'compose: NATS runs with JetStream');
+
+  let relayConfig: Config | undefined;
+  for (const [name, command] of [['migrate', 'migrate'], ['relay', 'run']] as const) {
+    const svc = services[name];
+    const what = `compose ${name}`;
+    // the image: built from deploy/Dockerfile with the repository as context
+    assert.ok(svc.build, `${what}: built from the repository`);
+    const context = resolve(DEPLOY, svc.build.context);
+    assert.equal(context, ROOT, `${what}: build context is the repository root`);
+    assert.ok(existsSync(join(context, svc.build.dockerfile)), `${what}: the Dockerfile ${svc.build.dockerfile} exists in the context`);
+    const configPath = checkInvocation(svc.command, command, what);
+    // the config: a bind mount of a file in deploy/
+    const mount = (svc.volumes as string[]).map((v) => v.split(':')).find((p) => p[1] === configPath);
+    assert.ok(mount, `${what}: a volume is mounted at ${configPath}`);
+    const host = resolve(DEPLOY, mount[0]!);
+    assert.ok(existsSync(host), `${what}: ${mount[0]} exists`);
+    const env = svc.environment as Record<string, string>;
+    const config = checkConfig(read(host), env, what);
+    assert.equal(svc.read_only, true, `${what}: read-only root filesystem`);
+    assert.ok((svc.tmpfs as string[]).includes('/tmp'), `${what}: /tmp is a tmpfs`);
+    assert.equal(svc.user, undefined, `${what}: runs as the image's non-root user`);
+    if (name === 'relay') relayConfig = config;
+  }
+  assert.ok(relayConfig);
+
+  // HTTP: published port and healthcheck on [relay] listen
+  const port = portOf(relayConfig.relay.listen);
+  assert.equal(port, DEFAULT_PORT, 'compose: the config listens on the default port');
+  assert.ok((relay.ports as string[]).some((p) => p.split(':').at(-1) === String(port)), `compose relay: container port ${port} is published`);
+  const health = (relay.healthcheck?.test as string[]).join(' ');
+  assert.match(health, new RegExp(`:${port}/(readyz|livez)\\b`), 'compose relay: healthcheck on /readyz or /livez at the listen port');
+  assert.ok(parseDuration(relay.stop_grace_period) > relayConfig.relay.shutdown_timeout, 'compose relay: stop_grace_period > shutdown_timeout');
+
+  // start order: databases healthy, migrate done, then the relay
+  assert.equal(migrate.depends_on?.postgres?.condition, 'service_healthy', 'compose migrate: waits for a healthy PostgreSQL');
+  assert.equal(relay.depends_on?.postgres?.condition, 'service_healthy', 'compose relay: waits for a healthy PostgreSQL');
+  assert.equal(relay.depends_on?.nats?.condition, 'service_healthy', 'compose relay: waits for a healthy NATS');
+  assert.equal(relay.depends_on?.migrate?.condition, 'service_completed_successfully', 'compose relay: waits for migrate to succeed');
+  for (const [name, svc] of Object.entries(services)) {
+    for (const [dep, cond] of Object.entries((svc.depends_on ?? {}) as Record<string, K8s>)) {
+      if (cond.condition === 'service_healthy') assert.ok(services[dep]?.healthcheck?.test, `compose: ${name} waits for ${dep} to be healthy, which has a healthcheck`);
+    }
+  }
+});
+
+// ---------------------------------------------------------------- Dockerfile
+
+interface Instruction {
+  op: string;
+  args: string;
+  stage: number;
+}
+
+function dockerfile(text: string): Instruction[] {
+  const out: Instruction[] = [];
+  let stage = -1;
+  let pending = '';
+  for (const raw of text.split('\n')) {
+    if (pending === '' && /^\s*(#|$)/.test(raw)) continue;
+    if (/^\s*#/.test(raw)) continue; // a comment inside a continued instruction
+    const line = pending + raw.trim();
+    if (line.endsWith('\\')) {
+      pending = line.slice(0, -1) + ' ';
+      continue;
+    }
+    pending = '';
+    const m = /^(\w+)\s+(.*)$/.exec(line);
+    assert.ok(m, `Dockerfile line ${JSON.stringify(line)}`);
+    const op = m[1]!.toUpperCase();
+    if (op === 'FROM') stage++;
+    out.push({ op, args: m[2]!, stage });
+  }
+  return out;
+}
+
+test('Dockerfile: non-root, tini, the listen port, the files the runtime reads', () => {
+  const ins = dockerfile(read(join(DEPLOY, 'Dockerfile')));
+  const froms = ins.filter((i) => i.op === 'FROM');
+  assert.ok(froms.length >= 2, 'multi-stage');
+  for (const f of froms) assert.match(f.args, /^node:20-bookworm-slim\b/, `FROM node:20-bookworm-slim: ${f.args}`);
+  const last = froms.length - 1;
+  const build = ins.filter((i) => i.stage < last && i.op === 'RUN').map((i) => i.args).join('\n');
+  assert.match(build, /\bnpm ci\b/, 'the build stage runs npm ci');
+  assert.match(build, /\bnpm run build\b/, 'the build stage runs npm run build');
+  assert.match(build, /\bnpm prune --omit=dev\b/, 'the build stage drops the devDependencies');
+  const runtime = ins.filter((i) => i.stage === last);
+  const at = (op: string): Instruction[] => runtime.filter((i) => i.op === op);
+
+  // non-root user, the uid the manifests ask for
+  const user = at('USER').at(-1);
+  assert.ok(user, 'the runtime stage sets USER');
+  const [uid] = user.args.split(':');
+  assert.ok(uid !== 'root' && uid !== '0', 'USER is not root');
+  assert.equal(uid, String(UID), `USER ${UID} (runAsUser in the manifests)`);
+
+  // tini as PID 1, then node on bin/fraiseql-relay.js; exec form
+  const entry = JSON.parse(at('ENTRYPOINT').at(-1)?.args ?? 'null') as string[] | null;
+  assert.ok(Array.isArray(entry), 'ENTRYPOINT in exec form');
+  assert.equal(entry[0], '/usr/bin/tini', 'ENTRYPOINT starts with tini');
+  assert.equal(entry[1], '--', 'tini -- node …');
+  assert.equal(entry[2], 'node', 'tini runs node');
+  assert.match(at('RUN').map((i) => i.args).join('\n'), /apt-get install[^\n]*\btini\b/, 'the runtime stage installs tini');
+  const script = entry[3]!;
+  assert.equal(posix.basename(script), 'fraiseql-relay.js', 'node runs bin/fraiseql-relay.js');
+
+  // CMD: `run -c <the path the manifests mount>`
+  const cmd = JSON.parse(at('CMD').at(-1)?.args ?? 'null') as string[] | null;
+  const configPath = checkInvocation(cmd, 'run', 'Dockerfile CMD');
+  const deployment = kustomizeBaseStatic().objects.find((o) => o.kind === 'Deployment');
+  assert.equal(configPath, checkInvocation(deployment.spec.template.spec.containers[0].args, 'run', 'kustomize Deployment'), 'CMD reads the config where the manifests mount it');
+
+  // EXPOSE the default listen port; production mode
+  const exposed = at('EXPOSE').flatMap((i) => i.args.split(/\s+/)).map((p) => Number(p.split('/')[0]));
+  assert.ok(exposed.includes(DEFAULT_PORT), `EXPOSE ${DEFAULT_PORT} (the default [relay] listen port)`);
+  assert.match(at('ENV').map((i) => i.args).join('\n'), /\bNODE_ENV=production\b/, 'ENV NODE_ENV=production');
+
+  // the runtime layout: bin/ imports ../dist/cli.js, migrate.ts reads ../sql relative to dist/
+  let workdir = '/';
+  const dest = new Map<string, string>();
+  for (const i of runtime) {
+    if (i.op === 'WORKDIR') workdir = posix.resolve(workdir, i.args);
+    if (i.op === 'COPY') {
+      const parts = i.args.split(/\s+/).filter((p) => !p.startsWith('--'));
+      const to = posix.resolve(workdir, parts.at(-1)!);
+      for (const src of parts.slice(0, -1)) dest.set(posix.basename(src), parts.length > 2 ? posix.join(to, posix.basename(src)) : to);
+    }
+  }
+  for (const needed of ['package.json', 'node_modules', 'dist', 'sql', 'bin']) assert.ok(dest.has(needed), `the runtime stage copies ${needed}`);
+  assert.equal(posix.dirname(script), dest.get('bin'), 'ENTRYPOINT runs the copied bin/');
+  assert.match(read(join(ROOT, 'bin', 'fraiseql-relay.js')), /new URL\('\.\.\/dist\/cli\.js', import\.meta\.url\)/, 'bin/fraiseql-relay.js runs ../dist/cli.js');
+  assert.equal(dest.get('dist'), posix.join(dest.get('bin')!, '..', 'dist'), 'dist/ is where bin/ looks for it');
+  assert.match(read(join(ROOT, 'src', 'migrate.ts')), /join\(dirname\(fileURLToPath\(import\.meta\.url\)\), '\.\.', 'sql'\)/, 'migrate reads ../sql relative to its module');
+  assert.equal(dest.get('sql'), posix.join(dest.get('dist')!, '..', 'sql'), 'sql/ is beside dist/ (migrate reads ../sql)');
+  assert.equal(dest.get('package.json'), posix.join(dest.get('dist')!, '..', 'package.json'), 'package.json ("type": "module") is beside dist/');
+
+  // .dockerignore keeps the build context small and the host's build out
+  const ignore = read(join(ROOT, '.dockerignore')).split('\n').map((l) => l.trim().replace(/^\/|\/$/g, ''));
+  for (const p of ['node_modules', 'dist', '.git']) assert.ok(ignore.includes(p), `.dockerignore lists ${p}`);
+});
