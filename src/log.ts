@@ -1,4 +1,15 @@
+import { createRequire } from 'node:module';
 import { pino, type Logger, type LevelWithSilent } from 'pino';
+
+/** pino-pretty is a dev dependency: a production image (npm prune) logs plain JSON on a TTY too. */
+function hasPinoPretty(): boolean {
+  try {
+    createRequire(import.meta.url).resolve('pino-pretty');
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 export type { Logger };
 
@@ -19,12 +30,8 @@ export function createLogger(level: string = process.env['LOG_LEVEL'] ?? 'info')
     timestamp: pino.stdTimeFunctions.isoTime,
     redact: { paths: REDACT, censor: '[Redacted]' },
   };
-  if (process.stdout.isTTY && process.env['NO_PRETTY'] === undefined) {
-    try {
-      return pino({ ...opts, transport: { target: 'pino-pretty', options: { colorize: true } } });
-    } catch {
-      // pino-pretty is a dev dependency: fall back to JSON
-    }
+  if (process.stdout.isTTY && process.env['NO_PRETTY'] === undefined && hasPinoPretty()) {
+    return pino({ ...opts, transport: { target: 'pino-pretty', options: { colorize: true } } });
   }
   return pino(opts);
 }
