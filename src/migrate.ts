@@ -61,7 +61,7 @@ export function migrationPlan(config: Config): string {
   out.push(publicationSql(config));
   if (needsSlot(config)) {
     out.push(`\n-- permanent logical replication slot (created before producers write, never silently recreated)`);
-    out.push(`SELECT pg_create_logical_replication_slot('${config.relay.slot}', 'pgoutput');`);
+    out.push(`SELECT pg_create_logical_replication_slot('${config.relay.slot}', '${config.relay.plugin}');`);
   }
   return out.join('\n') + '\n';
 }
@@ -72,6 +72,63 @@ export interface MigrateResult {
   tableProblems: string[];
   publicationCreated: boolean;
   slotCreated: boolean;
+}
+
+function pluginHint(plugin: string): string {
+  return plugin === 'wal2json'
+    ? `wal2json must be installed on the server (Debian/Ubuntu: apt-get install postgresql-<version>-wal2json) and, on PostgreSQL versions ` +
+        `with output_plugin_libraries, listed there: ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'wal2json'; SELECT pg_reload_conf();`
+    : `PostgreSQL's output_plugin_libraries must list ${plugin}.`;
+}
+
+/** The plugins `output_plugin_libraries` allows, or null when the server has no such setting. */
+export async function allowedPlugins(client: pg.Client): Promise<string[] | null> {
+  const r = await client.query<{ setting: string }>(`SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'`);
+  const setting = r.rows[0]?.setting;
+  if (setting === undefined) return null;
+  return setting
+    .split(',')
+    .map((p) => p.trim())
+    .map((p) => (/^".*"$/.test(p) ? p.slice(1, -1).replace(/""/g, '"') : p.toLowerCase()))
+    .filter((p) => p !== '');
+}
+
+/**
+ * An existing slot must be a logical slot of this database with the configured plugin; a missing
+ * one must be creatable with it. Fails with a UsageError (exit 2) naming both plugins.
+ */
+export async function assertSlotUsable(client: pg.Client, config: Config): Promise<void> {
+  const slot = config.relay.slot;
+  const plugin = config.relay.plugin;
+  const found = await client.query<{ plugin: string; database: string; slot_type: string }>(
+    `SELECT plugin, database, slot_type FROM pg_replication_slots WHERE slot_name = $1`,
+    [slot],
+  );
+  const row = found.rows[0];
+  if (row) {
+    const db = (await client.query<{ db: string }>('SELECT current_database() AS db')).rows[0]?.db;
+    if (row.slot_type !== 'logical' || row.database !== db) {
+      throw new UsageError(
+        `replication slot "${slot}" exists but is a ${row.slot_type} slot with plugin ${row.plugin} on database ${row.database}; ` +
+          `fraiseql-relay needs a logical ${plugin} slot on database ${db}. Choose another name with [relay] slot, ` +
+          `or drop it (SELECT pg_drop_replication_slot('${slot}')) if nothing else uses it. Nothing was changed.`,
+      );
+    }
+    if (row.plugin !== plugin) {
+      throw new UsageError(
+        `replication slot "${slot}" uses plugin ${row.plugin}, but [relay] plugin = "${plugin}". A slot's plugin cannot be changed: ` +
+          `set plugin = "${row.plugin}", choose another slot name with [relay] slot, or drop the slot (SELECT pg_drop_replication_slot('${slot}'); ` +
+          `events committed but not yet streamed are then lost) and run migrate again. Nothing was changed.`,
+      );
+    }
+  }
+  const allowed = await allowedPlugins(client);
+  if (allowed && !allowed.includes(plugin)) {
+    throw new UsageError(
+      `[relay] plugin = "${plugin}", but PostgreSQL's output_plugin_libraries ('${allowed.join(', ')}') does not allow it, ` +
+        `so the slot could not ${row ? 'stream' : 'be created'}.\n  ${pluginHint(plugin)} Nothing was changed.`,
+    );
+  }
 }
 
 /** Fails with a UsageError (exit 2) when the server cannot do logical decoding. */
@@ -101,6 +158,8 @@ export async function migrate(config: Config, log: Logger): Promise<MigrateResul
     await assertLogicalWal(client);
     await client.query(`SELECT pg_advisory_lock(hashtext('fraiseql-relay/migrate'), hashtext($1))`, [schema]);
     try {
+      // refuse before changing anything when the slot cannot be the one configured
+      if (needsSlot(config)) await assertSlotUsable(client, config);
       await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
       await client.query(
         `CREATE TABLE IF NOT EXISTS ${s}.migrations (id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
@@ -149,19 +208,21 @@ export async function migrate(config: Config, log: Logger): Promise<MigrateResul
           [slot],
         );
         const row = found.rows[0];
+        const plugin = config.relay.plugin;
         if (!row) {
-          await client.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [slot]);
-          result.slotCreated = true;
-          log.info({ slot }, 'created replication slot');
-        } else {
-          const db = (await client.query<{ db: string }>('SELECT current_database() AS db')).rows[0]?.db;
-          if (row.slot_type !== 'logical' || row.plugin !== 'pgoutput' || row.database !== db) {
-            throw new UsageError(
-              `replication slot "${slot}" exists but is a ${row.slot_type} slot with plugin ${row.plugin} on database ${row.database}; ` +
-                `fraiseql-relay needs a logical pgoutput slot on database ${db}. Choose another name with [relay] slot, ` +
-                `or drop it (SELECT pg_drop_replication_slot('${slot}')) if nothing else uses it.`,
-            );
+          try {
+            await client.query(`SELECT pg_create_logical_replication_slot($1, $2)`, [slot, plugin]);
+          } catch (err) {
+            const msg = (err as Error).message;
+            if (/could not access file|may not be used as an output plugin/.test(msg)) {
+              throw new UsageError(`cannot create replication slot "${slot}" with plugin ${plugin}: ${msg}\n  ${pluginHint(plugin)}`);
+            }
+            throw err;
           }
+          result.slotCreated = true;
+          log.info({ slot, plugin }, 'created replication slot');
+        } else {
+          await assertSlotUsable(client, config);
         }
       }
     } finally {

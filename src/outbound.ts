@@ -3,7 +3,8 @@ import type { Logger } from './log.js';
 import type { Change, OutboundMessage, Relation, Tuple, TupleValue } from './types.js';
 import { AckWatermark, type TxnTicket } from './ack.js';
 import { ReplicationConnection } from './source/replication.js';
-import { PgoutputDecoder } from './source/pgoutput.js';
+import type { Decoder } from './source/decoder.js';
+import { createDecoder } from './source/plugin.js';
 import { parseFrame } from './source/frames.js';
 import { formatLsn, PG_EPOCH_OFFSET_MS } from './source/lsn.js';
 import { OutboxRouter, type RouteResult } from './route/outbox.js';
@@ -58,7 +59,7 @@ function toRecord(rel: Relation, t: Tuple): Record<string, TupleValue> {
  */
 export class OutboundSession {
   private conn!: ReplicationConnection;
-  private readonly decoder = new PgoutputDecoder();
+  private decoder!: Decoder;
   private readonly router: OutboxRouter;
   private readonly watermark: AckWatermark;
   private readonly kinds = new Map<number, RelationKind | null>();
@@ -94,9 +95,11 @@ export class OutboundSession {
     this.conn = await ReplicationConnection.open({
       url: config.database.url,
       slot: config.relay.slot,
+      plugin: config.relay.plugin,
       publications: config.observers.rules.length > 0 ? [outboxPublication(config), tablesPublication(config)] : [outboxPublication(config)],
       log,
     });
+    this.decoder = createDecoder(config.relay.plugin, this.conn.tables);
     if (this.stopping) {
       // stop() came while connecting: nothing was read, leave the slot as it is
       await this.conn.close();

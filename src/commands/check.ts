@@ -1,10 +1,10 @@
 import { jetstreamManager } from '@nats-io/jetstream';
-import { connect as natsConnect } from '@nats-io/transport-node';
 import type { Config } from '../config/load.js';
+import { connectOnce } from '../sink/nats.js';
 import type { Logger } from '../log.js';
 import { connect, quoteIdent } from '../db.js';
 import { errorMessage } from '../errors.js';
-import { loadMigrations, needsSlot, outboxPublication } from '../migrate.js';
+import { allowedPlugins, loadMigrations, needsSlot, outboxPublication } from '../migrate.js';
 import { requiredSubjects } from '../sink/stream.js';
 import { filterCovers } from '../sink/subjects.js';
 import { checkHandler } from '../inbound/inbox.js';
@@ -71,14 +71,30 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
         [slot],
       );
       const row = r.rows[0];
+      const allowed = await allowedPlugins(client);
+      if (allowed && !allowed.includes(config.relay.plugin)) {
+        out.push({
+          what: 'plugin',
+          status: 'fail',
+          detail: `${config.relay.plugin} is not in output_plugin_libraries ('${allowed.join(', ')}'): as a superuser run ALTER SYSTEM SET output_plugin_libraries = ${[...allowed, config.relay.plugin].map((p) => `'${p}'`).join(', ')}; SELECT pg_reload_conf();`,
+        });
+      } else {
+        out.push({ what: 'plugin', status: 'ok', detail: config.relay.plugin });
+      }
       if (!row) out.push({ what: 'slot', status: 'fail', detail: `${slot} is missing: run fraiseql-relay migrate` });
-      else if (row.plugin !== 'pgoutput') out.push({ what: 'slot', status: 'fail', detail: `${slot} uses plugin ${row.plugin}, expected pgoutput` });
+      else if (row.plugin !== config.relay.plugin) {
+        out.push({
+          what: 'slot',
+          status: 'fail',
+          detail: `${slot} uses plugin ${row.plugin}, but [relay] plugin = "${config.relay.plugin}": set plugin = "${row.plugin}" or recreate the slot`,
+        });
+      }
       else if (row.wal_status === 'lost') out.push({ what: 'slot', status: 'fail', detail: `${slot} was invalidated (wal_status = lost)` });
       else {
         out.push({
           what: 'slot',
           status: 'ok',
-          detail: `${slot}: ${row.active_pid ? `active (pid ${row.active_pid})` : 'inactive'}, wal_status ${row.wal_status ?? 'n/a'}, lag ${row.lag ?? '?'} bytes`,
+          detail: `${slot}: plugin ${row.plugin}, ${row.active_pid ? `active (pid ${row.active_pid})` : 'inactive'}, wal_status ${row.wal_status ?? 'n/a'}, lag ${row.lag ?? '?'} bytes`,
         });
       }
     }
@@ -143,7 +159,7 @@ async function probeNats(config: Config, out: Probe[]): Promise<void> {
   }
   let nc;
   try {
-    nc = await natsConnect({ servers: url.split(','), timeout: 5000, name: 'fraiseql-relay check' });
+    nc = await connectOnce(config, 'check');
   } catch (err) {
     out.push({ what: 'nats', status: 'fail', detail: `cannot connect ([observers] nats_url): ${errorMessage(err)}` });
     return;

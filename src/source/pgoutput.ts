@@ -14,6 +14,7 @@
  */
 
 import type { Lsn, PgoutputMessage, Relation, RelationColumn, Tuple, TupleValue } from '../types.js';
+import type { Decoder } from './decoder.js';
 
 export class PgoutputDecodeError extends Error {
   override readonly name = 'PgoutputDecodeError';
@@ -50,7 +51,7 @@ const KIND_BINARY = 0x62; // b
 
 const EMPTY = Buffer.alloc(0);
 
-export class PgoutputDecoder {
+export class PgoutputDecoder implements Decoder {
   private readonly relations = new Map<number, Relation>();
 
   // Cursor state of the message being decoded (single-threaded, not re-entrant).

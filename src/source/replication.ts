@@ -1,15 +1,20 @@
 import pg from 'pg';
 import { both, type CopyBothQueryStream } from 'pg-copy-streams';
-import { connectionConfig, quoteIdent } from '../db.js';
+import { connectionConfig } from '../db.js';
 import type { Logger } from '../log.js';
 import type { Lsn } from '../types.js';
 import { formatLsn } from './lsn.js';
 import { standbyStatus } from './frames.js';
+import type { PluginName } from './decoder.js';
+import { startReplicationSql, type StartOptions, type StreamedTable } from './plugin.js';
 
 export interface ReplicationOptions {
   url: string;
   slot: string;
+  /** pgoutput reads these; wal2json is given exactly their tables and operations */
   publications: string[];
+  /** the slot's output plugin (`[relay] plugin`), default pgoutput */
+  plugin?: PluginName;
   /** an independent status update at least this often, also while the stream is paused */
   statusIntervalMs?: number;
   /** a changed confirmed position is reported at most this often */
@@ -29,6 +34,8 @@ export class SlotError extends Error {
  */
 export class ReplicationConnection {
   readonly stream: CopyBothQueryStream;
+  /** wal2json: the tables streamed and their catalog facts, for the decoder (empty for pgoutput) */
+  tables: readonly StreamedTable[] = [];
   private confirmed: Lsn = 0n;
   private sent: Lsn = -1n;
   private lastSendAt = 0;
@@ -56,15 +63,17 @@ export class ReplicationConnection {
   }
 
   static async open(opts: ReplicationOptions): Promise<ReplicationConnection> {
+    const plugin = opts.plugin ?? 'pgoutput';
     const client = new pg.Client(
       connectionConfig(opts.url, {
         replication: 'database',
-        // values leave the walsender as text in a fixed, lossless form
-        options: '-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=3 -c IntervalStyle=iso_8601',
+        // values leave the walsender as text in a fixed, lossless form (the same for every plugin)
+        options: '-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=3 -c IntervalStyle=iso_8601 -c bytea_output=hex',
       } as pg.ClientConfig),
     );
     client.on('error', () => {});
     await client.connect();
+    let start: StartOptions = { plugin: 'pgoutput', publications: opts.publications };
     try {
       const slot = await client.query<{ plugin: string; slot_type: string; active_pid: number | null; wal_status: string | null }>(
         `SELECT plugin, slot_type, active_pid, wal_status FROM pg_replication_slots WHERE slot_name = '${opts.slot.replace(/'/g, "''")}'`,
@@ -75,21 +84,28 @@ export class ReplicationConnection {
           `replication slot "${opts.slot}" does not exist; run \`fraiseql-relay migrate\` to create it (events committed before it exists are not streamed)`,
         );
       }
-      if (row.plugin !== 'pgoutput') throw new SlotError(`replication slot "${opts.slot}" uses plugin ${row.plugin}, expected pgoutput`);
+      if (row.plugin !== plugin) {
+        throw new SlotError(
+          `replication slot "${opts.slot}" uses plugin ${row.plugin}, but [relay] plugin = "${plugin}": ` +
+            `set plugin = "${row.plugin}", or drop the slot and run \`fraiseql-relay migrate\` (events not yet streamed are then lost)`,
+        );
+      }
       if (row.wal_status === 'lost') {
         throw new SlotError(
           `replication slot "${opts.slot}" has been invalidated (wal_status = lost): PostgreSQL removed WAL it still needed, so events may be missing. ` +
             `Recreate the slot and re-publish the retained outbox rows.`,
         );
       }
+      if (plugin === 'wal2json') start = await wal2jsonStart(client, opts);
     } catch (err) {
       await client.end().catch(() => {});
       throw err;
     }
-    const pubs = opts.publications.map((p) => quoteIdent(p)).join(',').replace(/'/g, "''");
-    const sql = `START_REPLICATION SLOT ${quoteIdent(opts.slot)} LOGICAL 0/0 (proto_version '1', publication_names '${pubs}', messages 'true')`;
+    const sql = startReplicationSql(opts.slot, start);
+    opts.log.debug({ sql }, 'starting replication');
     const stream = client.query(both(sql, { alignOnCopyDataFrame: true, readableObjectMode: true, highWaterMark: 64 }));
     const conn = new ReplicationConnection(client, stream, opts);
+    if (start.plugin === 'wal2json') conn.tables = start.tables;
     return conn;
   }
 
@@ -153,4 +169,87 @@ export class ReplicationConnection {
     conn?.stream?.destroy();
     this.client.end().catch(() => {});
   }
+}
+
+/** A string literal for a simple query (replication connections have no bind parameters). */
+function sqlLiteral(s: string): string {
+  return s.includes('\\') ? `E'${s.replace(/\\/g, '\\\\').replace(/'/g, "''")}'` : `'${s.replace(/'/g, "''")}'`;
+}
+
+/**
+ * The tables and row operations a set of publications holds (what pgoutput streams), with the
+ * catalog facts pgoutput's Relation messages would carry. Simple queries only, so it works on a
+ * replication connection too.
+ */
+export async function publishedTables(
+  client: pg.Client,
+  publications: readonly string[],
+): Promise<{ tables: StreamedTable[]; actions: ('insert' | 'update' | 'delete')[] }> {
+  const pubs = `ARRAY[${publications.map(sqlLiteral).join(',')}]::text[]`;
+  const t = await client.query<{ schemaname: string; tablename: string; ident: string; keys: string; generated: string }>(
+    `SELECT t.schemaname, t.tablename, c.relreplident AS ident,
+            coalesce((SELECT json_agg(a.attname::text ORDER BY a.attnum)
+                        FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                       WHERE i.indrelid = c.oid AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))), '[]')::text AS keys,
+            coalesce((SELECT json_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
+                       WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated <> ''), '[]')::text AS generated
+       FROM (SELECT DISTINCT schemaname, tablename FROM pg_publication_tables WHERE pubname = ANY(${pubs})) t
+       JOIN pg_namespace n ON n.nspname = t.schemaname
+       JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
+      ORDER BY 1, 2`,
+  );
+  const p = await client.query<{ ins: boolean | null; upd: boolean | null; del: boolean | null }>(
+    `SELECT bool_or(pubinsert) AS ins, bool_or(pubupdate) AS upd, bool_or(pubdelete) AS del FROM pg_publication WHERE pubname = ANY(${pubs})`,
+  );
+  const tables: StreamedTable[] = t.rows.map((r) => ({
+    schema: r.schemaname,
+    name: r.tablename,
+    replicaIdentity: r.ident,
+    keys: JSON.parse(r.keys) as string[],
+    generated: JSON.parse(r.generated) as string[],
+  }));
+  const ops = p.rows[0];
+  const actions = (['insert', 'update', 'delete'] as const).filter((a) => (a === 'insert' ? ops?.ins : a === 'update' ? ops?.upd : ops?.del) === true);
+  return { tables, actions };
+}
+
+/**
+ * wal2json ignores publications: it is given the tables and operations the relay's publications
+ * hold, and told to write numbers as strings when this wal2json knows how.
+ */
+async function wal2jsonStart(client: pg.Client, opts: ReplicationOptions): Promise<StartOptions> {
+  const { tables, actions } = await publishedTables(client, opts.publications);
+  if (tables.length === 0 || actions.length === 0) {
+    // an empty add-tables would make wal2json stream every table of the database
+    throw new SlotError(`publication(s) ${opts.publications.join(', ')} hold no tables: run \`fraiseql-relay migrate\``);
+  }
+  // a startup-only decode of the slot tells whether this wal2json knows the option (2.6+)
+  let numericAsString = true;
+  try {
+    await client.query(
+      `SELECT count(*) FROM pg_logical_slot_peek_changes(${sqlLiteral(opts.slot)}, '0/1', NULL, 'format-version', '2', 'numeric-data-types-as-string', 'true')`,
+    );
+  } catch (err) {
+    const msg = (err as Error).message;
+    if (/numeric-data-types-as-string/.test(msg)) numericAsString = false;
+    else throw pluginError(err, opts.slot);
+  }
+  if (!numericAsString) opts.log.debug('wal2json < 2.6: NaN and ±Infinity in float/numeric columns arrive as null');
+  return { plugin: 'wal2json', tables, actions, numericAsString };
+}
+
+/** A refused or missing output plugin is a setup problem: say how to fix it. */
+function pluginError(err: unknown, slot: string): Error {
+  const e = err as { code?: string; message?: string };
+  const msg = e.message ?? String(err);
+  if (/may not be used as an output plugin/.test(msg)) {
+    return new SlotError(
+      `${msg}: PostgreSQL only decodes with plugins listed in output_plugin_libraries. As a superuser run ` +
+        `ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'wal2json'; SELECT pg_reload_conf();`,
+    );
+  }
+  if (/could not access file "wal2json"/.test(msg)) {
+    return new SlotError(`${msg}: the wal2json plugin is not installed on the server (Debian/Ubuntu: apt-get install postgresql-<version>-wal2json); slot "${slot}" needs it`);
+  }
+  return err instanceof Error ? err : new Error(msg);
 }
