@@ -4,6 +4,7 @@ import { PubAckPublisher } from './pubacks.js';
 import type { OutboundMessage } from '../types.js';
 import type { Logger } from '../log.js';
 import { anyMatches } from './subjects.js';
+import { findStream } from './stream.js';
 
 /** A failure retrying cannot fix: the message goes to the dead-letter table. */
 export class PermanentPublishError extends Error {
@@ -100,13 +101,7 @@ export class JetStreamSink {
     let ok = anyMatches(this.opts.streamSubjects, subject);
     if (!ok) {
       this.jsm ??= await jetstreamManager(this.nc);
-      try {
-        await this.jsm.streams.find(subject);
-        ok = true;
-      } catch (err) {
-        if (!/no stream matches subject/i.test((err as Error).message)) throw err;
-        ok = false;
-      }
+      ok = (await findStream(this.jsm, subject)) !== null;
     }
     this.captured.set(subject, ok);
     return ok;
