@@ -58,7 +58,8 @@ export class OutboundRunner {
   private readonly retention: OutboxRetention;
   private readonly monitor: pg.Pool;
   private timers: NodeJS.Timeout[] = [];
-  private lastEvent: { id: string; subject: string; at: Date } | null = null;
+  private lastEvent: OutboundMessage | null = null;
+  private lastEventAt = 0;
   private lastHeartbeat: { at: Date; lagMs: number } | null = null;
   private stateDirty = false;
   activeSince = 0;
@@ -157,7 +158,8 @@ export class OutboundRunner {
           this.events.onHeartbeat?.(lagMs);
         },
         onPublished: (msg) => {
-          this.lastEvent = { id: msg.eventId, subject: msg.subject, at: new Date() };
+          this.lastEvent = msg;
+          this.lastEventAt = Date.now();
           this.stateDirty = true;
           this.events.onPublished?.(msg);
         },
@@ -232,9 +234,9 @@ export class OutboundRunner {
           this.config.relay.slot,
           `${hostname()}/${process.pid}`,
           formatLsn(this.confirmed),
-          this.lastEvent?.id ?? null,
+          this.lastEvent?.eventId ?? null,
           this.lastEvent?.subject ?? null,
-          this.lastEvent?.at ?? null,
+          this.lastEvent ? new Date(this.lastEventAt) : null,
           this.lastHeartbeat?.at ?? null,
           this.lastHeartbeat?.lagMs ?? null,
         ],

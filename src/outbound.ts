@@ -253,15 +253,18 @@ export class OutboundSession {
         let routed: RouteResult;
         if (kind === 'outbox' || kind === 'changelog') {
           if (m.tag !== 'insert') return undefined;
-          routed = (kind === 'outbox' ? this.router : this.deps.changeLog!.router).route({
-            op: 'INSERT',
-            relation,
-            row: toRecord(relation, m.newTuple),
-            oldRow: null,
-            lsn: f.start,
-            xid: t.xid,
-            commitTime: this.commitTime,
-          });
+          routed =
+            kind === 'outbox'
+              ? this.router.routeTuple(relation, m.newTuple, f.start, t.xid)
+              : this.deps.changeLog!.router.route({
+                  op: 'INSERT',
+                  relation,
+                  row: toRecord(relation, m.newTuple),
+                  oldRow: null,
+                  lsn: f.start,
+                  xid: t.xid,
+                  commitTime: this.commitTime,
+                });
         } else {
           const newTuple = m.tag === 'delete' ? null : m.newTuple;
           const oldTuple = m.tag === 'insert' ? null : (m.oldTuple ?? m.keyTuple);

@@ -27,6 +27,7 @@ export async function startOps(config: Config, relay: Relay, log: Logger): Promi
     health.register('slot', 'slot not inspected yet');
   }
 
+  const published = new Map<string, { inc(): void }>();
   relay.events = {
     onActive: (active) => {
       metrics.active.set(active ? 1 : 0);
@@ -37,7 +38,9 @@ export async function startOps(config: Config, relay: Relay, log: Logger): Promi
     },
     onDurable: (lsn) => metrics.confirmed(lsn),
     onPublished: (msg) => {
-      metrics.eventsPublished.inc({ subject: msg.subject });
+      let c = published.get(msg.subject);
+      if (!c) published.set(msg.subject, (c = metrics.eventsPublished.labels({ subject: msg.subject })));
+      c.inc();
       if (msg.commitMs) metrics.publishLatency.observe(Math.max(0, Date.now() - msg.commitMs) / 1000);
     },
     onHeartbeat: (lagMs) => {

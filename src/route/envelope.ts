@@ -32,12 +32,15 @@ export function envelopeBody(e: EnvelopeJson): Buffer {
       ',"tenant_id":' + e.tenantId +
       ',"user_id":' + e.userId +
       ',"occurred_at":' + e.occurredAt +
-      ',"source":{"database":' + JSON.stringify(e.source.database) +
-      ',"schema":' + JSON.stringify(e.source.schema) +
-      ',"table":' + JSON.stringify(e.source.table) +
-      ',"lsn":"' + e.source.lsn + '","xid":' + e.source.xid + '}}',
+      sourceJsonPrefix(e.source.database, e.source.schema, e.source.table) +
+      e.source.lsn + '","xid":' + e.source.xid + '}}',
     'utf8',
   );
+}
+
+/** The body's `source` object up to the LSN's opening quote (the same for every row of a table). */
+export function sourceJsonPrefix(database: string, schema: string, table: string): string {
+  return ',"source":{"database":' + JSON.stringify(database) + ',"schema":' + JSON.stringify(schema) + ',"table":' + JSON.stringify(table) + ',"lsn":"';
 }
 
 /** Where a routed event goes: a subject, and optionally a GraphQL subscription topic. */
@@ -47,7 +50,7 @@ export interface Target {
 }
 
 /** Header values cannot hold line breaks. */
-export const headerValue = (v: string): string => v.replace(/[\r\n]+/g, ' ');
+export const headerValue = (v: string): string => (v.indexOf('\r') < 0 && v.indexOf('\n') < 0 ? v : v.replace(/[\r\n]+/g, ' '));
 
 /**
  * One message per target subject. A target with a subscription topic also carries the
@@ -55,6 +58,9 @@ export const headerValue = (v: string): string => v.replace(/[\r\n]+/g, ' ');
  * `<subscriptionPrefix>.<topic>` for GraphQL subscription bridges.
  */
 export function fanOut(targets: readonly Target[], eventId: string, headers: Record<string, string>, body: Buffer, subscriptionPrefix: string): OutboundMessage[] {
+  if (targets.length === 1 && targets[0]!.subscriptionTopic === undefined) {
+    return [{ subject: targets[0]!.subject, eventId, headers, body }]; // the common case
+  }
   const out: OutboundMessage[] = [];
   const seen = new Set<string>();
   const push = (subject: string, h: Record<string, string>) => {

@@ -1,8 +1,8 @@
 import type { Config } from '../config/load.js';
-import type { Change, OutboundMessage, TupleValue } from '../types.js';
+import type { Change, OutboundMessage, Relation, Tuple, TupleValue } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
-import { envelopeBody, fanOut, headerValue, type Target } from './envelope.js';
+import { fanOut, headerValue, sourceJsonPrefix, type Target } from './envelope.js';
 import { publishTargets } from './webhooks.js';
 
 export interface RouteResult {
@@ -11,17 +11,49 @@ export interface RouteResult {
   unrouted: boolean;
 }
 
+/** The outbox columns the router reads, in one fixed shape (text as PostgreSQL wrote it). */
+interface OutboxValues {
+  id: TupleValue;
+  subject: TupleValue;
+  mutation: TupleValue;
+  operation: TupleValue;
+  entityType: TupleValue;
+  entityId: TupleValue;
+  entity: TupleValue;
+  entityBefore: TupleValue;
+  updatedFields: TupleValue;
+  metadata: TupleValue;
+  headers: TupleValue;
+  tenantId: TupleValue;
+  userId: TupleValue;
+  traceparent: TupleValue;
+  createdAt: TupleValue;
+}
+
+const COLUMNS = [
+  'id', 'subject', 'mutation', 'operation', 'entity_type', 'entity_id', 'entity', 'entity_before',
+  'updated_fields', 'metadata', 'headers', 'tenant_id', 'user_id', 'traceparent', 'created_at',
+] as const;
+
+/** Where each of COLUMNS sits in a relation's tuples (-1: not there), and its source prefix. */
+interface RelationLayout {
+  index: Int16Array;
+  source: string;
+}
+
 const json = (v: TupleValue): string => (v === null || v === undefined ? 'null' : JSON.stringify(v));
 const raw = (v: TupleValue): string => (v === null || v === undefined ? 'null' : v);
-
 
 /**
  * Turns an outbox row into the message(s) of DESIGN.md §3.4: an explicit subject (emit) or the
  * `[[observers.publish]]` entries of its mutation (several entries fan out).
+ *
+ * This is the relay's hot path: a row is read by column position (no per-row record), the body
+ * is built as one string, and what only depends on the relation is computed once per relation.
  */
 export class OutboxRouter {
   private readonly byMutation = new Map<string, Target[]>();
-
+  private readonly layouts = new WeakMap<Relation, RelationLayout>();
   private readonly subscriptionPrefix: string;
 
   constructor(config: Config, private readonly database: string) {
@@ -37,58 +69,106 @@ export class OutboxRouter {
     return [...new Set(config.observers.publish.map((p) => p.subject))];
   }
 
+  /** Routes a row given by column name (replay reads rows with SELECT). */
   route(change: Change): RouteResult {
     const r = change.row;
-    const eventId = r['id'];
+    return this.build(
+      {
+        id: r['id'], subject: r['subject'], mutation: r['mutation'], operation: r['operation'], entityType: r['entity_type'],
+        entityId: r['entity_id'], entity: r['entity'], entityBefore: r['entity_before'], updatedFields: r['updated_fields'],
+        metadata: r['metadata'], headers: r['headers'], tenantId: r['tenant_id'], userId: r['user_id'],
+        traceparent: r['traceparent'], createdAt: r['created_at'],
+      },
+      this.layout(change.relation).source,
+      change.lsn,
+      change.xid,
+    );
+  }
+
+  /** Routes a decoded tuple of the outbox relation (the streaming path). */
+  routeTuple(relation: Relation, t: Tuple, lsn: bigint, xid: number): RouteResult {
+    const l = this.layout(relation);
+    const x = l.index;
+    return this.build(
+      {
+        id: at(t, x[0]!), subject: at(t, x[1]!), mutation: at(t, x[2]!), operation: at(t, x[3]!), entityType: at(t, x[4]!),
+        entityId: at(t, x[5]!), entity: at(t, x[6]!), entityBefore: at(t, x[7]!), updatedFields: at(t, x[8]!),
+        metadata: at(t, x[9]!), headers: at(t, x[10]!), tenantId: at(t, x[11]!), userId: at(t, x[12]!),
+        traceparent: at(t, x[13]!), createdAt: at(t, x[14]!),
+      },
+      l.source,
+      lsn,
+      xid,
+    );
+  }
+
+  private layout(relation: Relation): RelationLayout {
+    let l = this.layouts.get(relation);
+    if (!l) {
+      const names = relation.columns.map((c) => c.name);
+      l = {
+        index: Int16Array.from(COLUMNS, (c) => names.indexOf(c)),
+        source: sourceJsonPrefix(this.database, relation.schema, relation.name),
+      };
+      this.layouts.set(relation, l);
+    }
+    return l;
+  }
+
+  private build(r: OutboxValues, source: string, lsn: bigint, xid: number): RouteResult {
+    const eventId = r.id;
     if (typeof eventId !== 'string') return { messages: [], unrouted: true };
-    const explicit = r['subject'];
-    const mutation = r['mutation'];
-    let targets: Target[];
+    const explicit = r.subject;
+    const mutation = r.mutation;
+    let targets: readonly Target[];
     if (typeof explicit === 'string') targets = [{ subject: explicit }];
     else if (typeof mutation === 'string') targets = this.byMutation.get(mutation) ?? [];
     else targets = [];
     if (targets.length === 0) return { messages: [], unrouted: true };
 
-    const updated = r['updated_fields'];
-    const created = r['created_at'];
-    const body = envelopeBody({
-      eventId: JSON.stringify(eventId),
-      id: json(r['entity_id']),
-      entityType: json(r['entity_type']),
-      operation: json(r['operation']),
-      mutation: json(mutation),
-      entity: raw(r['entity']),
-      entityBefore: raw(r['entity_before']),
-      updatedFields: typeof updated === 'string' ? pgTextArrayToJson(updated) : 'null',
-      metadata: raw(r['metadata']),
-      tenantId: json(r['tenant_id']),
-      userId: json(r['user_id']),
-      occurredAt: typeof created === 'string' ? JSON.stringify(pgTimestampToIso(created)) : 'null',
-      source: { database: this.database, schema: change.relation.schema, table: change.relation.name, lsn: formatLsn(change.lsn), xid: change.xid },
-    });
+    const updated = r.updatedFields;
+    const created = r.createdAt;
+    const body = Buffer.from(
+      '{"event_id":' + JSON.stringify(eventId) +
+        ',"id":' + json(r.entityId) +
+        ',"entity_type":' + json(r.entityType) +
+        ',"operation":' + json(r.operation) +
+        ',"mutation":' + json(mutation) +
+        ',"entity":' + raw(r.entity) +
+        ',"entity_before":' + raw(r.entityBefore) +
+        ',"updated_fields":' + (typeof updated === 'string' ? pgTextArrayToJson(updated) : 'null') +
+        ',"metadata":' + raw(r.metadata) +
+        ',"tenant_id":' + json(r.tenantId) +
+        ',"user_id":' + json(r.userId) +
+        ',"occurred_at":' + (typeof created === 'string' ? JSON.stringify(pgTimestampToIso(created)) : 'null') +
+        source + formatLsn(lsn) + '","xid":' + xid + '}}',
+      'utf8',
+    );
 
-    const base: Record<string, string> = {};
-    const userHeaders = r['headers'];
+    const headers: Record<string, string> = {};
+    const userHeaders = r.headers;
     if (typeof userHeaders === 'string') {
       const parsed: unknown = JSON.parse(userHeaders);
       if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) {
         for (const [k, v] of Object.entries(parsed as Record<string, unknown>)) {
-          if (v !== null && v !== undefined) base[k] = headerValue(typeof v === 'string' ? v : JSON.stringify(v));
+          if (v !== null && v !== undefined) headers[k] = headerValue(typeof v === 'string' ? v : JSON.stringify(v));
         }
       }
     }
-    base['Fraiseql-Event-Id'] = eventId;
-    if (typeof mutation === 'string') base['Fraiseql-Mutation'] = headerValue(mutation);
-    const et = r['entity_type'];
-    if (typeof et === 'string') base['Fraiseql-Entity-Type'] = headerValue(et);
-    const op = r['operation'];
-    if (typeof op === 'string') base['Fraiseql-Operation'] = headerValue(op);
-    const tenant = r['tenant_id'];
-    if (typeof tenant === 'string') base['Fraiseql-Tenant-Id'] = headerValue(tenant);
-    const tp = r['traceparent'];
-    if (typeof tp === 'string') base['traceparent'] = headerValue(tp);
+    headers['Fraiseql-Event-Id'] = eventId;
+    if (typeof mutation === 'string') headers['Fraiseql-Mutation'] = headerValue(mutation);
+    const et = r.entityType;
+    if (typeof et === 'string') headers['Fraiseql-Entity-Type'] = headerValue(et);
+    const op = r.operation;
+    if (typeof op === 'string') headers['Fraiseql-Operation'] = headerValue(op);
+    const tenant = r.tenantId;
+    if (typeof tenant === 'string') headers['Fraiseql-Tenant-Id'] = headerValue(tenant);
+    const tp = r.traceparent;
+    if (typeof tp === 'string') headers['traceparent'] = headerValue(tp);
 
-    const messages = fanOut(targets, eventId, base, body, this.subscriptionPrefix);
-    return { messages, unrouted: false };
+    return { messages: fanOut(targets, eventId, headers, body, this.subscriptionPrefix), unrouted: false };
   }
 }
+
+/** The value at column `i`, or null when the relation has no such column. */
+const at = (t: Tuple, i: number): TupleValue => (i < 0 ? null : t[i]);

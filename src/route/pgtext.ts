@@ -6,6 +6,16 @@
  * Microseconds are kept; other offsets are converted exactly.
  */
 export function pgTimestampToIso(text: string): string {
+  // the common case, "yyyy-mm-dd hh:mm:ss[.f…]+00", without a regular expression
+  const n = text.length;
+  if (
+    n >= 22 && n <= 29 && text.charCodeAt(10) === 32 && text.charCodeAt(4) === 45 && text.charCodeAt(7) === 45 &&
+    text.charCodeAt(13) === 58 && text.charCodeAt(16) === 58 && text.charCodeAt(n - 3) === 43 && text.charCodeAt(n - 2) === 48 &&
+    text.charCodeAt(n - 1) === 48 && (n === 22 || text.charCodeAt(19) === 46) && digitsAt(text, 20, n - 3)
+  ) {
+    const frac = n === 22 ? '.' : text.slice(19, n - 3);
+    return text.slice(0, 10) + 'T' + text.slice(11, 19) + (frac + '000000').slice(0, 7) + 'Z';
+  }
   const m = /^(\d{4,}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2})(\.\d+)?([+-]\d{2})(?::?(\d{2}))?(?::?(\d{2}))?$/.exec(text);
   if (!m) return text;
   const [, date, time, frac = '', oh, om = '00', os = '00'] = m;
@@ -17,6 +27,14 @@ export function pgTimestampToIso(text: string): string {
   const ms = Date.parse(`${date}T${time}Z`) - offsetSec * 1000;
   const iso = new Date(ms).toISOString(); // yyyy-mm-ddThh:mm:ss.sssZ
   return `${iso.slice(0, 19)}${micros}Z`;
+}
+
+function digitsAt(s: string, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 48 || c > 57) return false;
+  }
+  return true;
 }
 
 /** A one-dimensional text[] literal ("{a,\"b c\",NULL}") → a JSON array text. */

@@ -1,4 +1,4 @@
-import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { PubAckPublisher } from './pubacks.js';
 import type { OutboundMessage } from '../types.js';
@@ -28,6 +28,19 @@ export function encodedHeaderSize(h: Record<string, string>, msgId: string): num
   return n;
 }
 
+/** A subject a message may be published to: tokens of non-space characters, no wildcards. */
+const VALID_SUBJECT = /^[^\s.*>]+(\.[^\s.*>]+)*$/;
+
+/** A NATS header name: printable ASCII except ':' (RFC 822, as nats.js checks it). */
+export function validHeaderName(k: string): boolean {
+  if (k.length === 0) return false;
+  for (let i = 0; i < k.length; i++) {
+    const c = k.charCodeAt(i);
+    if (c === 58 || c < 33 || c > 126) return false;
+  }
+  return true;
+}
+
 /**
  * Publishes to JetStream with many PubAcks outstanding, bounded in count and bytes. Each
  * message carries `Nats-Msg-Id: <event_id>:<subject>`, so a re-send after a failure is dropped
@@ -39,7 +52,9 @@ export class JetStreamSink {
   private inFlight = 0;
   private inFlightBytes = 0;
   private capacityWaiters: (() => void)[] = [];
-  private readonly captured = new Map<string, boolean>();
+  /** subject ▶ why it cannot be published, or null when it can */
+  private readonly captured = new Map<string, string | null>();
+  private readonly goodKeys = new Set<string>();
 
   constructor(private readonly nc: NatsConnection, private readonly opts: JetStreamSinkOptions) {
     this.publisher = new PubAckPublisher(nc, opts.timeoutMs);
@@ -88,34 +103,43 @@ export class JetStreamSink {
       const size = msg.body.length + encodedHeaderSize(msg.headers, `${msg.eventId}:${msg.subject}`);
       if (size > max) return `message of ${size} bytes (body and headers) exceeds the NATS server's max_payload of ${max} bytes`;
     }
+    for (const k in msg.headers) {
+      if (!this.goodKeys.has(k)) {
+        if (!validHeaderName(k)) return `header name ${JSON.stringify(k)} is not valid in NATS (printable ASCII without ':' or spaces)`;
+        this.goodKeys.add(k);
+      }
+    }
     const known = this.captured.get(msg.subject);
-    if (known === true) return null;
-    const reason = `no JetStream stream captures subject ${msg.subject}; add it to [relay.stream] subjects or create a stream for it`;
-    if (known === false) return reason;
-    return this.isCaptured(msg.subject).then((ok) => (ok ? null : reason));
+    if (known === null) return null;
+    if (known !== undefined) return known;
+    return this.lookUp(msg.subject);
+  }
+
+  /** Why a subject cannot be published (null: it can), asked once per subject. */
+  private async lookUp(subject: string): Promise<string | null> {
+    let reason: string | null = null;
+    if (!VALID_SUBJECT.test(subject)) reason = `${JSON.stringify(subject)} is not a valid NATS subject to publish to (dot-separated tokens without spaces or wildcards)`;
+    else if (!(await this.isCaptured(subject))) reason = `no JetStream stream captures subject ${subject}; add it to [relay.stream] subjects or create a stream for it`;
+    this.captured.set(subject, reason);
+    return reason;
   }
 
   private async isCaptured(subject: string): Promise<boolean> {
-    const known = this.captured.get(subject);
-    if (known !== undefined) return known;
-    let ok = anyMatches(this.opts.streamSubjects, subject);
-    if (!ok) {
-      this.jsm ??= await jetstreamManager(this.nc);
-      ok = (await findStream(this.jsm, subject)) !== null;
-    }
-    this.captured.set(subject, ok);
-    return ok;
+    if (anyMatches(this.opts.streamSubjects, subject)) return true;
+    this.jsm ??= await jetstreamManager(this.nc);
+    return (await findStream(this.jsm, subject)) !== null;
   }
 
   /** Starts a publish; `done` is called once, with an error when it failed. */
   publish(msg: OutboundMessage, done: (err?: Error) => void): void {
-    const h = natsHeaders();
-    for (const k in msg.headers) h.set(k, msg.headers[k]!);
-    h.set('Nats-Msg-Id', `${msg.eventId}:${msg.subject}`);
+    let lines = '';
+    const h = msg.headers;
+    // values as nats.js writes them (trimmed); names were checked by check()
+    for (const k in h) lines += k + ': ' + h[k]!.trim() + '\r\n';
     const bytes = msg.body.length;
     this.inFlight++;
     this.inFlightBytes += bytes;
-    this.publisher.publish(msg.subject, msg.body, h, (err) => this.finish(bytes, done, err));
+    this.publisher.publish(msg.subject, msg.body, lines, msg.eventId + ':' + msg.subject, (err) => this.finish(bytes, done, err));
   }
 
   /** Stops listening for acknowledgements (the session using this sink is over). */

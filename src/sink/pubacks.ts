@@ -6,12 +6,25 @@ interface Pending {
   subject: string;
 }
 
+/** The part of nats.js's protocol handler the lean path writes to (nats-core 3.x). */
+interface ProtocolWriter {
+  sendCommand(cmd: Uint8Array, ...payloads: Uint8Array[]): void;
+  noMorePublishing?: boolean;
+  info?: { headers?: boolean };
+}
+
+const CRLF = Buffer.from('\r\n');
+
 /**
  * JetStream publishing without a request object per message: each publish goes out on the core
- * connection with a reply subject `<inbox>.<n>` under one shared wildcard subscription, and the
- * PubAck (or the server's error) arriving there settles message n. One timer sweeps timeouts
+ * connection as `HPUB <subject> <inbox>.<n>` under one shared wildcard reply subscription, and
+ * the PubAck (or the server's error) arriving there settles message n. One timer sweeps timeouts
  * oldest-first instead of one timer per message. Same guarantees as `js.publish`: a message is
  * done only when the stream acknowledged it.
+ *
+ * The protocol line and the header block are written as one buffer straight into the
+ * connection's outbound queue (what `nc.publish` does after building a headers object and
+ * validating it again for every message); the caller hands over header lines it has validated.
  */
 export class PubAckPublisher {
   private readonly inbox: string;
@@ -20,19 +33,26 @@ export class PubAckPublisher {
   private seq = 0;
   private readonly sweeper: NodeJS.Timeout;
   private closed = false;
+  private readonly writer: ProtocolWriter | null;
 
   constructor(private readonly nc: NatsConnection, private readonly timeoutMs: number) {
     this.inbox = createInbox();
     this.sub = nc.subscribe(`${this.inbox}.*`, { callback: (err, msg) => (err ? this.failAll(err) : this.onReply(msg)) });
     this.sweeper = setInterval(() => this.sweep(), Math.max(50, Math.floor(timeoutMs / 4)));
     this.sweeper.unref();
+    const protocol = (nc as unknown as { protocol?: ProtocolWriter }).protocol;
+    this.writer = protocol && typeof protocol.sendCommand === 'function' ? protocol : null;
   }
 
   get size(): number {
     return this.pending.size;
   }
 
-  publish(subject: string, body: Uint8Array, headers: MsgHdrs, done: (err?: Error) => void): void {
+  /**
+   * Publishes `body` with the header lines `headerLines` ("Key: value\r\n"…, keys and values
+   * already valid) and `Nats-Msg-Id: msgId`.
+   */
+  publish(subject: string, body: Uint8Array, headerLines: string, msgId: string, done: (err?: Error) => void): void {
     if (this.closed) {
       done(new Error('publisher closed'));
       return;
@@ -40,7 +60,19 @@ export class PubAckPublisher {
     const n = ++this.seq;
     this.pending.set(n, { done, sentAt: Date.now(), subject });
     try {
-      this.nc.publish(subject, body, { reply: `${this.inbox}.${n}`, headers });
+      const block = 'NATS/1.0\r\n' + headerLines + 'Nats-Msg-Id: ' + msgId + '\r\n\r\n';
+      const hlen = Buffer.byteLength(block, 'utf8');
+      const reply = this.inbox + '.' + n;
+      const w = this.writer;
+      if (w !== null && !this.nc.isClosed() && w.noMorePublishing !== true) {
+        const head = Buffer.from('HPUB ' + subject + ' ' + reply + ' ' + hlen + ' ' + (hlen + body.length) + '\r\n' + block, 'utf8');
+        w.sendCommand(head, body, CRLF);
+      } else {
+        // a nats.js without the protocol writer (or a closed connection: publish throws)
+        const encoded = Buffer.from(block, 'utf8');
+        // nats.js encodes a headers object with encode() and nothing else
+        this.nc.publish(subject, body, { reply, headers: { encode: () => encoded } as unknown as MsgHdrs });
+      }
     } catch (err) {
       this.pending.delete(n);
       done(err instanceof Error ? err : new Error(String(err)));
@@ -48,18 +80,18 @@ export class PubAckPublisher {
   }
 
   private onReply(msg: Msg): void {
-    const dot = msg.subject.lastIndexOf('.');
-    const n = Number(msg.subject.slice(dot + 1));
+    const s = msg.subject;
+    const n = Number(s.slice(s.lastIndexOf('.') + 1));
     const p = this.pending.get(n);
     if (!p) return; // timed out already
     this.pending.delete(n);
-    const h = msg.headers;
-    if (h && h.hasError) {
-      // 503: no responders, no stream captures the subject (or JetStream is unavailable)
-      p.done(new Error(h.code === 503 ? `no JetStream stream answered for ${p.subject} (503 no responders)` : `${h.code} ${h.description}`));
+    const data = msg.data;
+    if (data.length === 0 || msg.headers?.hasError) {
+      // a status-only reply: 503 no responders, no stream captures the subject (or JetStream is unavailable)
+      const h = msg.headers;
+      p.done(new Error(h?.code === 503 ? `no JetStream stream answered for ${p.subject} (503 no responders)` : `${h?.code ?? '?'} ${h?.description ?? 'empty reply'}`));
       return;
     }
-    const data = msg.data;
     // {"stream":"S","seq":1} or {"error":{"code":…,"err_code":…,"description":"…"},…}
     if (data.length > 9 && indexOfError(data)) {
       let text = 'JetStream rejected the message';
