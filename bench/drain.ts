@@ -18,10 +18,13 @@ try {
   await env.sql(`CALL backlog($1)`, [n]);
   process.stdout.write(`committed ${n} single-row transactions in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
   const start = performance.now();
+  const cpu0 = process.cpuUsage();
   const relay = await env.startRelay();
   while ((await env.streamCount()) < n) await sleep(20);
   const secs = (performance.now() - start) / 1000;
+  const cpu = process.cpuUsage(cpu0);
   process.stdout.write(`drained ${n} events in ${secs.toFixed(2)} s: ${Math.round(n / secs)} events/s (relay start included)\n`);
+  process.stdout.write(`relay CPU: ${((cpu.user + cpu.system) / n).toFixed(2)} µs/event (user ${(cpu.user / n).toFixed(2)}, system ${(cpu.system / n).toFixed(2)})\n`);
   await relay.stop();
 } finally {
   await env.destroy();

@@ -14,8 +14,10 @@
  *   BENCH_REF_LATENCY    0: no latency steps for the reference   default 1
  *   BENCH_ONLY           e.g. "a,e": run only these sections     default all
  *   BENCH_OUT            where to write the report               default BENCHMARKS.md
+ *   BENCH_RELAY_NODE_ARGS node options for the relay process     e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
  *                        ("-" prints only)
  */
+import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
@@ -63,6 +65,8 @@ const LAT_P99_LIMIT_MS = 50;
 const LAT_WARMUP_MS = 1000;
 const MAX_LADDER_STEPS = 3;
 const REF_LATENCY = process.env['BENCH_REF_LATENCY'] !== '0';
+/** extra node options for the relay process, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" */
+const RELAY_NODE_ARGS = (process.env['BENCH_RELAY_NODE_ARGS'] ?? '').split(' ').filter(Boolean);
 
 const T0 = nowMs();
 function log(msg: string): void {
@@ -198,9 +202,10 @@ const results = {
 
 const TSX = ['--import', 'tsx'];
 
+/** The relay runs as shipped: compiled to dist/ (built afresh by main()). */
 function spawnRelay(env: BenchEnv, configFile: string): Child {
   return new Child({
-    args: [...TSX, join(ROOT, 'src', 'cli.ts'), 'run', '-c', configFile],
+    args: [...RELAY_NODE_ARGS, join(ROOT, 'dist', 'cli.js'), 'run', '-c', configFile],
     cwd: ROOT,
     env: { ...env.env, LOG_LEVEL: 'warn', NO_PRETTY: '1' },
   });
@@ -920,7 +925,7 @@ function render(info: SysInfo, totalSecs: number): string {
   L.push(`- **Machine**: ${info.cpu}, ${info.cores} cores, ${info.ramGiB} GiB RAM, ${info.kernel}; PostgreSQL, nats-server, the relay and the load generators all share these cores`);
   L.push(`- **Versions**: Node ${info.node}; ${info.postgres}; nats-server ${info.natsServer}`);
   L.push(`- **Packages**: ${Object.entries(info.packages).map(([k, v]) => `${k} ${v}`).join(', ')}`);
-  L.push(`- **Source**: commit ${info.commit}; the relay runs from src/ through tsx (\`node --import tsx src/cli.ts run\`), as a child process`);
+  L.push(`- **Source**: commit ${info.commit}; the relay runs compiled from dist/ as shipped (\`node dist/cli.js run\`, built from this commit at the start of the run), as a child process; the contenders run through tsx (\`node --import tsx bench/contenders/<name>.ts\`)`);
   L.push(`- **Settings**: N = ${fmtInt(N)} events, ${REPS} repetitions per figure (median, then min–max in parentheses), publish window ${WINDOW}, payload: a ~240-byte jsonb object per event (the relay publishes it in its envelope: ${results.template.bytes || '?'} bytes of body)`);
   L.push(`- **Servers**: a throwaway PostgreSQL (wal_level=logical, fsync=off, full_page_writes=off) and nats-server with JetStream (file storage, R1), started fresh for each section; within a section every repetition gets its own replication slot (created before the backlog, dropped after) and a freshly created stream`);
   L.push('');
@@ -1154,6 +1159,8 @@ async function section(name: string, fn: (env: BenchEnv) => Promise<void>, onErr
 
 async function main(): Promise<void> {
   log(`fraiseql-relay benchmark: N = ${fmtInt(N)}, ${REPS} repetitions, sections ${[...ONLY].join(',')}`);
+  log('building dist/ (the relay runs compiled, as shipped)');
+  execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' });
   let pgVersion = 'PostgreSQL (unknown version)';
   await section(
     'servers',

@@ -5,7 +5,7 @@ import { AckWatermark, type TxnTicket } from './ack.js';
 import { ReplicationConnection } from './source/replication.js';
 import type { Decoder } from './source/decoder.js';
 import { createDecoder } from './source/plugin.js';
-import { parseFrame } from './source/frames.js';
+import { parseFrame, XLOG_HEADER } from './source/frames.js';
 import { formatLsn, PG_EPOCH_OFFSET_MS } from './source/lsn.js';
 import { OutboxRouter, type RouteResult } from './route/outbox.js';
 import type { TableRouter, ResolvedTable } from './route/tables.js';
@@ -209,14 +209,16 @@ export class OutboundSession {
   }
 
   private handleFrame(buf: Buffer): Promise<void> | undefined {
-    const f = parseFrame(buf);
-    if (f.kind === 'keepalive') {
-      this.watermark.idleAdvance(f.walEnd);
-      if (f.replyRequested) this.conn.sendStatus(false);
+    if (buf.length < XLOG_HEADER || buf[0] !== 0x77 /* w */) {
+      const f = parseFrame(buf);
+      if (f.kind === 'keepalive') {
+        this.watermark.idleAdvance(f.walEnd);
+        if (f.replyRequested) this.conn.sendStatus(false);
+      }
       return undefined;
     }
-    if (f.kind !== 'xlog') return undefined;
-    const m = this.decoder.decode(f.data);
+    // XLogData, read in place: only a change needs its start LSN (walEnd and sendTime are unused)
+    const m = this.decoder.decode(buf.subarray(XLOG_HEADER));
     switch (m.tag) {
       case 'begin':
         this.txn = this.watermark.begin(m.xid);
@@ -251,20 +253,22 @@ export class OutboundSession {
         if (!t) throw new Error(`pgoutput ${m.tag} outside a transaction`);
         const relation = this.decoder.relation(m.relationId)!;
         let routed: RouteResult;
-        if (kind === 'outbox' || kind === 'changelog') {
+        if (kind === 'outbox') {
           if (m.tag !== 'insert') return undefined;
-          routed =
-            kind === 'outbox'
-              ? this.router.routeTuple(relation, m.newTuple, f.start, t.xid)
-              : this.deps.changeLog!.router.route({
-                  op: 'INSERT',
-                  relation,
-                  row: toRecord(relation, m.newTuple),
-                  oldRow: null,
-                  lsn: f.start,
-                  xid: t.xid,
-                  commitTime: this.commitTime,
-                });
+          // the change's start LSN as PostgreSQL prints it, read without a BigInt
+          const lsnText = buf.readUInt32BE(1).toString(16).toUpperCase() + '/' + buf.readUInt32BE(5).toString(16).toUpperCase();
+          routed = this.router.routeTuple(relation, m.newTuple, lsnText, t.xid);
+        } else if (kind === 'changelog') {
+          if (m.tag !== 'insert') return undefined;
+          routed = this.deps.changeLog!.router.route({
+            op: 'INSERT',
+            relation,
+            row: toRecord(relation, m.newTuple),
+            oldRow: null,
+            lsn: buf.readBigUInt64BE(1),
+            xid: t.xid,
+            commitTime: this.commitTime,
+          });
         } else {
           const newTuple = m.tag === 'delete' ? null : m.newTuple;
           const oldTuple = m.tag === 'insert' ? null : (m.oldTuple ?? m.keyTuple);
@@ -274,7 +278,7 @@ export class OutboundSession {
             relation,
             row: {},
             oldRow: null,
-            lsn: f.start,
+            lsn: buf.readBigUInt64BE(1),
             xid: t.xid,
             commitTime: this.commitTime,
           };

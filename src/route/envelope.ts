@@ -59,14 +59,14 @@ export const headerValue = (v: string): string => (v.indexOf('\r') < 0 && v.inde
  */
 export function fanOut(targets: readonly Target[], eventId: string, headers: Record<string, string>, body: Buffer, subscriptionPrefix: string): OutboundMessage[] {
   if (targets.length === 1 && targets[0]!.subscriptionTopic === undefined) {
-    return [{ subject: targets[0]!.subject, eventId, headers, body }]; // the common case
+    return [{ subject: targets[0]!.subject, eventId, headers, body, commitMs: 0 }]; // the common case
   }
   const out: OutboundMessage[] = [];
   const seen = new Set<string>();
   const push = (subject: string, h: Record<string, string>) => {
     if (seen.has(subject)) return;
     seen.add(subject);
-    out.push({ subject, eventId, headers: h, body });
+    out.push({ subject, eventId, headers: h, body, commitMs: 0 });
   };
   for (const t of targets) {
     if (t.subscriptionTopic === undefined) {

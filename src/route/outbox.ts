@@ -80,13 +80,13 @@ export class OutboxRouter {
         traceparent: r['traceparent'], createdAt: r['created_at'],
       },
       this.layout(change.relation).source,
-      change.lsn,
+      formatLsn(change.lsn),
       change.xid,
     );
   }
 
-  /** Routes a decoded tuple of the outbox relation (the streaming path). */
-  routeTuple(relation: Relation, t: Tuple, lsn: bigint, xid: number): RouteResult {
+  /** Routes a decoded tuple of the outbox relation (the streaming path); `lsn` as PostgreSQL prints it. */
+  routeTuple(relation: Relation, t: Tuple, lsn: string, xid: number): RouteResult {
     const l = this.layout(relation);
     const x = l.index;
     return this.build(
@@ -115,7 +115,7 @@ export class OutboxRouter {
     return l;
   }
 
-  private build(r: OutboxValues, source: string, lsn: bigint, xid: number): RouteResult {
+  private build(r: OutboxValues, source: string, lsn: string, xid: number): RouteResult {
     const eventId = r.id;
     if (typeof eventId !== 'string') return { messages: [], unrouted: true };
     const explicit = r.subject;
@@ -141,7 +141,7 @@ export class OutboxRouter {
         ',"tenant_id":' + json(r.tenantId) +
         ',"user_id":' + json(r.userId) +
         ',"occurred_at":' + (typeof created === 'string' ? JSON.stringify(pgTimestampToIso(created)) : 'null') +
-        source + formatLsn(lsn) + '","xid":' + xid + '}}',
+        source + lsn + '","xid":' + xid + '}}',
       'utf8',
     );
 

@@ -31,7 +31,8 @@ export class FrameDecodeError extends Error {
   }
 }
 
-const XLOG_HEADER = 25;
+/** Bytes before the plugin's message in an XLogData frame. */
+export const XLOG_HEADER = 25;
 const KEEPALIVE_LEN = 18;
 export const STANDBY_STATUS_LEN = 34;
 
