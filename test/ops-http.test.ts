@@ -208,6 +208,21 @@ describe('ops HTTP: /metrics', () => {
     assert.equal(sample(text, 'fraiseql_relay_last_confirmed_lsn_age_seconds'), 8.5);
     assert.equal(sample(text, 'fraiseql_relay_events_published_total{subject="fraiseql.order.created"}'), 5);
 
+    // the hot path: every event counted, latency sampled at most once per millisecond
+    clock.t = 1_000_000;
+    metrics.published('fraiseql.order.created', clock.t - 3);
+    metrics.published('fraiseql.order.created', clock.t - 500);
+    metrics.published('audit.order', clock.t - 500);
+    clock.t += 1;
+    metrics.published('audit.order', clock.t - 40);
+    text = await (await fetch(`${base}/metrics`)).text();
+    assert.equal(sample(text, 'fraiseql_relay_events_published_total{subject="fraiseql.order.created"}'), 7);
+    assert.equal(sample(text, 'fraiseql_relay_events_published_total{subject="audit.order"}'), 2);
+    assert.equal(sample(text, 'fraiseql_relay_publish_latency_seconds_count'), 3, 'one sample per millisecond');
+    assert.equal(sample(text, 'fraiseql_relay_publish_latency_seconds_bucket{le="0.005"}'), 2);
+    text = await (await fetch(`${base}/metrics`)).text();
+    assert.equal(sample(text, 'fraiseql_relay_events_published_total{subject="audit.order"}'), 2, 'counted once');
+
     // HEAD: headers only
     r = await fetch(`${base}/metrics`, { method: 'HEAD' });
     assert.equal(r.status, 200);

@@ -27,7 +27,6 @@ export async function startOps(config: Config, relay: Relay, log: Logger): Promi
     health.register('slot', 'slot not inspected yet');
   }
 
-  const published = new Map<string, { inc(): void }>();
   relay.events = {
     onActive: (active) => {
       metrics.active.set(active ? 1 : 0);
@@ -37,12 +36,7 @@ export async function startOps(config: Config, relay: Relay, log: Logger): Promi
       if (active) health.set('postgres', true);
     },
     onDurable: (lsn) => metrics.confirmed(lsn),
-    onPublished: (msg) => {
-      let c = published.get(msg.subject);
-      if (!c) published.set(msg.subject, (c = metrics.eventsPublished.labels({ subject: msg.subject })));
-      c.inc();
-      if (msg.commitMs) metrics.publishLatency.observe(Math.max(0, Date.now() - msg.commitMs) / 1000);
-    },
+    onPublished: (msg) => metrics.published(msg.subject, msg.commitMs ?? 0),
     onHeartbeat: (lagMs) => {
       metrics.heartbeatReturned(lagMs / 1000);
       if (!health.ready().ready || health.ready().reasons['heartbeat']) olog.info({ lag_ms: Math.round(lagMs) }, 'heartbeat back: the data path flows');
