@@ -105,6 +105,8 @@ export class TestEnv {
 
   async sql<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<R[]> {
     const c = new pg.Client({ connectionString: this.dbUrl });
+    // a server restart can end the connection between queries: the next query fails, no crash
+    c.on('error', () => {});
     await c.connect();
     try {
       return (await c.query<R>(text, params)).rows;

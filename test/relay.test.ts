@@ -178,6 +178,26 @@ test('an emit() subject no stream captures is dead-lettered', async () => {
   assert.match(dl[0]!.error, /no JetStream stream captures subject elsewhere\.nothing/);
 });
 
+test('an event NATS cannot carry (bad header name, bad subject) is dead-lettered, and the stream goes on', async () => {
+  const before = await env.streamCount();
+  await env.sql(`SELECT fraiseql_relay.emit('fraiseql.badheader', '{"a":1}', '{"Bad Key": "x", "X-Fine": "y"}')`);
+  // emit() refuses such a subject; a row written straight into the outbox is not checked
+  await env.sql(`INSERT INTO fraiseql_relay.outbox (subject, entity) VALUES ('fraiseql.has space', '{"a":2}')`);
+  await env.sql(`SELECT fraiseql_relay.emit('fraiseql.marker', '{"after":"bad"}', '{"X-Fine": " padded "}')`);
+  await env.waitForStreamCount(before + 1);
+  // dead letters are written concurrently with later publishes: wait until both are there
+  const q = `SELECT subject, error FROM fraiseql_relay.dead_letter WHERE subject IN ('fraiseql.badheader', 'fraiseql.has space')`;
+  await waitForRows(() => env.sql(`SELECT 1 FROM (${q}) d HAVING count(*) = 2`));
+  const dl = await env.sql<{ subject: string; error: string }>(`${q} ORDER BY subject`);
+  assert.equal(dl.length, 2);
+  assert.match(dl[0]!.error, /header name "Bad Key" is not valid in NATS/);
+  assert.match(dl[1]!.error, /"fraiseql\.has space" is not a valid NATS subject/);
+  const last = (await env.readStream()).at(-1)!;
+  assert.equal(last.subject, 'fraiseql.marker');
+  assert.equal(last.headers['X-Fine'], 'padded', 'header values are trimmed as nats.js trims them');
+  assert.match(last.headers['Nats-Msg-Id'] ?? '', /^[0-9a-f-]{36}:fraiseql\.marker$/);
+});
+
 test('the slot is confirmed up to what was published', async () => {
   await env.sql(`SELECT fraiseql_relay.emit('fraiseql.marker', '{"after":"slot"}')`);
   const deadline = Date.now() + 10_000;
