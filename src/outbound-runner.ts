@@ -11,6 +11,7 @@ import { SlotError } from './source/replication.js';
 import { errorMessage } from './errors.js';
 import { formatLsn } from './source/lsn.js';
 import { backoffDelay } from './backoff.js';
+import { sleep } from './sleep.js';
 import { LeaderLock } from './ops/leader.js';
 import { HeartbeatEmitter } from './ops/heartbeat.js';
 import { lostSlotMessage, readSlot, slotPool, type SlotStats } from './ops/slot.js';
@@ -186,13 +187,9 @@ export class OutboundRunner {
       }
       this.session = null;
       const delay = backoffDelay(attempt++, this.opts.backoffMinMs, this.opts.backoffMaxMs);
-      await new Promise<void>((r) => {
-        const t = setTimeout(r, delay);
-        this.wake = () => {
-          clearTimeout(t);
-          r();
-        };
-      });
+      const wake = new AbortController();
+      this.wake = () => wake.abort();
+      await sleep(delay, wake.signal);
       this.wake = null;
     }
     this.session = null;

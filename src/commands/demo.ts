@@ -10,6 +10,7 @@ import { Relay } from '../relay.js';
 import { LocalPostgres } from '../local/postgres.js';
 import { LocalNats } from '../local/nats.js';
 import { withClient } from '../db.js';
+import { sleep } from '../sleep.js';
 
 export interface DemoOptions {
   logLevel: string;
@@ -163,7 +164,7 @@ async function waitFor(what: string, timeoutMs: number, fn: () => Promise<boolea
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (await fn()) return;
-    await new Promise((r) => setTimeout(r, 200));
+    await sleep(200);
   }
   throw new Error(`demo: timed out waiting for ${what}`);
 }
@@ -233,7 +234,7 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     await nats.stop();
     out(`  NATS stopped: the relays wait and retry; the order service keeps committing`);
     await createOrders('NATS down');
-    await new Promise((r) => setTimeout(r, opts.outageSeconds * 1000));
+    await sleep(opts.outageSeconds * 1000);
     await nats.start();
     out(`  NATS restarted after ${opts.outageSeconds}s`);
     await createOrders('NATS back');

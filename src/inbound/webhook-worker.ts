@@ -1,10 +1,10 @@
-import { jetstream, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
+import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from '../log.js';
-import type { DeadLetterWriter } from '../sink/deadletter.js';
+import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
 import { deliverOnce, retryDelayMs, type WebhookTarget } from '../sink/webhook.js';
-import { errorMessage } from '../errors.js';
-import { backoffDelay } from '../backoff.js';
+import { sleep } from '../sleep.js';
+import { deadLetterThenTerm, runConsumer, within } from './consume.js';
 import { eventIdOf, headerObject } from './worker.js';
 
 export interface WebhookStats {
@@ -37,30 +37,20 @@ export class WebhookWorker {
   ) {}
 
   start(): void {
-    this.loop = this.run();
-  }
-
-  private async run(): Promise<void> {
-    const js = jetstream(this.nc);
-    let attempt = 0;
-    while (!this.stopping) {
-      try {
-        const c = await js.consumers.get(this.stream, this.consumer);
-        this.messages = await c.consume({ max_messages: 8 });
-        attempt = 0;
-        for await (const m of this.messages) {
-          if (this.stopping) {
-            m.nak();
-            break;
-          }
-          await this.handle(m);
-        }
-      } catch (err) {
-        if (this.stopping) break;
-        this.log.warn({ consumer: this.consumer, err: errorMessage(err) }, 'webhook consumer interrupted; resubscribing');
-      }
-      if (!this.stopping) await sleep(backoffDelay(attempt++, 250, 10_000), this.abort.signal);
-    }
+    this.loop = runConsumer({
+      nc: this.nc,
+      stream: this.stream,
+      consumer: this.consumer,
+      maxMessages: 8,
+      stopping: () => this.stopping,
+      signal: this.abort.signal,
+      handle: (m) => this.handle(m),
+      onSubscribed: (messages) => {
+        this.messages = messages;
+      },
+      log: this.log,
+      interruptedMessage: 'webhook consumer interrupted; resubscribing',
+    });
   }
 
   private async handle(m: JsMsg): Promise<void> {
@@ -99,29 +89,17 @@ export class WebhookWorker {
   }
 
   private async toDeadLetter(m: JsMsg, eventId: string, error: string, attempts: number): Promise<void> {
-    for (let i = 0; ; i++) {
-      try {
-        await this.deadLetters.write({
-          direction: 'webhook',
-          eventId,
-          subject: m.subject,
-          consumer: this.consumer,
-          headers: headerObject(m),
-          body: m.string(),
-          error,
-          attempts,
-        });
-        break;
-      } catch (err) {
-        if (this.stopping) {
-          m.nak();
-          return;
-        }
-        if (i === 0) this.log.warn({ err: errorMessage(err) }, 'cannot record a dead letter yet; retrying');
-        await sleep(backoffDelay(i, 200, 5_000), this.abort.signal);
-      }
-    }
-    m.term();
+    const entry: DeadLetter = {
+      direction: 'webhook',
+      eventId,
+      subject: m.subject,
+      consumer: this.consumer,
+      headers: headerObject(m),
+      body: m.string(),
+      error,
+      attempts,
+    };
+    if (!(await deadLetterThenTerm(m, entry, { deadLetters: this.deadLetters, stopping: () => this.stopping, log: this.log, signal: this.abort.signal }))) return;
     this.stats.deadLettered++;
     this.log.warn({ consumer: this.consumer, event_id: eventId, error, attempts }, 'webhook dead-lettered');
   }
@@ -130,21 +108,6 @@ export class WebhookWorker {
     this.stopping = true;
     this.abort.abort();
     await this.messages?.close().catch(() => {});
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.loop, new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
-    clearTimeout(timer);
+    await within(this.loop, timeoutMs);
   }
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

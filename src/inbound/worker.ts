@@ -1,10 +1,12 @@
-import { jetstream, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
+import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { SubscribeRule } from '../config/load.js';
 import type { Logger } from '../log.js';
-import type { DeadLetterWriter } from '../sink/deadletter.js';
+import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
 import { errorMessage } from '../errors.js';
 import { backoffDelay } from '../backoff.js';
+import { sleep } from '../sleep.js';
+import { deadLetterThenTerm, runConsumer, within } from './consume.js';
 import type { InboxExecutor } from './inbox.js';
 import { isTransient, sqlState } from './sqlerrors.js';
 
@@ -52,33 +54,21 @@ export class InboundWorker {
   ) {}
 
   start(): void {
-    this.loop = this.run();
-  }
-
-  private async run(): Promise<void> {
-    const js = jetstream(this.nc);
-    let attempt = 0;
-    while (!this.stopping) {
-      try {
-        const consumer = await js.consumers.get(this.stream, this.rule.consumer);
-        this.messages = await consumer.consume({ max_messages: Math.max(16, this.rule.concurrency * 2) });
-        if (this.stopping) break;
-        attempt = 0;
-        for await (const m of this.messages) {
-          while (this.active.size >= this.rule.concurrency) await Promise.race(this.active);
-          if (this.stopping) {
-            m.nak();
-            break;
-          }
-          const p = this.handle(m).finally(() => this.active.delete(p));
-          this.active.add(p);
-        }
-      } catch (err) {
-        if (this.stopping) break;
-        this.log.warn({ consumer: this.rule.consumer, err: errorMessage(err) }, 'consumer interrupted; resubscribing');
-      }
-      if (!this.stopping) await sleep(backoffDelay(attempt++, 250, 10_000));
-    }
+    this.loop = runConsumer({
+      nc: this.nc,
+      stream: this.stream,
+      consumer: this.rule.consumer,
+      maxMessages: Math.max(16, this.rule.concurrency * 2),
+      concurrency: { limit: this.rule.concurrency, active: this.active },
+      leaveIfStoppedWhileSubscribing: true,
+      stopping: () => this.stopping,
+      handle: (m) => this.handle(m),
+      onSubscribed: (messages) => {
+        this.messages = messages;
+      },
+      log: this.log,
+      interruptedMessage: 'consumer interrupted; resubscribing',
+    });
   }
 
   private async handle(m: JsMsg): Promise<void> {
@@ -131,32 +121,20 @@ export class InboundWorker {
     }
   }
 
-  /** Records the poison message, then terminates it (plain term(): 2.9 ignores reasons). */
+  /** Records the poison message, then terminates it. */
   private async toDeadLetter(m: JsMsg, eventId: string, body: string, error: string): Promise<void> {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await this.deadLetters.write({
-          direction: 'inbound',
-          eventId,
-          subject: m.subject,
-          consumer: this.rule.consumer,
-          handler: this.rule.handler,
-          headers: headerObject(m),
-          body,
-          error,
-          attempts: m.info.deliveryCount,
-        });
-        break;
-      } catch (err) {
-        if (this.stopping) {
-          m.nak();
-          return;
-        }
-        if (attempt === 0) this.log.warn({ err: errorMessage(err) }, 'cannot record a dead letter yet; retrying');
-        await sleep(backoffDelay(attempt, 200, 5_000));
-      }
-    }
-    m.term();
+    const entry: DeadLetter = {
+      direction: 'inbound',
+      eventId,
+      subject: m.subject,
+      consumer: this.rule.consumer,
+      handler: this.rule.handler,
+      headers: headerObject(m),
+      body,
+      error,
+      attempts: m.info.deliveryCount,
+    };
+    if (!(await deadLetterThenTerm(m, entry, { deadLetters: this.deadLetters, stopping: () => this.stopping, log: this.log }))) return;
     this.stats.deadLettered++;
     this.stats.onOutcome?.(this.rule.consumer, 'dead_lettered');
     this.log.warn({ consumer: this.rule.consumer, event_id: eventId, subject: m.subject, error }, 'inbound event dead-lettered');
@@ -167,19 +145,5 @@ export class InboundWorker {
     await this.messages?.close().catch(() => {});
     await within(Promise.all([...this.active]), timeoutMs);
     await within(this.loop, 1000);
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-/** Waits for `p`, at most `ms`, and leaves no timer behind (a pending one keeps the process alive). */
-async function within(p: Promise<unknown> | null, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([p, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
-  } finally {
-    clearTimeout(timer);
   }
 }
