@@ -130,3 +130,25 @@ test('after close() a publish fails at once and nothing is sent', async () => {
   await nc.flush();
   assert.equal((await jsm.streams.info('T')).state.messages, before);
 });
+
+test('without nats.js internals to write to, the public publish() path stores the same message', async () => {
+  // a connection that hides its protocol handler, as a future nats.js might
+  const hidden = new Proxy(nc, {
+    get: (t, k) => {
+      if (k === 'protocol') return undefined;
+      const v: unknown = Reflect.get(t, k);
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+    },
+  });
+  const p = new PubAckPublisher(hidden, 2000);
+  try {
+    assert.equal(await publish(p, 't.fallback', '{"f":1}', 'X-A: 1\r\n', 'fb1:t.fallback'), undefined);
+    const m = await jsm.streams.getMessage('T', { last_by_subj: 't.fallback' });
+    assert.ok(m);
+    assert.equal(new TextDecoder().decode(m.data), '{"f":1}');
+    assert.equal(m.header.get('X-A'), '1');
+    assert.equal(m.header.get('Nats-Msg-Id'), 'fb1:t.fallback');
+  } finally {
+    p.close();
+  }
+});
