@@ -106,28 +106,38 @@ export class JetStreamSink {
     for (const k in msg.headers) {
       if (!this.goodKeys.has(k)) {
         if (!validHeaderName(k)) return `header name ${JSON.stringify(k)} is not valid in NATS (printable ASCII without ':' or spaces)`;
-        this.goodKeys.add(k);
+        if (this.goodKeys.size < 1024) this.goodKeys.add(k); // bounded: emit() headers can use any names
       }
     }
     const known = this.captured.get(msg.subject);
     if (known === null) return null;
     if (known !== undefined) return known;
-    return this.lookUp(msg.subject);
-  }
-
-  /** Why a subject cannot be published (null: it can), asked once per subject. */
-  private async lookUp(subject: string): Promise<string | null> {
+    // what can be known without the server is answered at once (per-entity subjects stay cheap)
     let reason: string | null = null;
-    if (!VALID_SUBJECT.test(subject)) reason = `${JSON.stringify(subject)} is not a valid NATS subject to publish to (dot-separated tokens without spaces or wildcards)`;
-    else if (!(await this.isCaptured(subject))) reason = `no JetStream stream captures subject ${subject}; add it to [relay.stream] subjects or create a stream for it`;
-    this.captured.set(subject, reason);
+    if (!VALID_SUBJECT.test(msg.subject)) {
+      reason = `${JSON.stringify(msg.subject)} is not a valid NATS subject to publish to (dot-separated tokens without spaces or wildcards)`;
+    } else if (!anyMatches(this.opts.streamSubjects, msg.subject)) {
+      return this.lookUp(msg.subject);
+    }
+    this.remember(msg.subject, reason);
     return reason;
   }
 
-  private async isCaptured(subject: string): Promise<boolean> {
-    if (anyMatches(this.opts.streamSubjects, subject)) return true;
+  /** Asks the server whether some stream captures a subject outside the relay's own stream. */
+  private async lookUp(subject: string): Promise<string | null> {
     this.jsm ??= await jetstreamManager(this.nc);
-    return (await findStream(this.jsm, subject)) !== null;
+    const reason =
+      (await findStream(this.jsm, subject)) !== null
+        ? null
+        : `no JetStream stream captures subject ${subject}; add it to [relay.stream] subjects or create a stream for it`;
+    this.remember(subject, reason);
+    return reason;
+  }
+
+  /** Caches a subject's answer; bounded, since emit() subjects can be unbounded (one per entity). */
+  private remember(subject: string, reason: string | null): void {
+    if (this.captured.size >= 10_000) this.captured.clear();
+    this.captured.set(subject, reason);
   }
 
   /** Starts a publish; `done` is called once, with an error when it failed. */
