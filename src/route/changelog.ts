@@ -3,7 +3,7 @@ import type { Config, PublishRule } from '../config/load.js';
 import type { Change, TupleValue } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
-import { envelopeBody, fanOut, headerValue, type Target } from './envelope.js';
+import { envelopeBody, fanOut, headerValue, sourceJsonPrefix, type Target } from './envelope.js';
 import { publishTargets } from './webhooks.js';
 import type { RouteResult } from './outbox.js';
 
@@ -127,7 +127,9 @@ export class ChangeLogRouter {
       tenantId: json(r['tenant_id']),
       userId: json(contact),
       occurredAt: typeof created === 'string' ? JSON.stringify(pgTimestampToIso(created)) : 'null',
-      source: { database: this.database, schema: change.relation.schema, table: change.relation.name, lsn: formatLsn(change.lsn), xid: change.xid },
+      source: sourceJsonPrefix(this.database, change.relation.schema, change.relation.name),
+      lsn: formatLsn(change.lsn),
+      xid: change.xid,
     });
     const headers: Record<string, string> = {
       'Fraiseql-Event-Id': eventId,

@@ -14,7 +14,11 @@ export interface EnvelopeJson {
   tenantId: string;
   userId: string;
   occurredAt: string;
-  source: { database: string; schema: string; table: string; lsn: string; xid: number };
+  /** `sourceJsonPrefix(database, schema, table)` (computed once per table by a hot caller) */
+  source: string;
+  /** the change's LSN as PostgreSQL prints it */
+  lsn: string;
+  xid: number;
 }
 
 /** The body, built as text so jsonb values pass through exactly as PostgreSQL wrote them. */
@@ -32,8 +36,7 @@ export function envelopeBody(e: EnvelopeJson): Buffer {
       ',"tenant_id":' + e.tenantId +
       ',"user_id":' + e.userId +
       ',"occurred_at":' + e.occurredAt +
-      sourceJsonPrefix(e.source.database, e.source.schema, e.source.table) +
-      e.source.lsn + '","xid":' + e.source.xid + '}}',
+      e.source + e.lsn + '","xid":' + e.xid + '}}',
     'utf8',
   );
 }

@@ -2,7 +2,7 @@ import type { Config } from '../config/load.js';
 import type { Change, OutboundMessage, Relation, Tuple, TupleValue } from '../types.js';
 import { formatLsn } from '../source/lsn.js';
 import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
-import { fanOut, headerValue, sourceJsonPrefix, type Target } from './envelope.js';
+import { envelopeBody, fanOut, headerValue, sourceJsonPrefix, type Target } from './envelope.js';
 import { publishTargets } from './webhooks.js';
 
 export interface RouteResult {
@@ -128,22 +128,23 @@ export class OutboxRouter {
 
     const updated = r.updatedFields;
     const created = r.createdAt;
-    const body = Buffer.from(
-      '{"event_id":' + JSON.stringify(eventId) +
-        ',"id":' + json(r.entityId) +
-        ',"entity_type":' + json(r.entityType) +
-        ',"operation":' + json(r.operation) +
-        ',"mutation":' + json(mutation) +
-        ',"entity":' + raw(r.entity) +
-        ',"entity_before":' + raw(r.entityBefore) +
-        ',"updated_fields":' + (typeof updated === 'string' ? pgTextArrayToJson(updated) : 'null') +
-        ',"metadata":' + raw(r.metadata) +
-        ',"tenant_id":' + json(r.tenantId) +
-        ',"user_id":' + json(r.userId) +
-        ',"occurred_at":' + (typeof created === 'string' ? JSON.stringify(pgTimestampToIso(created)) : 'null') +
-        source + lsn + '","xid":' + xid + '}}',
-      'utf8',
-    );
+    const body = envelopeBody({
+      eventId: JSON.stringify(eventId),
+      id: json(r.entityId),
+      entityType: json(r.entityType),
+      operation: json(r.operation),
+      mutation: json(mutation),
+      entity: raw(r.entity),
+      entityBefore: raw(r.entityBefore),
+      updatedFields: typeof updated === 'string' ? pgTextArrayToJson(updated) : 'null',
+      metadata: raw(r.metadata),
+      tenantId: json(r.tenantId),
+      userId: json(r.userId),
+      occurredAt: typeof created === 'string' ? JSON.stringify(pgTimestampToIso(created)) : 'null',
+      source,
+      lsn,
+      xid,
+    });
 
     const headers: Record<string, string> = {};
     const userHeaders = r.headers;

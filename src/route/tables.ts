@@ -2,7 +2,7 @@ import type { Config, TableRule } from '../config/load.js';
 import type { Change, OutboundMessage, Relation, TupleValue } from '../types.js';
 import { formatLsn, pgMicrosToIso } from '../source/lsn.js';
 import { rowToJson } from './values.js';
-import { envelopeBody } from './envelope.js';
+import { envelopeBody, sourceJsonPrefix } from './envelope.js';
 import type { RouteResult } from './outbox.js';
 
 /** A rule table resolved to its real schema and name. */
@@ -113,7 +113,9 @@ export class TableRouter {
       tenantId: 'null',
       userId: 'null',
       occurredAt: JSON.stringify(pgMicrosToIso(change.commitTime)),
-      source: { database: this.database, schema: rel.schema, table: rel.name, lsn: formatLsn(change.lsn), xid: change.xid },
+      source: sourceJsonPrefix(this.database, rel.schema, rel.name),
+      lsn: formatLsn(change.lsn),
+      xid: change.xid,
     });
     const headers: Record<string, string> = {
       'Fraiseql-Event-Id': eventId,
