@@ -15,6 +15,12 @@ import { waitForPortOpen } from './ports.js';
 export interface LocalNatsOptions {
   /** Server `max_payload` in bytes (default: the server's, 1 MiB). */
   maxPayload?: number;
+  /**
+   * TLS for client connections (`--tls --tlscert --tlskey`): every client must then use TLS.
+   * With `clientCaFile`, clients must also present a certificate signed by that CA
+   * (`--tlsverify --tlscacert`).
+   */
+  tls?: { certFile: string; keyFile: string; clientCaFile?: string };
 }
 
 const READY_TIMEOUT_MS = 15_000;
@@ -35,18 +41,25 @@ export class LocalNats {
   readonly logFile: string;
   private readonly bin: string;
   private readonly configFile: string | undefined;
+  private readonly tlsArgs: string[];
   private readonly serverName: string;
   private portValue = 0;
   private proc: Running | undefined;
   private destroying: Promise<void> | undefined;
   private readonly unregisterCleanup: () => void;
 
-  private constructor(dir: string, bin: string, configFile: string | undefined) {
+  private constructor(dir: string, bin: string, configFile: string | undefined, tls: LocalNatsOptions['tls']) {
     this.dir = dir;
     this.storeDir = path.join(dir, 'js');
     this.logFile = path.join(dir, 'nats.log');
     this.bin = bin;
     this.configFile = configFile;
+    this.tlsArgs = tls
+      ? [
+          '--tls', '--tlscert', path.resolve(tls.certFile), '--tlskey', path.resolve(tls.keyFile),
+          ...(tls.clientCaFile !== undefined ? ['--tlsverify', '--tlscacert', path.resolve(tls.clientCaFile)] : []),
+        ]
+      : [];
     this.serverName = `local-${path.basename(dir)}`;
     this.unregisterCleanup = registerExitCleanup(() => this.destroySync());
   }
@@ -64,7 +77,7 @@ export class LocalNats {
       configFile = path.join(dir, 'nats.conf');
       await fsp.writeFile(configFile, `max_payload: ${opts.maxPayload}\n`);
     }
-    const server = new LocalNats(dir, bin, configFile);
+    const server = new LocalNats(dir, bin, configFile, opts.tls);
     try {
       await server.start();
       return server;
@@ -105,6 +118,7 @@ export class LocalNats {
     await this.removePortsFiles();
     const args = [
       ...(this.configFile ? ['-c', this.configFile] : []),
+      ...this.tlsArgs,
       '-a', '127.0.0.1',
       '-p', this.portValue === 0 ? '-1' : String(this.portValue),
       '-n', this.serverName,

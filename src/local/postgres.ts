@@ -27,6 +27,12 @@ export interface LocalPostgresOptions {
   walSenderTimeout?: string;
   /** `max_slot_wal_keep_size`, e.g. `'64MB'`. */
   maxSlotWalKeepSize?: string;
+  /**
+   * TLS: `ssl=on` with this server certificate and private key. Both are copied into the
+   * server's directory, owned by the OS user PostgreSQL runs as, the key with mode 0600 (the
+   * server refuses a key others can read). Clients choose whether to use it (`sslmode`).
+   */
+  ssl?: { certFile: string; keyFile: string };
 }
 
 export type PgStopMode = 'fast' | 'immediate';
@@ -119,6 +125,7 @@ export class LocalPostgres {
     const server = new LocalPostgres(dir, binDir, opts);
     try {
       if (owner) await fsp.chown(dir, owner.uid, owner.gid);
+      if (opts.ssl) await server.installSslFiles(opts.ssl, owner);
       await server.pgTool('initdb', [
         '-D', server.dataDir, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--locale=C',
       ]).catch((err: unknown) => {
@@ -323,6 +330,9 @@ export class LocalPostgres {
     ];
     if (this.opts.walSenderTimeout !== undefined) settings.push(['wal_sender_timeout', this.opts.walSenderTimeout]);
     if (this.opts.maxSlotWalKeepSize !== undefined) settings.push(['max_slot_wal_keep_size', this.opts.maxSlotWalKeepSize]);
+    if (this.opts.ssl) {
+      settings.push(['ssl', 'on'], ['ssl_cert_file', this.sslCertFile], ['ssl_key_file', this.sslKeyFile]);
+    }
     for (const [k, v] of Object.entries(this.opts.settings ?? {})) settings.push([k, v]);
     // Last, so that nothing can move the server onto a shared address or socket.
     settings.push(['listen_addresses', '127.0.0.1'], ['port', String(this.portValue)], ['unix_socket_directories', this.dir]);
@@ -332,6 +342,26 @@ export class LocalPostgres {
         return `-c ${shellQuote(`${k}=${v}`)}`;
       })
       .join(' ');
+  }
+
+  private get sslCertFile(): string {
+    return path.join(this.dir, 'server.crt');
+  }
+
+  private get sslKeyFile(): string {
+    return path.join(this.dir, 'server.key');
+  }
+
+  /** Copies the TLS certificate and key where the server's OS user can read them (key 0600). */
+  private async installSslFiles(ssl: { certFile: string; keyFile: string }, owner: OsUser | undefined): Promise<void> {
+    await fsp.copyFile(ssl.certFile, this.sslCertFile);
+    await fsp.copyFile(ssl.keyFile, this.sslKeyFile);
+    await fsp.chmod(this.sslCertFile, 0o644);
+    await fsp.chmod(this.sslKeyFile, 0o600);
+    if (owner) {
+      await fsp.chown(this.sslCertFile, owner.uid, owner.gid);
+      await fsp.chown(this.sslKeyFile, owner.uid, owner.gid);
+    }
   }
 
   /** Runs a PostgreSQL tool from the bin dir, as the postgres OS user when root. */
