@@ -143,5 +143,8 @@ test('without the CA file, check refuses both servers with a certificate error a
   assert.equal(r.code, 1, `${r.stdout}${r.stderr}`);
   assert.match(r.stdout, /^FAIL\s+postgres\s+cannot connect \(\[database\] url\): .*certificate/m, r.stdout);
   assert.match(r.stdout, /^FAIL\s+nats\s+cannot connect \(\[observers\] nats_url\): .*certificate/m, r.stdout);
+  // and says what to set
+  assert.match(r.stdout, /postgres .*set \[relay\] database_ca_file to the CA bundle that signed it/, r.stdout);
+  assert.match(r.stdout, /nats .*set \[relay\.nats\] ca_file to the CA bundle that signed it/, r.stdout);
   assert.doesNotMatch(r.stdout, /^ok\s+(postgres|nats)\b/m);
 });

@@ -3,7 +3,7 @@ import type { Config } from '../config/load.js';
 import { connectOnce } from '../sink/nats.js';
 import type { Logger } from '../log.js';
 import { connect, quoteIdent } from '../db.js';
-import { errorMessage } from '../errors.js';
+import { errorMessage, tlsHint } from '../errors.js';
 import { allowedPlugins, loadMigrations, needsSlot, outboxPublication } from '../migrate.js';
 import { requiredSubjects } from '../sink/stream.js';
 import { filterCovers } from '../sink/subjects.js';
@@ -22,7 +22,7 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
   try {
     client = await connect(config.database.url, { connectionTimeoutMillis: 5000 });
   } catch (err) {
-    out.push({ what: 'postgres', status: 'fail', detail: `cannot connect ([database] url): ${errorMessage(err)}` });
+    out.push({ what: 'postgres', status: 'fail', detail: `cannot connect ([database] url): ${errorMessage(err)}${tlsHint(err, '[relay] database_ca_file')}` });
     return;
   }
   try {
@@ -161,7 +161,7 @@ async function probeNats(config: Config, out: Probe[]): Promise<void> {
   try {
     nc = await connectOnce(config, 'check');
   } catch (err) {
-    out.push({ what: 'nats', status: 'fail', detail: `cannot connect ([observers] nats_url): ${errorMessage(err)}` });
+    out.push({ what: 'nats', status: 'fail', detail: `cannot connect ([observers] nats_url): ${errorMessage(err)}${tlsHint(err, '[relay.nats] ca_file')}` });
     return;
   }
   try {
