@@ -8,7 +8,7 @@ import { OutboundSession, type OutboundDeps, type OutboundStats } from './outbou
 import type { Sink } from './sink/sink.js';
 import { OutboxRetention } from './retention.js';
 import { SlotError } from './source/replication.js';
-import { errorMessage } from './errors.js';
+import { errorMessage, tlsHint } from './errors.js';
 import { formatLsn } from './source/lsn.js';
 import { backoffDelay } from './backoff.js';
 import { sleep } from './sleep.js';
@@ -173,7 +173,7 @@ export class OutboundRunner {
       } catch (err) {
         this.connected = false;
         if (this.stopping || !this.active) break;
-        this.lastError = errorMessage(err);
+        this.lastError = errorMessage(err) + tlsHint(err, '[relay] database_ca_file');
         if (err instanceof SlotError && /wal_status = lost/.test(err.message)) {
           this.fatal(new Error(lostSlotMessage(this.config.relay.slot)));
           break;

@@ -179,3 +179,12 @@ test('NATS authentication comes from files and the environment, never the config
   assert.equal(typeof natsAuthOptions({ ...base, user_env: 'U', password_env: 'P' }, { U: 'u', P: 'p' }).authenticator, 'function');
   assert.throws(() => natsAuthOptions({ ...base, creds_file: '/nonexistent/x.creds' }, {}), /creds_file \/nonexistent\/x\.creds: cannot read it/);
 });
+
+test('a certificate the client cannot verify gets a hint naming the key to set; other errors none', async () => {
+  const { tlsHint } = await import('../src/errors.js');
+  assert.match(tlsHint(new Error('unable to verify the first certificate'), '[relay] database_ca_file'), /set \[relay\] database_ca_file to the CA bundle/);
+  assert.match(tlsHint(new Error('connect failed', { cause: new Error('self-signed certificate in certificate chain') }), '[relay.nats] ca_file'), /\[relay\.nats\] ca_file/);
+  assert.match(tlsHint(new Error("Hostname/IP does not match certificate's altnames"), 'k'), /does not match the host name/);
+  assert.equal(tlsHint(new Error('connection refused'), 'k'), '');
+  assert.equal(tlsHint(undefined, 'k'), '');
+});

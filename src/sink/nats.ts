@@ -2,7 +2,7 @@ import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/t
 import type { Config } from '../config/load.js';
 import { natsAuthOptions } from './natsauth.js';
 import type { Logger } from '../log.js';
-import { redactUrl } from '../errors.js';
+import { redactUrl, tlsHint } from '../errors.js';
 
 export interface NatsOptions {
   url: string;
@@ -45,7 +45,7 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
           log.info({ server: redactUrl(String(s.server ?? '')) }, 'NATS reconnected');
           break;
         case 'error':
-          log.warn({ err: String(s.error?.message ?? s.error) }, 'NATS error');
+          log.warn({ err: String(s.error?.message ?? s.error) + tlsHint(s.error, '[relay.nats] ca_file') }, 'NATS error');
           break;
         default:
           break;
