@@ -1,7 +1,7 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Config } from './config/load.js';
 import type { Logger } from './log.js';
-import { withClient } from './db.js';
+import { setDatabaseCaFile, withClient } from './db.js';
 import { connectNats } from './sink/nats.js';
 import { natsAuthOptions } from './sink/natsauth.js';
 import { ensureStream, findStream } from './sink/stream.js';
@@ -85,6 +85,8 @@ export class Relay {
   /** Connects, prepares the stream and starts streaming. Rejects on configuration problems. */
   async start(): Promise<void> {
     const { config, log } = this;
+    // every PostgreSQL connection of the process verifies against [relay] database_ca_file (the CLI sets it too)
+    if (config.relay.database_ca_file !== undefined) setDatabaseCaFile(config.relay.database_ca_file);
     const nats = config.observers.backend === 'nats';
     if (!nats && config.observers.subscribe.length > 0) {
       throw new UsageError('[[observers.subscribe]] needs NATS: with backend = "webhook" there is nothing to consume; use backend = "nats"');

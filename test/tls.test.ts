@@ -148,3 +148,30 @@ test('without the CA file, check refuses both servers with a certificate error a
   assert.match(r.stdout, /nats .*set \[relay\.nats\] ca_file to the CA bundle that signed it/, r.stdout);
   assert.doesNotMatch(r.stdout, /^ok\s+(postgres|nats)\b/m);
 });
+
+test('a relay embedded as a library verifies PostgreSQL against database_ca_file as the CLI does', async () => {
+  const { loadConfig } = await import('../src/config/load.js');
+  const { createLogger } = await import('../src/log.js');
+  const { Relay } = await import('../src/relay.js');
+  // this process never ran the CLI: only Relay itself can apply [relay] database_ca_file
+  const embedded = new Relay(loadConfig(tlsConfig, tlsEnv), createLogger('silent'), { publishTimeoutMs: 2000 });
+  await embedded.start();
+  try {
+    await env.sql(`SELECT fraiseql_relay.emit('fraiseql.order.tls', '{"a":2}')`);
+    const nc = await natsTls();
+    try {
+      const jsm = await jetstreamManager(nc);
+      let entity: unknown = null;
+      for (const deadline = Date.now() + 20_000; Date.now() < deadline; await sleep(50)) {
+        const m = await jsm.streams.getMessage('FRAISEQL', { last_by_subj: 'fraiseql.order.tls' }).catch(() => null);
+        entity = m?.json<{ entity: unknown }>().entity ?? null;
+        if ((entity as { a?: number } | null)?.a === 2) break;
+      }
+      assert.deepEqual(entity, { a: 2 });
+    } finally {
+      await nc.close();
+    }
+  } finally {
+    await embedded.stop();
+  }
+});
