@@ -16,6 +16,7 @@ import type { DeadLetterWriter } from './sink/deadletter.js';
 import { outboxPublication } from './migrate.js';
 import { errorMessage } from './errors.js';
 import { heartbeatTime } from './ops/heartbeat.js';
+import { sleep, within } from './sleep.js';
 
 export interface OutboundStats {
   published: number;
@@ -124,12 +125,7 @@ export class OutboundSession {
     this.stopping = true;
     this.conn?.stream.pause();
     const deadline = Date.now() + timeoutMs;
-    if (this.asyncWork) {
-      let timer: NodeJS.Timeout | undefined;
-      // clear the timer afterwards: a pending one would keep an embedding process alive for timeoutMs
-      await Promise.race([this.asyncWork.catch(() => {}), new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
-      clearTimeout(timer);
-    }
+    if (this.asyncWork) await within(this.asyncWork.catch(() => {}), timeoutMs);
     while (!this.watermark.idle && this.watermark.backlog > 0 && Date.now() < deadline && !this.failure) {
       if (this.watermark.open && this.deps.sink.messagesInFlight === 0) break; // a partial txn cannot complete
       await sleep(10);
@@ -360,8 +356,4 @@ export class OutboundSession {
         (err: unknown) => this.fail(new Error(`could not record a dead letter: ${errorMessage(err)}`)),
       );
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }

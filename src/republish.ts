@@ -3,10 +3,8 @@ import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-
 import { jetstream } from '@nats-io/jetstream';
 import type { Config } from './config/load.js';
 import { connectionConfig, quoteIdent, rawTypes } from './db.js';
-import { OutboxRouter } from './route/outbox.js';
+import { OUTBOX_COLUMNS, OutboxRouter } from './route/outbox.js';
 import type { Change, Relation, TupleValue } from './types.js';
-
-const COLUMNS = ['id', 'subject', 'mutation', 'operation', 'entity_type', 'entity_id', 'entity', 'entity_before', 'updated_fields', 'metadata', 'headers', 'tenant_id', 'user_id', 'traceparent', 'created_at'];
 
 export interface RepublishResult {
   rows: number;
@@ -37,12 +35,12 @@ export async function republishOutbox(config: Config, nc: NatsConnection, since:
     for (;;) {
       const res: pg.QueryResult<Record<string, TupleValue>> = cursor
         ? await client.query(
-            `SELECT ${COLUMNS.map((c) => `${c}::text AS ${c}`).join(', ')} FROM ${table}
+            `SELECT ${OUTBOX_COLUMNS.map((c) => `${c}::text AS ${c}`).join(', ')} FROM ${table}
               WHERE (created_at, id) > ($1::timestamptz, $2::uuid) ORDER BY created_at, id LIMIT 1000`,
             [cursor.at, cursor.id],
           )
         : await client.query(
-            `SELECT ${COLUMNS.map((c) => `${c}::text AS ${c}`).join(', ')} FROM ${table}
+            `SELECT ${OUTBOX_COLUMNS.map((c) => `${c}::text AS ${c}`).join(', ')} FROM ${table}
               WHERE created_at >= $1 ORDER BY created_at, id LIMIT 1000`,
             [since.toISOString()],
           );

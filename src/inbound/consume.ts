@@ -95,13 +95,3 @@ export async function deadLetterThenTerm(
   m.term();
   return true;
 }
-
-/** Waits for `p`, at most `ms`, and leaves no timer behind (a pending one keeps the process alive). */
-export async function within(p: Promise<unknown> | null, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([p, new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
-  } finally {
-    clearTimeout(timer);
-  }
-}

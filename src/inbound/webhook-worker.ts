@@ -4,7 +4,8 @@ import type { Logger } from '../log.js';
 import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
 import { deliverOnce, retryDelayMs, type WebhookTarget } from '../sink/webhook.js';
 import { sleep } from '../sleep.js';
-import { deadLetterThenTerm, runConsumer, within } from './consume.js';
+import { deadLetterThenTerm, runConsumer } from './consume.js';
+import { within } from '../sleep.js';
 import { eventIdOf, headerObject } from './worker.js';
 
 export interface WebhookStats {

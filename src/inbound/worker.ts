@@ -6,7 +6,8 @@ import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
 import { errorMessage } from '../errors.js';
 import { backoffDelay } from '../backoff.js';
 import { sleep } from '../sleep.js';
-import { deadLetterThenTerm, runConsumer, within } from './consume.js';
+import { deadLetterThenTerm, runConsumer } from './consume.js';
+import { within } from '../sleep.js';
 import type { InboxExecutor } from './inbox.js';
 import { isTransient, sqlState } from './sqlerrors.js';
 

@@ -30,12 +30,13 @@ interface OutboxValues {
   createdAt: TupleValue;
 }
 
-const COLUMNS = [
+/** The outbox columns an event is built from (replay SELECTs them by these names). */
+export const OUTBOX_COLUMNS = [
   'id', 'subject', 'mutation', 'operation', 'entity_type', 'entity_id', 'entity', 'entity_before',
   'updated_fields', 'metadata', 'headers', 'tenant_id', 'user_id', 'traceparent', 'created_at',
 ] as const;
 
-/** Where each of COLUMNS sits in a relation's tuples (-1: not there), and its source prefix. */
+/** Where each of OUTBOX_COLUMNS sits in a relation's tuples (-1: not there), and its source prefix. */
 interface RelationLayout {
   index: Int16Array;
   source: string;
@@ -107,7 +108,7 @@ export class OutboxRouter {
     if (!l) {
       const names = relation.columns.map((c) => c.name);
       l = {
-        index: Int16Array.from(COLUMNS, (c) => names.indexOf(c)),
+        index: Int16Array.from(OUTBOX_COLUMNS, (c) => names.indexOf(c)),
         source: sourceJsonPrefix(this.database, relation.schema, relation.name),
       };
       this.layouts.set(relation, l);

@@ -5,6 +5,7 @@ import type { OutboundMessage } from '../types.js';
 import type { Logger } from '../log.js';
 import { anyMatches } from './subjects.js';
 import { findStream } from './stream.js';
+import { checkSubject } from '../config/names.js';
 
 /** A failure retrying cannot fix: the message goes to the dead-letter table. */
 export class PermanentPublishError extends Error {
@@ -27,9 +28,6 @@ export function encodedHeaderSize(h: Record<string, string>, msgId: string): num
   for (const k in h) n += Buffer.byteLength(k) + Buffer.byteLength(h[k]!) + 4;
   return n;
 }
-
-/** A subject a message may be published to: tokens of non-space characters, no wildcards. */
-const VALID_SUBJECT = /^[^\s.*>]+(\.[^\s.*>]+)*$/;
 
 /** A NATS header name: printable ASCII except ':' (RFC 822, as nats.js checks it). */
 export function validHeaderName(k: string): boolean {
@@ -83,15 +81,6 @@ export class JetStreamSink {
     return new Promise((r) => this.capacityWaiters.push(r));
   }
 
-  /** Resolves once nothing is in flight, or after `timeoutMs`; returns whether it drained. */
-  async drain(timeoutMs: number): Promise<boolean> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.inFlight > 0 && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    return this.inFlight === 0;
-  }
-
   /**
    * What can be known before publishing: null when the message may be published, a reason when
    * it never can be (too large for the server, or no stream captures its subject), or a promise
@@ -114,8 +103,9 @@ export class JetStreamSink {
     if (known !== undefined) return known;
     // what can be known without the server is answered at once (per-entity subjects stay cheap)
     let reason: string | null = null;
-    if (!VALID_SUBJECT.test(msg.subject)) {
-      reason = `${JSON.stringify(msg.subject)} is not a valid NATS subject to publish to (dot-separated tokens without spaces or wildcards)`;
+    const problem = checkSubject(msg.subject, false);
+    if (problem !== undefined) {
+      reason = `${JSON.stringify(msg.subject)} is not a valid NATS subject to publish to: it ${problem}`;
     } else if (!anyMatches(this.opts.streamSubjects, msg.subject)) {
       return this.lookUp(msg.subject);
     }
