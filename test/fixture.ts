@@ -57,6 +57,9 @@ export interface EnvOptions {
   nats?: LocalNatsOptions;
 }
 
+/** The database each test environment creates for the service. */
+const APP_DB = 'app';
+
 export class TestEnv {
   private constructor(
     readonly pg: LocalPostgres,
@@ -68,7 +71,7 @@ export class TestEnv {
 
   static async create(opts: EnvOptions = {}): Promise<TestEnv> {
     const [pgs, nats] = await Promise.all([LocalPostgres.start(opts.pg), LocalNats.start(opts.nats)]);
-    const dbUrl = await pgs.createDatabase('app');
+    const dbUrl = await pgs.createDatabase(APP_DB);
     const dir = await mkdtemp(join(tmpdir(), 'fraiseql-relay-test-'));
     const configFile = join(dir, 'fraiseql.toml');
     await writeFile(configFile, opts.toml ?? BASE_TOML);
@@ -104,15 +107,7 @@ export class TestEnv {
   }
 
   async sql<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<R[]> {
-    const c = new pg.Client({ connectionString: this.dbUrl });
-    // a server restart can end the connection between queries: the next query fails, no crash
-    c.on('error', () => {});
-    await c.connect();
-    try {
-      return (await c.query<R>(text, params)).rows;
-    } finally {
-      await c.end();
-    }
+    return (await this.pg.query<R>(text, params, APP_DB)).rows;
   }
 
   async natsClient(): Promise<NatsConnection> {

@@ -48,6 +48,8 @@ subjects = [${(opts.subjects ?? STREAM_SUBJECTS).map((s) => JSON.stringify(s)).j
 `;
 }
 
+const BENCH_DB = 'bench';
+
 export class BenchEnv {
   private constructor(
     readonly pg: LocalPostgres,
@@ -73,7 +75,7 @@ export class BenchEnv {
       LocalNats.start(),
     ]);
     try {
-      const dbUrl = await pgs.createDatabase('bench');
+      const dbUrl = await pgs.createDatabase(BENCH_DB);
       const dir = await mkdtemp(join(tmpdir(), 'fraiseql-relay-bench-'));
       const nc = await connect({ servers: nats.url, maxReconnectAttempts: -1, reconnectTimeWait: 200 });
       const jsm = await jetstreamManager(nc);
@@ -97,14 +99,7 @@ export class BenchEnv {
 
   /** Runs a statement on its own short-lived connection (for CALLs of procedures that COMMIT). */
   async sqlOwn<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<R[]> {
-    const c = new pg.Client({ connectionString: this.dbUrl });
-    c.on('error', () => {});
-    await c.connect();
-    try {
-      return (await c.query<R>(text, params)).rows;
-    } finally {
-      await c.end().catch(() => {});
-    }
+    return (await this.pg.query<R>(text, params, BENCH_DB)).rows;
   }
 
   /** Writes a relay configuration file; returns its path. */
