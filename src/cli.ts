@@ -1,9 +1,9 @@
 import { Command, Option } from 'commander';
 import { resolve } from 'node:path';
 import { loadConfig, ConfigError, type Config } from './config/load.js';
-import { createLogger, type Logger } from './log.js';
-import { UsageError, errorMessage } from './errors.js';
-import { setDatabaseCaFile } from './db.js';
+import { createLogger, type Logger } from './util/log.js';
+import { UsageError, errorMessage } from './util/errors.js';
+import { setDatabaseCaFile } from './util/db.js';
 import { runMigrate } from './commands/migrate.js';
 import { runRelay } from './commands/run.js';
 import { runCheck } from './commands/check.js';

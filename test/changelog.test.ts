@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TestEnv, sleep, type StoredMessage } from './fixture.js';
-import type { Relay } from '../src/relay.js';
+import type { Relay } from '../src/relay/relay.js';
 
 const TOML = `
 [project]

@@ -12,9 +12,9 @@ import pg from 'pg';
 import { LocalPostgres, type LocalPostgresOptions } from '../src/local/postgres.js';
 import { LocalNats, type LocalNatsOptions } from '../src/local/nats.js';
 import { loadConfig, type Config } from '../src/config/load.js';
-import { migrate } from '../src/migrate.js';
-import { Relay, type RelayOptions } from '../src/relay.js';
-import { createLogger } from '../src/log.js';
+import { migrate } from '../src/schema/migrate.js';
+import { Relay, type RelayOptions } from '../src/relay/relay.js';
+import { createLogger } from '../src/util/log.js';
 
 export const ROOT = resolve(import.meta.dirname, '..');
 export const CLI = join(ROOT, 'src', 'cli.ts');

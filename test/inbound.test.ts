@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { headers as natsHeaders } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { TestEnv, sleep, waitForRows, runCli } from './fixture.js';
-import type { Relay } from '../src/relay.js';
+import type { Relay } from '../src/relay/relay.js';
 
 const TOML = `
 [project]

@@ -9,8 +9,8 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import { LocalPostgres } from '../src/local/postgres.js';
 import { parseConfig, type Config } from '../src/config/load.js';
-import { createLogger } from '../src/log.js';
-import { loadMigrations, migrate } from '../src/migrate.js';
+import { createLogger } from '../src/util/log.js';
+import { loadMigrations, migrate } from '../src/schema/migrate.js';
 
 const log = createLogger('silent');
 let server: LocalPostgres;

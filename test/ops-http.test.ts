@@ -4,7 +4,7 @@ import { pino } from 'pino';
 import { RelayMetrics, PUBLISH_LATENCY_BUCKETS } from '../src/ops/metrics.js';
 import { Health } from '../src/ops/health.js';
 import { startHttp, parseListen, type HttpServer } from '../src/ops/http.js';
-import { UsageError } from '../src/errors.js';
+import { UsageError } from '../src/util/errors.js';
 
 function captureLog(): { log: pino.Logger; lines: Array<Record<string, unknown>> } {
   const lines: Array<Record<string, unknown>> = [];

@@ -14,7 +14,7 @@ import {
 } from '../src/source/lsn.js';
 import { FrameDecodeError, parseFrame, standbyStatus } from '../src/source/frames.js';
 import { PgoutputDecodeError, PgoutputDecoder } from '../src/source/pgoutput.js';
-import type { PgoutputMessage, TupleValue } from '../src/types.js';
+import type { PgoutputMessage, TupleValue } from '../src/source/types.js';
 
 // ---- a tiny pgoutput v1 encoder ---------------------------------------------------------
 

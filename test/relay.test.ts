@@ -1,7 +1,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestEnv, BASE_TOML, waitForRows } from './fixture.js';
-import type { Relay } from '../src/relay.js';
+import type { Relay } from '../src/relay/relay.js';
 import { ORDER_SERVICE_SQL } from '../src/commands/demo.js';
 
 let env: TestEnv;

@@ -31,8 +31,8 @@ test('rows not yet published are never deleted, however old', async () => {
   try {
     // committed while no relay runs: the slot has not passed them
     await env.sql(`SELECT fraiseql_relay.emit('fraiseql.order.pending', jsonb_build_object('n', g)) FROM generate_series(1, 10) g`);
-    const { OutboxRetention } = await import('../src/retention.js');
-    const { createLogger } = await import('../src/log.js');
+    const { OutboxRetention } = await import('../src/outbound/retention.js');
+    const { createLogger } = await import('../src/util/log.js');
     const r = new OutboxRetention(env.dbUrl, 'fraiseql_relay', 1, () => 0n, createLogger('silent'));
     await sleep(20);
     assert.equal(await r.tick(), 0);

@@ -12,8 +12,8 @@ import pg from 'pg';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { TestEnv, RelayProcess, runCli, sleep } from './fixture.js';
 import { loadConfig } from '../src/config/load.js';
-import { migrate } from '../src/migrate.js';
-import { createLogger } from '../src/log.js';
+import { migrate } from '../src/schema/migrate.js';
+import { createLogger } from '../src/util/log.js';
 import { ORDER_SERVICE_SQL, INVENTORY_SERVICE_SQL } from '../src/commands/demo.js';
 
 const SKUS = ['SKU-1', 'SKU-2', 'SKU-3', 'SKU-4', 'SKU-5', 'SKU-6'];

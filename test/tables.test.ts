@@ -1,9 +1,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestEnv, sleep, type StoredMessage } from './fixture.js';
-import type { Relay } from '../src/relay.js';
-import { migrate } from '../src/migrate.js';
-import { createLogger } from '../src/log.js';
+import type { Relay } from '../src/relay/relay.js';
+import { migrate } from '../src/schema/migrate.js';
+import { createLogger } from '../src/util/log.js';
 
 const TOML = `
 [project]

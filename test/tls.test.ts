@@ -151,8 +151,8 @@ test('without the CA file, check refuses both servers with a certificate error a
 
 test('a relay embedded as a library verifies PostgreSQL against database_ca_file as the CLI does', async () => {
   const { loadConfig } = await import('../src/config/load.js');
-  const { createLogger } = await import('../src/log.js');
-  const { Relay } = await import('../src/relay.js');
+  const { createLogger } = await import('../src/util/log.js');
+  const { Relay } = await import('../src/relay/relay.js');
   // this process never ran the CLI: only Relay itself can apply [relay] database_ca_file
   const embedded = new Relay(loadConfig(tlsConfig, tlsEnv), createLogger('silent'), { publishTimeoutMs: 2000 });
   await embedded.start();

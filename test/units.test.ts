@@ -1,14 +1,14 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { AckWatermark } from '../src/ack.js';
+import { AckWatermark } from '../src/outbound/watermark.js';
 import { pgTextArrayToJson, pgTimestampToIso } from '../src/route/pgtext.js';
 import { subjectMatches, filterCovers } from '../src/sink/subjects.js';
-import { backoffDelay } from '../src/relay.js';
+import { backoffDelay } from '../src/relay/relay.js';
 import { OutboxRouter } from '../src/route/outbox.js';
 import { parseConfig } from '../src/config/load.js';
-import { redactUrl, errorMessage } from '../src/errors.js';
-import { splitQualified, quoteQualified } from '../src/db.js';
-import type { Change, Relation } from '../src/types.js';
+import { redactUrl, errorMessage } from '../src/util/errors.js';
+import { splitQualified, quoteQualified } from '../src/util/db.js';
+import type { Change, Relation } from '../src/source/types.js';
 
 describe('AckWatermark', () => {
   test('confirms only a fully settled prefix of transactions, at commit end LSNs', () => {
@@ -163,7 +163,7 @@ test('a row change event id is a stable, well-formed UUID of its WAL position', 
 });
 
 test('a database CA file becomes sslrootcert with verify-full, unless the URL says otherwise', async () => {
-  const { withCaFile } = await import('../src/db.js');
+  const { withCaFile } = await import('../src/util/db.js');
   assert.equal(withCaFile('postgres://u@h/db', '/etc/ca.pem'), 'postgres://u@h/db?sslrootcert=%2Fetc%2Fca.pem&sslmode=verify-full');
   assert.equal(withCaFile('postgres://u@h/db?sslmode=verify-ca', '/etc/ca.pem'), 'postgres://u@h/db?sslmode=verify-ca&sslrootcert=%2Fetc%2Fca.pem');
   assert.equal(withCaFile('postgres://u@h/db', undefined), 'postgres://u@h/db');
@@ -181,7 +181,7 @@ test('NATS authentication comes from files and the environment, never the config
 });
 
 test('a certificate the client cannot verify gets a hint naming the key to set; other errors none', async () => {
-  const { tlsHint } = await import('../src/errors.js');
+  const { tlsHint } = await import('../src/util/errors.js');
   assert.match(tlsHint(new Error('unable to verify the first certificate'), '[relay] database_ca_file'), /set \[relay\] database_ca_file to the CA bundle/);
   assert.match(tlsHint(new Error('connect failed', { cause: new Error('self-signed certificate in certificate chain') }), '[relay.nats] ca_file'), /\[relay\.nats\] ca_file/);
   assert.match(tlsHint(new Error("Hostname/IP does not match certificate's altnames"), 'k'), /does not match the host name/);

@@ -16,16 +16,16 @@ import { LocalNats } from '../src/local/nats.js';
 import { LocalPostgres } from '../src/local/postgres.js';
 import { findPostgresBin } from '../src/local/binaries.js';
 import { loadConfig } from '../src/config/load.js';
-import { migrate } from '../src/migrate.js';
-import { createLogger } from '../src/log.js';
-import { Relay } from '../src/relay.js';
+import { migrate } from '../src/schema/migrate.js';
+import { createLogger } from '../src/util/log.js';
+import { Relay } from '../src/relay/relay.js';
 import { Wal2JsonDecoder, Wal2JsonDecodeError, parseJsonKeepingNumbers, parsePgTimestamp } from '../src/source/wal2json.js';
 import { PgoutputDecoder } from '../src/source/pgoutput.js';
 import { escapeWal2JsonName, startReplicationSql, wal2jsonOptions, type StreamedTable } from '../src/source/plugin.js';
 import { publishedTables } from '../src/source/replication.js';
 import { formatLsn, PG_EPOCH_OFFSET_MICROS } from '../src/source/lsn.js';
 import type { Decoder } from '../src/source/decoder.js';
-import type { PgoutputMessage, Relation, Tuple } from '../src/types.js';
+import type { PgoutputMessage, Relation, Tuple } from '../src/source/types.js';
 
 // ---- unit: the decoder on handwritten wal2json v2 messages ------------------------------------
 

@@ -4,9 +4,9 @@ import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { createHmac } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { TestEnv, sleep, waitForRows } from './fixture.js';
-import { migrate } from '../src/migrate.js';
-import { createLogger } from '../src/log.js';
-import { Relay } from '../src/relay.js';
+import { migrate } from '../src/schema/migrate.js';
+import { createLogger } from '../src/util/log.js';
+import { Relay } from '../src/relay/relay.js';
 
 const SECRET = 'whsec_' + Buffer.from('a-very-secret-signing-key').toString('base64');
 

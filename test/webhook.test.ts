@@ -11,7 +11,7 @@ import {
   signStandardWebhook,
   type DeliveryResult,
   type WebhookTarget,
-} from '../src/sink/webhook.js';
+} from '../src/webhook/deliver.js';
 import type { RuleAction } from '../src/config/types.js';
 
 interface Seen {

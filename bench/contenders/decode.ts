@@ -6,7 +6,7 @@
 import { ReplicationConnection } from '../../src/source/replication.js';
 import { PgoutputDecoder } from '../../src/source/pgoutput.js';
 import { parseFrame } from '../../src/source/frames.js';
-import { createLogger } from '../../src/log.js';
+import { createLogger } from '../../src/util/log.js';
 import { nowMs } from '../lib/util.js';
 import { args, done, ready, runMain, stopRequested } from './common.js';
 

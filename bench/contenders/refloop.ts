@@ -10,7 +10,7 @@ import { connect } from '@nats-io/transport-node';
 import { ReplicationConnection } from '../../src/source/replication.js';
 import { PgoutputDecoder } from '../../src/source/pgoutput.js';
 import { parseFrame } from '../../src/source/frames.js';
-import { createLogger } from '../../src/log.js';
+import { createLogger } from '../../src/util/log.js';
 import { CorePublisher } from '../lib/corepub.js';
 import { args, minimalBody, ready, runMain, say, stopRequested } from './common.js';
 

@@ -12,8 +12,8 @@ import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { LocalPostgres } from '../../src/local/postgres.js';
 import { LocalNats } from '../../src/local/nats.js';
 import { loadConfig } from '../../src/config/load.js';
-import { migrate } from '../../src/migrate.js';
-import { createLogger } from '../../src/log.js';
+import { migrate } from '../../src/schema/migrate.js';
+import { createLogger } from '../../src/util/log.js';
 import { nowMs, sleep } from './util.js';
 
 export const ROOT = resolve(import.meta.dirname, '..', '..');

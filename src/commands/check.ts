@@ -1,14 +1,14 @@
 import { jetstreamManager } from '@nats-io/jetstream';
 import type { Config } from '../config/load.js';
 import { connectOnce } from '../sink/nats.js';
-import type { Logger } from '../log.js';
-import { connect, quoteIdent } from '../db.js';
-import { errorMessage, tlsHint } from '../errors.js';
-import { allowedPlugins, loadMigrations, needsSlot, outboxPublication } from '../migrate.js';
+import type { Logger } from '../util/log.js';
+import { connect, quoteIdent } from '../util/db.js';
+import { errorMessage, tlsHint } from '../util/errors.js';
+import { allowedPlugins, loadMigrations, needsSlot, outboxPublication } from '../schema/migrate.js';
 import { requiredSubjects } from '../sink/stream.js';
 import { filterCovers } from '../sink/subjects.js';
 import { checkHandler } from '../inbound/inbox.js';
-import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from '../ruletables.js';
+import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
 
 type Status = 'ok' | 'warn' | 'fail';
 interface Probe {

@@ -4,13 +4,13 @@ import { join } from 'node:path';
 import { connect as natsConnect } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { parseConfig } from '../config/load.js';
-import { createLogger } from '../log.js';
-import { migrate } from '../migrate.js';
-import { Relay } from '../relay.js';
+import { createLogger } from '../util/log.js';
+import { migrate } from '../schema/migrate.js';
+import { Relay } from '../relay/relay.js';
 import { LocalPostgres } from '../local/postgres.js';
 import { LocalNats } from '../local/nats.js';
-import { withClient } from '../db.js';
-import { sleep } from '../sleep.js';
+import { withClient } from '../util/db.js';
+import { sleep } from '../util/sleep.js';
 
 export interface DemoOptions {
   logLevel: string;

@@ -3,9 +3,9 @@ import { jetstream } from '@nats-io/jetstream';
 import type { Config } from '../config/load.js';
 import { connectOnce } from '../sink/nats.js';
 import { parseDuration } from '../config/load.js';
-import type { Logger } from '../log.js';
-import { quoteIdent, withClient } from '../db.js';
-import { UsageError, errorMessage } from '../errors.js';
+import type { Logger } from '../util/log.js';
+import { quoteIdent, withClient } from '../util/db.js';
+import { UsageError, errorMessage } from '../util/errors.js';
 import { InboxExecutor } from '../inbound/inbox.js';
 
 interface DeadLetterRow {

@@ -1,6 +1,6 @@
 import type { Config } from '../config/load.js';
-import type { Logger } from '../log.js';
-import { migrate, migrationPlan } from '../migrate.js';
+import type { Logger } from '../util/log.js';
+import { migrate, migrationPlan } from '../schema/migrate.js';
 
 export async function runMigrate(config: Config, log: Logger, opts: { dryRun: boolean }): Promise<number> {
   if (opts.dryRun) {

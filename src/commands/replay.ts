@@ -1,11 +1,11 @@
 import type { Config } from '../config/load.js';
 import { connectOnce } from '../sink/nats.js';
 import { parseDuration } from '../config/load.js';
-import type { Logger } from '../log.js';
-import { quoteIdent, withClient } from '../db.js';
-import { UsageError } from '../errors.js';
-import { republishOutbox } from '../republish.js';
-import { readSlot } from '../ops/slot.js';
+import type { Logger } from '../util/log.js';
+import { quoteIdent, withClient } from '../util/db.js';
+import { UsageError } from '../util/errors.js';
+import { republishOutbox } from '../outbound/republish.js';
+import { readSlot } from '../schema/slot.js';
 
 /** `--since`: an ISO time, or a duration meaning "that long ago" (e.g. 2h). */
 export function parseSince(s: string, now = Date.now()): Date {

@@ -1,7 +1,7 @@
 import type { Config } from '../config/load.js';
-import type { Logger } from '../log.js';
-import { Relay } from '../relay.js';
-import { startOps } from '../ops/wire.js';
+import type { Logger } from '../util/log.js';
+import { Relay } from '../relay/relay.js';
+import { startOps } from '../daemon.js';
 
 /**
  * The daemon: runs until SIGTERM/SIGINT, then stops cleanly (exit 0). A condition it must not

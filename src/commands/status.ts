@@ -1,10 +1,10 @@
 import { jetstreamManager } from '@nats-io/jetstream';
 import type { Config } from '../config/load.js';
 import { connectOnce } from '../sink/nats.js';
-import { quoteIdent, withClient } from '../db.js';
-import { errorMessage } from '../errors.js';
-import { readSlot, type SlotStats } from '../ops/slot.js';
-import { needsSlot } from '../migrate.js';
+import { quoteIdent, withClient } from '../util/db.js';
+import { errorMessage } from '../util/errors.js';
+import { readSlot, type SlotStats } from '../schema/slot.js';
+import { needsSlot } from '../schema/migrate.js';
 import { findStream } from '../sink/stream.js';
 
 export interface StatusReport {

@@ -1,8 +1,8 @@
 import type { Config } from '../config/load.js';
-import type { Logger } from '../log.js';
-import { withClient, quoteIdent } from '../db.js';
-import { UsageError } from '../errors.js';
-import { outboxPublication } from '../migrate.js';
+import type { Logger } from '../util/log.js';
+import { withClient, quoteIdent } from '../util/db.js';
+import { UsageError } from '../util/errors.js';
+import { outboxPublication } from '../schema/migrate.js';
 
 /** Drops the slot and publications: the way to stop holding WAL. Tables and data stay. */
 export async function runTeardown(config: Config, log: Logger, yes: boolean): Promise<number> {

@@ -1,4 +1,4 @@
-import { UsageError } from '../errors.js';
+import { UsageError } from '../util/errors.js';
 
 /** One thing wrong with a configuration file. */
 export interface ConfigProblem {

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { connectionConfig, quoteIdent, quoteQualified } from '../db.js';
+import { connectionConfig, quoteIdent, quoteQualified } from '../util/db.js';
 
 export type Outcome = 'applied' | 'duplicate';
 

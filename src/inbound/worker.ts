@@ -1,13 +1,13 @@
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { SubscribeRule } from '../config/load.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../util/log.js';
 import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
-import { errorMessage } from '../errors.js';
-import { backoffDelay } from '../backoff.js';
-import { sleep } from '../sleep.js';
-import { deadLetterThenTerm, runConsumer } from './consume.js';
-import { within } from '../sleep.js';
+import { errorMessage } from '../util/errors.js';
+import { backoffDelay } from '../util/backoff.js';
+import { sleep } from '../util/sleep.js';
+import { deadLetterThenTerm, runConsumer } from './loop.js';
+import { within } from '../util/sleep.js';
 import type { InboxExecutor } from './inbox.js';
 import { isTransient, sqlState } from './sqlerrors.js';
 

@@ -1,7 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Logger } from '../log.js';
-import { UsageError, errorMessage } from '../errors.js';
+import type { Logger } from '../util/log.js';
+import { UsageError, errorMessage } from '../util/errors.js';
 import type { RelayMetrics } from './metrics.js';
 import type { Health } from './health.js';
 

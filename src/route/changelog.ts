@@ -1,10 +1,10 @@
 import { readFileSync } from 'node:fs';
 import type { Config, PublishRule } from '../config/load.js';
-import type { Change, TupleValue } from '../types.js';
+import type { Change, TupleValue } from '../source/types.js';
 import { formatLsn } from '../source/lsn.js';
 import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
 import { envelopeBody, fanOut, headerValue, sourceJsonPrefix, type Target } from './envelope.js';
-import { publishTargets } from './webhooks.js';
+import { publishTargets } from '../webhook/route.js';
 import type { RouteResult } from './outbox.js';
 
 /** FraiseQL's change log, the source that needs no change to a service's mutation functions. */

@@ -1,9 +1,9 @@
 import type { Config } from '../config/load.js';
-import type { Change, OutboundMessage, Relation, Tuple, TupleValue } from '../types.js';
+import type { Change, OutboundMessage, Relation, Tuple, TupleValue } from '../source/types.js';
 import { formatLsn } from '../source/lsn.js';
 import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
 import { envelopeBody, fanOut, headerValue, sourceJsonPrefix, type Target } from './envelope.js';
-import { publishTargets } from './webhooks.js';
+import { publishTargets } from '../webhook/route.js';
 
 export interface RouteResult {
   messages: OutboundMessage[];

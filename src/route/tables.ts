@@ -1,5 +1,5 @@
 import type { Config, TableRule } from '../config/load.js';
-import type { Change, OutboundMessage, Relation, TupleValue } from '../types.js';
+import type { Change, OutboundMessage, Relation, TupleValue } from '../source/types.js';
 import { formatLsn, pgMicrosToIso } from '../source/lsn.js';
 import { rowToJson } from './values.js';
 import { envelopeBody, sourceJsonPrefix } from './envelope.js';

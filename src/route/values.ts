@@ -1,4 +1,4 @@
-import type { Relation, TupleValue } from '../types.js';
+import type { Relation, TupleValue } from '../source/types.js';
 import { pgTextArrayToJson } from './pgtext.js';
 
 /** Type OIDs whose text form is already a JSON value (numbers are forwarded digit for digit). */

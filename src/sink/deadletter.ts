@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { connectionConfig, quoteIdent } from '../db.js';
+import { connectionConfig, quoteIdent } from '../util/db.js';
 
 export interface DeadLetter {
   direction: 'outbound' | 'inbound' | 'webhook';

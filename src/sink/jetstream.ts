@@ -1,8 +1,8 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { PubAckPublisher } from './pubacks.js';
-import type { OutboundMessage } from '../types.js';
-import type { Logger } from '../log.js';
+import type { OutboundMessage } from '../source/types.js';
+import type { Logger } from '../util/log.js';
 import { anyMatches } from './subjects.js';
 import { findStream } from './stream.js';
 import { checkSubject } from '../config/names.js';

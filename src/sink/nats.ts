@@ -1,8 +1,8 @@
 import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import type { Config } from '../config/load.js';
 import { natsAuthOptions } from './natsauth.js';
-import type { Logger } from '../log.js';
-import { redactUrl, tlsHint } from '../errors.js';
+import type { Logger } from '../util/log.js';
+import { redactUrl, tlsHint } from '../util/errors.js';
 
 export interface NatsOptions {
   url: string;

@@ -7,7 +7,7 @@ import {
   type ConnectionOptions,
 } from '@nats-io/transport-node';
 import type { NatsConfig } from '../config/load.js';
-import { UsageError } from '../errors.js';
+import { UsageError } from '../util/errors.js';
 
 function readFile(what: string, path: string): Uint8Array {
   try {

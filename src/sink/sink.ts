@@ -1,4 +1,4 @@
-import type { OutboundMessage } from '../types.js';
+import type { OutboundMessage } from '../source/types.js';
 
 /**
  * Where routed messages go (JetStream, or webhooks when there is no NATS). The session settles

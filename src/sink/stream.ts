@@ -1,11 +1,11 @@
 import { jetstreamManager, type JetStreamManager, type StreamInfo } from '@nats-io/jetstream';
 import { nanos, type NatsConnection } from '@nats-io/transport-node';
 import type { Config } from '../config/load.js';
-import type { Logger } from '../log.js';
-import { UsageError } from '../errors.js';
+import type { Logger } from '../util/log.js';
+import { UsageError } from '../util/errors.js';
 import { OutboxRouter } from '../route/outbox.js';
 import { filterCovers } from './subjects.js';
-import { webhookPrefix, webhookRoutes } from '../route/webhooks.js';
+import { webhookPrefix, webhookRoutes } from '../webhook/route.js';
 
 /** Subjects the relay's stream must capture: every configured publish subject plus [relay.stream] subjects. */
 export function requiredSubjects(config: Config): string[] {

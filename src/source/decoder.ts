@@ -1,4 +1,4 @@
-import type { PgoutputMessage, Relation } from '../types.js';
+import type { PgoutputMessage, Relation } from './types.js';
 
 /**
  * What the outbound pipeline needs from a logical decoding output plugin's decoder: one

@@ -10,7 +10,7 @@
  * Times are µs since 2000-01-01 UTC.
  */
 
-import type { Lsn } from '../types.js';
+import type { Lsn } from './types.js';
 import { unixMsToPgMicros } from './lsn.js';
 
 export type ReplicationFrame =

@@ -6,7 +6,7 @@
  * Replication timestamps are signed 64-bit microseconds since 2000-01-01 00:00:00 UTC.
  */
 
-import type { Lsn } from '../types.js';
+import type { Lsn } from './types.js';
 
 /** Milliseconds between the Unix epoch and the PostgreSQL epoch (2000-01-01T00:00:00Z). */
 export const PG_EPOCH_OFFSET_MS = 946_684_800_000;

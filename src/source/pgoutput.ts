@@ -13,7 +13,7 @@
  * one latin1 string of the whole message (they keep that string alive while referenced).
  */
 
-import type { Lsn, PgoutputMessage, Relation, RelationColumn, Tuple, TupleValue } from '../types.js';
+import type { Lsn, PgoutputMessage, Relation, RelationColumn, Tuple, TupleValue } from './types.js';
 import type { Decoder } from './decoder.js';
 
 export class PgoutputDecodeError extends Error {

@@ -1,8 +1,8 @@
 import pg from 'pg';
 import { both, type CopyBothQueryStream } from 'pg-copy-streams';
-import { connectionConfig } from '../db.js';
-import type { Logger } from '../log.js';
-import type { Lsn } from '../types.js';
+import { connectionConfig } from '../util/db.js';
+import type { Logger } from '../util/log.js';
+import type { Lsn } from './types.js';
 import { formatLsn } from './lsn.js';
 import { standbyStatus } from './frames.js';
 import type { PluginName } from './decoder.js';

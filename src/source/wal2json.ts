@@ -25,7 +25,7 @@
  * relay depends on throws `Wal2JsonDecodeError`.
  */
 
-import type { Lsn, PgoutputMessage, Relation, RelationColumn, Tuple, TupleValue } from '../types.js';
+import type { Lsn, PgoutputMessage, Relation, RelationColumn, Tuple, TupleValue } from './types.js';
 import type { Decoder } from './decoder.js';
 import { PG_EPOCH_OFFSET_MICROS, parseLsn } from './lsn.js';
 

@@ -2,11 +2,11 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import type pg from 'pg';
-import type { Config } from './config/load.js';
-import { connect, quoteIdent } from './db.js';
-import { UsageError } from './errors.js';
-import type { Logger } from './log.js';
-import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from './ruletables.js';
+import type { Config } from '../config/load.js';
+import { connect, quoteIdent } from '../util/db.js';
+import { UsageError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from './tables.js';
 
 export interface Migration {
   id: number;
@@ -14,7 +14,7 @@ export interface Migration {
   sql: string;
 }
 
-const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', 'sql');
+const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'sql');
 
 /** Numbered plain-SQL migrations from sql/, with the schema placeholder replaced. */
 export function loadMigrations(schema: string, dir = SQL_DIR): Migration[] {

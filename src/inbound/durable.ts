@@ -1,7 +1,7 @@
 import { AckPolicy, DeliverPolicy, type ConsumerConfig, type JetStreamManager } from '@nats-io/jetstream';
 import { nanos } from '@nats-io/transport-node';
 import type { SubscribeRule } from '../config/load.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../util/log.js';
 
 /**
  * The consumer configuration a subscription asks for. `backoff` is deliberately not sent to the

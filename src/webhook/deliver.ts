@@ -16,7 +16,7 @@
 import { createHmac } from 'node:crypto';
 import { setTimeout as sleepMs } from 'node:timers/promises';
 import type { RuleAction } from '../config/types.js';
-import { UsageError } from '../errors.js';
+import { UsageError } from '../util/errors.js';
 
 export interface WebhookTarget {
   /** http(s) URL; may carry credentials (sent as Basic authorization) and a query string */

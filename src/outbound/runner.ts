@@ -1,20 +1,20 @@
 import { hostname } from 'node:os';
 import type pg from 'pg';
-import type { Config } from './config/load.js';
-import type { Logger } from './log.js';
-import type { OutboundMessage } from './types.js';
-import { quoteIdent } from './db.js';
-import { OutboundSession, type OutboundDeps, type OutboundStats } from './outbound.js';
-import type { Sink } from './sink/sink.js';
+import type { Config } from '../config/load.js';
+import type { Logger } from '../util/log.js';
+import type { OutboundMessage } from '../source/types.js';
+import { quoteIdent } from '../util/db.js';
+import { OutboundSession, type OutboundDeps, type OutboundStats } from './session.js';
+import type { Sink } from '../sink/sink.js';
 import { OutboxRetention } from './retention.js';
-import { SlotError } from './source/replication.js';
-import { errorMessage, tlsHint } from './errors.js';
-import { formatLsn } from './source/lsn.js';
-import { backoffDelay } from './backoff.js';
-import { sleep } from './sleep.js';
-import { LeaderLock } from './ops/leader.js';
-import { HeartbeatEmitter } from './ops/heartbeat.js';
-import { lostSlotMessage, readSlot, slotPool, type SlotStats } from './ops/slot.js';
+import { SlotError } from '../source/replication.js';
+import { errorMessage, tlsHint } from '../util/errors.js';
+import { formatLsn } from '../source/lsn.js';
+import { backoffDelay } from '../util/backoff.js';
+import { sleep } from '../util/sleep.js';
+import { LeaderLock } from './leader.js';
+import { HeartbeatEmitter } from './heartbeat.js';
+import { lostSlotMessage, readSlot, slotPool, type SlotStats } from '../schema/slot.js';
 
 export interface RunnerOptions {
   backoffMinMs: number;

@@ -1,12 +1,12 @@
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import type { Logger } from '../log.js';
+import type { Logger } from '../util/log.js';
 import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
-import { deliverOnce, retryDelayMs, type WebhookTarget } from '../sink/webhook.js';
-import { sleep } from '../sleep.js';
-import { deadLetterThenTerm, runConsumer } from './consume.js';
-import { within } from '../sleep.js';
-import { eventIdOf, headerObject } from './worker.js';
+import { deliverOnce, retryDelayMs, type WebhookTarget } from './deliver.js';
+import { sleep } from '../util/sleep.js';
+import { deadLetterThenTerm, runConsumer } from '../inbound/loop.js';
+import { within } from '../util/sleep.js';
+import { eventIdOf, headerObject } from '../inbound/worker.js';
 
 export interface WebhookStats {
   delivered: number;

@@ -1,8 +1,8 @@
 import pg from 'pg';
-import { connectionConfig, quoteIdent } from './db.js';
-import type { Logger } from './log.js';
-import { parseLsn } from './source/lsn.js';
-import { errorMessage } from './errors.js';
+import { connectionConfig, quoteIdent } from '../util/db.js';
+import type { Logger } from '../util/log.js';
+import { parseLsn } from '../source/lsn.js';
+import { errorMessage } from '../util/errors.js';
 
 /**
  * Deletes published outbox rows older than `[relay] retention`, in small batches (the

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { connectionConfig } from '../db.js';
+import { connectionConfig } from '../util/db.js';
 
 export interface SlotStats {
   exists: boolean;

@@ -1,5 +1,5 @@
 import type { Config, RuleAction } from '../config/load.js';
-import type { Target } from './envelope.js';
+import type { Target } from '../route/envelope.js';
 
 /** One webhook action of the configuration, with the internal subject its deliveries go through. */
 export interface WebhookRoute {

@@ -1,9 +1,9 @@
-import type { OutboundMessage } from '../types.js';
-import type { Logger } from '../log.js';
-import type { Sink } from './sink.js';
-import type { DeadLetterWriter } from './deadletter.js';
-import { deliverWithRetries, type WebhookTarget } from './webhook.js';
-import { errorMessage } from '../errors.js';
+import type { OutboundMessage } from '../source/types.js';
+import type { Logger } from '../util/log.js';
+import type { Sink } from '../sink/sink.js';
+import type { DeadLetterWriter } from '../sink/deadletter.js';
+import { deliverWithRetries, type WebhookTarget } from './deliver.js';
+import { errorMessage } from '../util/errors.js';
 
 /**
  * `backend = "webhook"`: no NATS at all. Deliveries happen in commit order, one at a time; a

@@ -1,12 +1,12 @@
 import { jetstreamManager } from '@nats-io/jetstream';
-import type { Config } from '../config/load.js';
-import type { Logger } from '../log.js';
-import type { Relay } from '../relay.js';
-import { needsSlot } from '../migrate.js';
-import { RelayMetrics } from './metrics.js';
-import { Health } from './health.js';
-import { startHttp } from './http.js';
-import { findStream } from '../sink/stream.js';
+import type { Config } from './config/load.js';
+import type { Logger } from './util/log.js';
+import type { Relay } from './relay/relay.js';
+import { needsSlot } from './schema/migrate.js';
+import { RelayMetrics } from './ops/metrics.js';
+import { Health } from './ops/health.js';
+import { startHttp } from './ops/http.js';
+import { findStream } from './sink/stream.js';
 
 /**
  * Connects the relay's lifecycle to /livez, /readyz and /metrics: one place that turns events

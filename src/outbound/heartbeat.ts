@@ -1,7 +1,7 @@
 import pg from 'pg';
-import { connectionConfig } from '../db.js';
-import type { Logger } from '../log.js';
-import { errorMessage } from '../errors.js';
+import { connectionConfig } from '../util/db.js';
+import type { Logger } from '../util/log.js';
+import { errorMessage } from '../util/errors.js';
 
 export const HEARTBEAT_PREFIX = 'fraiseql-relay/heartbeat';
 

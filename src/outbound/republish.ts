@@ -1,10 +1,10 @@
 import pg from 'pg';
 import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
-import type { Config } from './config/load.js';
-import { connectionConfig, quoteIdent, rawTypes } from './db.js';
-import { OUTBOX_COLUMNS, OutboxRouter } from './route/outbox.js';
-import type { Change, Relation, TupleValue } from './types.js';
+import type { Config } from '../config/load.js';
+import { connectionConfig, quoteIdent, rawTypes } from '../util/db.js';
+import { OUTBOX_COLUMNS, OutboxRouter } from '../route/outbox.js';
+import type { Change, Relation, TupleValue } from '../source/types.js';
 
 export interface RepublishResult {
   rows: number;

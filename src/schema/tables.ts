@@ -1,9 +1,9 @@
 import type pg from 'pg';
-import type { Config } from './config/load.js';
-import { quoteIdent, quoteQualified } from './db.js';
-import { UsageError } from './errors.js';
-import type { ResolvedTable } from './route/tables.js';
-import { DEFAULT_CHANGE_LOG } from './route/changelog.js';
+import type { Config } from '../config/load.js';
+import { quoteIdent, quoteQualified } from '../util/db.js';
+import { UsageError } from '../util/errors.js';
+import type { ResolvedTable } from '../route/tables.js';
+import { DEFAULT_CHANGE_LOG } from '../route/changelog.js';
 
 export interface RuleTableInfo extends ResolvedTable {
   /** the rule's table as written in fraiseql.toml */

@@ -1,10 +1,10 @@
 import { jetstream, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import type { Logger } from '../log.js';
+import type { Logger } from '../util/log.js';
 import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
-import { errorMessage } from '../errors.js';
-import { backoffDelay } from '../backoff.js';
-import { sleep } from '../sleep.js';
+import { errorMessage } from '../util/errors.js';
+import { backoffDelay } from '../util/backoff.js';
+import { sleep } from '../util/sleep.js';
 
 export interface ConsumerLoop {
   nc: NatsConnection;

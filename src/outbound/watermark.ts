@@ -1,4 +1,4 @@
-import type { Lsn } from './types.js';
+import type { Lsn } from '../source/types.js';
 
 /**
  * One transaction's bookkeeping: how many of its messages are still unsettled, and its commit
