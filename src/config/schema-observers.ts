@@ -1,0 +1,166 @@
+/** `[observers]`: its publish, subscribe and rules arrays, and the top-level `[[observers]]` form. */
+import { z } from 'zod';
+import {
+  arrayOfTables,
+  bool,
+  checked,
+  describeValue,
+  duration,
+  expected,
+  ignored,
+  int,
+  qualifiedName,
+  type RawIssue,
+  str,
+  subject,
+  table,
+  text,
+} from './fields.js';
+import { OBSERVERS_IGNORED_KEYS } from './keys.js';
+import { checkConsumerName, isGraphQLName } from './names.js';
+import { actions } from './schema-actions.js';
+
+const OPERATIONS = ['INSERT', 'UPDATE', 'DELETE', 'CREATE', 'CUSTOM'] as const;
+type ChangeOperation = (typeof OPERATIONS)[number];
+const isChangeOperation = (s: string): s is ChangeOperation => (OPERATIONS as readonly string[]).includes(s);
+const OPERATION_LIST = OPERATIONS.map((o) => `"${o}"`).join(', ');
+
+export const publishShape = {
+  mutation: checked('a mutation name such as "create_order"', (s) =>
+    /^\S+$/.test(s) ? undefined : 'is not a mutation name (it is empty or contains whitespace)',
+  ).optional(),
+  entity: checked('a GraphQL type name such as "Order"', (s) =>
+    isGraphQLName(s)
+      ? undefined
+      : 'is not a GraphQL type name (letters, digits and "_", not starting with a digit, e.g. "Order")',
+  ).optional(),
+  operation: str(`one of ${OPERATION_LIST}`)
+    .transform((s, ctx): ChangeOperation => {
+      const upper = s.trim().toUpperCase();
+      if (isChangeOperation(upper)) return upper;
+      ctx.addIssue({
+        code: 'custom',
+        message: `${describeValue(s)} is not a change-log operation; allowed values: ${OPERATION_LIST}`,
+        input: s,
+      });
+      return z.NEVER;
+    })
+    .optional(),
+  subject: subject(false),
+  subscription_topic: text('a subscription topic such as "order_created"').optional(),
+  actions: actions('[[observers.publish.actions]]'),
+};
+
+const publishSchema = z.strictObject(publishShape, table('[[observers.publish]]')).superRefine((p, ctx) => {
+  if (p.mutation === undefined && p.entity === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      message:
+        'this publish entry has neither a mutation nor an entity, so nothing would trigger it; add ' +
+        'mutation = "create_order" (the events that mutation emits) or entity = "Order" (rows of FraiseQL\'s ' +
+        'change log for that type, optionally narrowed by operation = "INSERT")',
+      input: p,
+    });
+  } else if (p.mutation !== undefined && p.entity !== undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['entity'],
+      message:
+        'is set together with mutation; keep exactly one of them (mutation: the events that mutation emits; ' +
+        'entity: the change-log rows of that type), or write two [[observers.publish]] entries',
+      input: p,
+    });
+  } else if (p.operation !== undefined && p.entity === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['operation'],
+      message: 'only applies to an entity entry; add entity = "Order" or remove operation',
+      input: p,
+    });
+  }
+});
+
+export const subscribeShape = {
+  subject: subject(true),
+  handler: qualifiedName('SQL function name', '"fn_reserve_inventory" or "inventory.fn_reserve"'),
+  consumer: checked('a durable consumer name such as "inventory-service"', (s) => {
+    const p = checkConsumerName(s);
+    return p && `is not a valid consumer name: it ${p}`;
+  }).optional(),
+  max_deliver: int(1).default(5),
+  ack_wait: duration().prefault('30s'),
+  backoff: z.array(duration(), { error: expected('an array of durations such as ["1s", "10s", "1m"]') }).default([]),
+  concurrency: int(1).default(1),
+};
+
+const subscribeSchema = z.strictObject(subscribeShape, table('[[observers.subscribe]]')).superRefine((s, ctx) => {
+  if (s.backoff.length > 0 && s.max_deliver <= s.backoff.length) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['max_deliver'],
+      message:
+        `(${s.max_deliver}) must be greater than the number of backoff entries (${s.backoff.length}), ` +
+        'or JetStream rejects the consumer; raise max_deliver or shorten backoff',
+      input: s.max_deliver,
+    });
+  }
+});
+
+const EVENTS = ['INSERT', 'UPDATE', 'DELETE'] as const;
+type RowEvent = (typeof EVENTS)[number];
+const isRowEvent = (s: string): s is RowEvent => (EVENTS as readonly string[]).includes(s);
+
+export const ruleShape = {
+  table: qualifiedName('table name', '"tb_order" or "public.tb_order"'),
+  event: str('"INSERT", "UPDATE" or "DELETE"').transform((s, ctx): RowEvent => {
+    const upper = s.trim().toUpperCase();
+    if (isRowEvent(upper)) return upper;
+    ctx.addIssue({
+      code: 'custom',
+      message: `${describeValue(s)} is not a row event; use "INSERT", "UPDATE" or "DELETE" (one per rule)`,
+      input: s,
+    });
+    return z.NEVER;
+  }),
+  subject: subject(false).optional(),
+  before_image: bool().default(false),
+  actions: actions('[[observers.rules.actions]]'),
+  /** FraiseQL's `[observers.retry]`: accepted and ignored */
+  retry: z.unknown().optional(),
+};
+
+const ruleSchema = z.strictObject(ruleShape, table('[[observers.rules]]')).superRefine((r, ctx) => {
+  if (r.subject === undefined && r.actions.length === 0) {
+    ctx.addIssue({
+      code: 'custom',
+      message:
+        'this rule has neither a subject nor actions, so it would do nothing; add subject = "fraiseql.<entity>.<event>" ' +
+        'to publish the change to NATS, and/or an actions entry ([[observers.rules.actions]] with type = "webhook")',
+      input: r,
+    });
+  }
+});
+
+const BACKENDS = ['nats', 'webhook'] as const;
+
+export const observersShape = {
+  backend: z
+    .enum(BACKENDS, {
+      error: (iss: RawIssue) =>
+        `${describeValue(iss.input)} is not a supported backend; allowed values: ${BACKENDS.map((b) => `"${b}"`).join(', ')}` +
+        (iss.input === 'redis' || iss.input === 'postgres'
+          ? ` (FraiseQL's own "${iss.input}" observer backend is not used by the relay)`
+          : ''),
+    })
+    .default('nats'),
+  nats_url: text('a NATS server URL such as "nats://localhost:4222"', true).optional(),
+  publish: z.array(publishSchema, arrayOfTables('[[observers.publish]]')).default([]),
+  subscribe: z.array(subscribeSchema, arrayOfTables('[[observers.subscribe]]')).default([]),
+  rules: z.array(ruleSchema, arrayOfTables('[[observers.rules]]')).default([]),
+  ...ignored(OBSERVERS_IGNORED_KEYS),
+};
+
+export const observersSchema = z.strictObject(observersShape, table('[observers]'));
+
+/** The top-level `[[observers]]` form: an array of table rules. */
+export const legacyObserversSchema = z.array(ruleSchema);
