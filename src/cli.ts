@@ -5,7 +5,7 @@ import { createLogger, type Logger } from './util/log.js';
 import { UsageError, errorMessage } from './util/errors.js';
 import { setDatabaseCaFile } from './util/db.js';
 import { runMigrate } from './commands/migrate.js';
-import { runRelay } from './commands/run.js';
+import { runDaemon } from './daemon.js';
 import { runCheck } from './commands/check.js';
 import { runTeardown } from './commands/teardown.js';
 import { runDemo } from './commands/demo.js';
@@ -78,7 +78,7 @@ export function buildProgram(): Command {
     .action((o: GlobalOpts) =>
       guard(async () => {
         const { config, log } = setup(o);
-        return runRelay(config, log);
+        return runDaemon(config, log);
       }).then(() => {
         // the relay has stopped and confirmed what it published; a connection attempt still
         // pending (say, to an unreachable NATS) must not keep the process alive

@@ -1,21 +1,27 @@
-import { jetstreamManager } from '@nats-io/jetstream';
 import type { Config } from './config/load.js';
 import type { Logger } from './util/log.js';
-import type { Relay } from './relay/relay.js';
 import { needsSlot } from './schema/migrate.js';
+import { Relay, type RelayOptions } from './relay/relay.js';
 import { RelayMetrics } from './ops/metrics.js';
 import { Health } from './ops/health.js';
 import { startHttp } from './ops/http.js';
-import { findStream } from './sink/stream.js';
+
+/** A relay with its health and metrics served over HTTP at `[relay] listen`. */
+export interface Daemon {
+  relay: Relay;
+  metrics: RelayMetrics;
+  health: Health;
+  /** the HTTP port actually bound (`listen = ":0"` picks a free one) */
+  port: number;
+  /** Stops the relay (bounded by `[relay] shutdown_timeout`), then the HTTP server. */
+  stop(): Promise<void>;
+}
 
 /**
- * Connects the relay's lifecycle to /livez, /readyz and /metrics: one place that turns events
- * (took over, NATS down, slot lag, heartbeat back) into gauges, readiness and one log line per
- * state change.
+ * Turns the relay's events into gauges, counters, readiness and one log line per state change,
+ * and watches that heartbeats keep coming back. Returns what stops the watching.
  */
-export async function startOps(config: Config, relay: Relay, log: Logger): Promise<{ close(): Promise<void>; metrics: RelayMetrics; health: Health; port: number }> {
-  const metrics = new RelayMetrics();
-  const health = new Health();
+export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics, health: Health, log: Logger): () => void {
   const olog = log.child({ component: 'health' });
   const outbound = needsSlot(config);
   const nats = config.observers.backend === 'nats';
@@ -27,119 +33,170 @@ export async function startOps(config: Config, relay: Relay, log: Logger): Promi
     health.register('slot', 'slot not inspected yet');
   }
 
-  relay.events = {
-    onActive: (active) => {
-      metrics.active.set(active ? 1 : 0);
-      health.set('role', active, 'standby: another relay holds the leader lock');
-      // a standby has no heartbeat of its own to wait for; the active one starts the clock anew
-      health.set('heartbeat', !active, 'no heartbeat has come back yet');
-      if (active) health.set('postgres', true);
-    },
-    onDurable: (lsn) => metrics.confirmed(lsn),
-    onPublished: (msg) => metrics.published(msg.subject, msg.commitMs ?? 0),
-    onHeartbeat: (lagMs) => {
-      metrics.heartbeatReturned(lagMs / 1000);
-      if (!health.ready().ready || health.ready().reasons['heartbeat']) olog.info({ lag_ms: Math.round(lagMs) }, 'heartbeat back: the data path flows');
-      health.set('heartbeat', true);
-    },
-    onSlot: (s) => {
-      health.set('postgres', true);
-      if (!s.exists) {
-        health.set('slot', false, `replication slot ${config.relay.slot} does not exist: run fraiseql-relay migrate`);
-        return;
-      }
-      metrics.slotLagBytes.set(s.lagBytes);
-      metrics.slotRetainedBytes.set(s.retainedBytes);
-      metrics.setSafeWalBytes(s.safeWalBytes);
-      metrics.setWalStatus(s.walStatus);
-      const over = s.lagBytes > config.relay.max_lag;
-      health.set('slot', !over && s.walStatus !== 'lost', s.walStatus === 'lost' ? 'slot invalidated (wal_status = lost)' : `slot lag ${s.lagBytes} bytes exceeds [relay] max_lag (${config.relay.max_lag})`);
-    },
-    onReconnect: () => metrics.reconnects.inc({ target: 'postgres' }),
-    onNats: (up) => {
-      metrics.up.set({ target: 'nats' }, up ? 1 : 0);
-      if (!up) metrics.reconnects.inc({ target: 'nats' });
-      health.set('nats', up, 'NATS is unreachable');
-    },
-  };
-  relay.inboundStats.onOutcome = (consumer, outcome) => {
-    metrics.handlerCalls.inc({ consumer, outcome });
-    if (outcome === 'dead_lettered') metrics.deadLetters.inc({ direction: 'inbound' });
-  };
+  relay.on('active', (active) => {
+    metrics.active.set(active ? 1 : 0);
+    health.set('role', active, 'standby: another relay holds the leader lock');
+    // a standby has no heartbeat of its own to wait for; the active one starts the clock anew
+    health.set('heartbeat', !active, 'no heartbeat has come back yet');
+    if (active) health.set('postgres', true);
+  });
+  relay.on('durable', (lsn) => metrics.confirmed(lsn));
+  relay.on('published', (msg) => metrics.published(msg.subject, msg.commitMs ?? 0));
+  relay.on('unrouted', () => metrics.eventsUnrouted.inc());
+  relay.on('deadLetter', (direction) => metrics.deadLetters.inc({ direction }));
+  relay.on('heartbeat', (lagMs) => {
+    metrics.heartbeatReturned(lagMs / 1000);
+    if (!health.ready().ready || health.ready().reasons['heartbeat']) olog.info({ lag_ms: Math.round(lagMs) }, 'heartbeat back: the data path flows');
+    health.set('heartbeat', true);
+  });
+  relay.on('slot', (s) => {
+    health.set('postgres', true);
+    if (!s.exists) {
+      health.set('slot', false, `replication slot ${config.relay.slot} does not exist: run fraiseql-relay migrate`);
+      return;
+    }
+    metrics.slotLagBytes.set(s.lagBytes);
+    metrics.slotRetainedBytes.set(s.retainedBytes);
+    metrics.setSafeWalBytes(s.safeWalBytes);
+    metrics.setWalStatus(s.walStatus);
+    const over = s.lagBytes > config.relay.max_lag;
+    health.set('slot', !over && s.walStatus !== 'lost', s.walStatus === 'lost' ? 'slot invalidated (wal_status = lost)' : `slot lag ${s.lagBytes} bytes exceeds [relay] max_lag (${config.relay.max_lag})`);
+  });
+  relay.on('reconnect', (target) => metrics.reconnects.inc({ target }));
+  relay.on('nats', (up) => {
+    metrics.up.set({ target: 'nats' }, up ? 1 : 0);
+    if (!up) metrics.reconnects.inc({ target: 'nats' });
+    health.set('nats', up, 'NATS is unreachable');
+  });
+  relay.on('handler', (consumer, outcome) => metrics.handlerCalls.inc({ consumer, outcome }));
+  relay.on('webhook', (outcome) => metrics.webhookDeliveries.inc({ outcome }));
 
-  // a loop that turns: proves liveness and samples what is cheaper to poll than to push
-  let last = { deadOut: 0, unrouted: 0, hooks: { delivered: 0, retried: 0, deadLettered: 0 } };
+  // a loop that turns: proves liveness, samples the in-flight gauges and notices a stuck data path
   let stuckLogged = false;
   const tick = () => {
     health.touch();
-    const runner = relay.outboundRunner;
-    const st = relay.stats;
-    if (st.deadLettered > last.deadOut) metrics.deadLetters.inc({ direction: 'outbound' }, st.deadLettered - last.deadOut);
-    if (st.unrouted > last.unrouted) metrics.eventsUnrouted.inc(st.unrouted - last.unrouted);
-    const w = relay.webhookStats;
-    if (w.delivered > last.hooks.delivered) metrics.webhookDeliveries.inc({ outcome: 'delivered' }, w.delivered - last.hooks.delivered);
-    if (w.retried > last.hooks.retried) metrics.webhookDeliveries.inc({ outcome: 'retried' }, w.retried - last.hooks.retried);
-    if (w.deadLettered > last.hooks.deadLettered) {
-      metrics.webhookDeliveries.inc({ outcome: 'dead_lettered' }, w.deadLettered - last.hooks.deadLettered);
-      metrics.deadLetters.inc({ direction: 'webhook' }, w.deadLettered - last.hooks.deadLettered);
-    }
-    last = { deadOut: st.deadLettered, unrouted: st.unrouted, hooks: { delivered: w.delivered, retried: w.retried, deadLettered: w.deadLettered } };
-    const session = runner?.currentSession;
-    const inFlight = session?.sinkInFlight ?? { messages: 0, bytes: 0 };
-    metrics.inFlightMessages.set(inFlight.messages);
-    metrics.inFlightBytes.set(inFlight.bytes);
-    metrics.up.set({ target: 'postgres' }, runner ? (runner.connected ? 1 : 0) : 1);
-    if (runner?.isActive) {
-      const back = runner.heartbeatBack?.at.getTime() ?? runner.activeSince;
-      const silent = Date.now() - back;
-      if (silent > config.relay.heartbeat_timeout) {
-        const where = !runner.connected
-          ? `the replication connection is down (${runner.lastError ?? 'connecting'})`
-          : inFlight.messages > 0
-            ? `${inFlight.messages} messages are waiting for JetStream acknowledgements`
-            : 'changes are not arriving from PostgreSQL (is the walsender stuck, or the slot in use elsewhere?)';
-        health.set('heartbeat', false, `no heartbeat back for ${Math.round(silent / 1000)} s: ${where}`);
-        if (!stuckLogged) olog.warn({ silent_ms: silent, where }, 'no heartbeat came back in time: the data path is stuck');
-        stuckLogged = true;
-      } else {
-        stuckLogged = false;
-      }
+    const o = relay.outbound;
+    metrics.inFlightMessages.set(o?.inFlight.messages ?? 0);
+    metrics.inFlightBytes.set(o?.inFlight.bytes ?? 0);
+    metrics.up.set({ target: 'postgres' }, o ? (o.connected ? 1 : 0) : 1);
+    if (!o?.active) return;
+    const back = o.heartbeatBack?.at.getTime() ?? o.activeSince;
+    const silent = Date.now() - back;
+    if (silent > config.relay.heartbeat_timeout) {
+      const where = !o.connected
+        ? `the replication connection is down (${o.lastError ?? 'connecting'})`
+        : o.inFlight.messages > 0
+          ? `${o.inFlight.messages} messages are waiting for JetStream acknowledgements`
+          : 'changes are not arriving from PostgreSQL (is the walsender stuck, or the slot in use elsewhere?)';
+      health.set('heartbeat', false, `no heartbeat back for ${Math.round(silent / 1000)} s: ${where}`);
+      if (!stuckLogged) olog.warn({ silent_ms: silent, where }, 'no heartbeat came back in time: the data path is stuck');
+      stuckLogged = true;
+    } else {
+      stuckLogged = false;
     }
   };
   const timer = setInterval(tick, 1000);
   timer.unref();
 
   // consumers' pending and redelivered counts
-  const consumerTimer = config.observers.subscribe.length > 0 && nats
-    ? setInterval(() => void pollConsumers(), 15_000)
-    : null;
+  const consumerTimer =
+    config.observers.subscribe.length > 0 && nats
+      ? setInterval(() => {
+          relay.consumers().then(
+            (list) => {
+              for (const c of list) {
+                metrics.consumerPending.set({ consumer: c.consumer }, c.pending);
+                metrics.consumerRedelivered.set({ consumer: c.consumer }, c.redelivered);
+              }
+            },
+            () => {}, // NATS down: the nats readiness component says so
+          );
+        }, 15_000)
+      : null;
   consumerTimer?.unref();
-  async function pollConsumers(): Promise<void> {
-    const nc = relay.natsConnection;
-    if (!nc) return;
-    try {
-      const jsm = await jetstreamManager(nc);
-      for (const sub of config.observers.subscribe) {
-        const stream = await findStream(jsm, sub.subject);
-        if (!stream) continue;
-        const info = await jsm.consumers.info(stream, sub.consumer);
-        metrics.consumerPending.set({ consumer: sub.consumer }, info.num_pending);
-        metrics.consumerRedelivered.set({ consumer: sub.consumer }, info.num_redelivered);
-      }
-    } catch {
-      // NATS down: the nats readiness component says so
-    }
-  }
-
-  const http = await startHttp(config.relay.listen, { metrics, health, log: log.child({ component: 'http' }), liveStaleMs: Math.max(30_000, config.relay.heartbeat_timeout) });
-  return {
-    metrics,
-    health,
-    port: http.port,
-    async close() {
-      clearInterval(timer);
-      if (consumerTimer) clearInterval(consumerTimer);
-      await http.close();
-    },
+  return () => {
+    clearInterval(timer);
+    if (consumerTimer) clearInterval(consumerTimer);
   };
+}
+
+/**
+ * A relay, not started yet, with `/livez`, `/readyz` and `/metrics` already served at
+ * `[relay] listen` (readiness says what it waits for while it starts).
+ */
+async function openDaemon(config: Config, log: Logger, opts: RelayOptions): Promise<Daemon> {
+  const relay = new Relay(config, log, opts);
+  const metrics = new RelayMetrics();
+  const health = new Health();
+  const unobserve = observeRelay(config, relay, metrics, health, log);
+  let http;
+  try {
+    http = await startHttp(config.relay.listen, { metrics, health, log: log.child({ component: 'http' }), liveStaleMs: Math.max(30_000, config.relay.heartbeat_timeout) });
+  } catch (err) {
+    unobserve();
+    throw err;
+  }
+  const stop = async () => {
+    await relay.stop();
+    unobserve();
+    await http.close();
+  };
+  return { relay, metrics, health, port: http.port, stop };
+}
+
+/** Starts `relay`; when it cannot start, closes what it opened (a NATS connection would keep the process alive). */
+async function startRelay(daemon: Daemon, until: Promise<unknown> = new Promise(() => {})): Promise<void> {
+  try {
+    await Promise.race([daemon.relay.start(), until]);
+  } catch (err) {
+    await daemon.stop().catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * Starts a relay with `/livez`, `/readyz` and `/metrics` at `[relay] listen`. Rejects (with
+ * everything it opened closed again) when the relay cannot start.
+ */
+export async function startDaemon(config: Config, log: Logger, opts: RelayOptions = {}): Promise<Daemon> {
+  const daemon = await openDaemon(config, log, opts);
+  await startRelay(daemon);
+  daemon.health.set('postgres', true);
+  return daemon;
+}
+
+/**
+ * `fraiseql-relay run`: runs until SIGTERM/SIGINT, then stops cleanly (exit code 0). A condition
+ * the relay must not run on (an invalidated slot) stops it with exit code 1 and the explanation
+ * on stderr. A second signal exits at once.
+ */
+export async function runDaemon(config: Config, log: Logger): Promise<number> {
+  let signalled: NodeJS.Signals | null = null;
+  const stopped = new Promise<'signal'>((resolve) => {
+    const onSignal = (sig: NodeJS.Signals) => {
+      if (signalled) {
+        log.warn({ signal: sig }, 'second signal: exiting now');
+        process.exit(1);
+      }
+      signalled = sig;
+      log.info({ signal: sig }, 'stopping');
+      resolve('signal');
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+  const daemon = await openDaemon(config, log, {});
+  const failed = new Promise<Error>((resolve) => daemon.relay.once('fatal', resolve));
+  await startRelay(daemon, stopped);
+  if (!signalled) {
+    daemon.health.set('postgres', true);
+    log.info({ project: config.project.name, http: daemon.port }, 'relay running');
+  }
+  const why = await Promise.race([stopped, failed]);
+  await daemon.stop();
+  if (why instanceof Error) {
+    process.stderr.write(`fraiseql-relay: ${why.message}\n`);
+    return 1;
+  }
+  return 0;
 }

@@ -644,8 +644,8 @@ test('Dockerfile: non-root, tini, the listen port, the files the runtime reads',
   assert.equal(posix.dirname(script), dest.get('bin'), 'ENTRYPOINT runs the copied bin/');
   assert.match(read(join(ROOT, 'bin', 'fraiseql-relay.js')), /new URL\('\.\.\/dist\/cli\.js', import\.meta\.url\)/, 'bin/fraiseql-relay.js runs ../dist/cli.js');
   assert.equal(dest.get('dist'), posix.join(dest.get('bin')!, '..', 'dist'), 'dist/ is where bin/ looks for it');
-  assert.match(read(join(ROOT, 'src', 'migrate.ts')), /join\(dirname\(fileURLToPath\(import\.meta\.url\)\), '\.\.', 'sql'\)/, 'migrate reads ../sql relative to its module');
-  assert.equal(dest.get('sql'), posix.join(dest.get('dist')!, '..', 'sql'), 'sql/ is beside dist/ (migrate reads ../sql)');
+  assert.match(read(join(ROOT, 'src', 'schema', 'plan.ts')), /join\(dirname\(fileURLToPath\(import\.meta\.url\)\), '\.\.', '\.\.', 'sql'\)/, 'the migration plan (dist/schema/) reads ../../sql relative to its module');
+  assert.equal(dest.get('sql'), posix.join(dest.get('dist')!, '..', 'sql'), 'sql/ is beside dist/ (migrate reads ../../sql from dist/schema/)');
   assert.equal(dest.get('package.json'), posix.join(dest.get('dist')!, '..', 'package.json'), 'package.json ("type": "module") is beside dist/');
 
   // .dockerignore keeps the build context small and the host's build out

@@ -1,6 +1,7 @@
 /**
  * migrate() in-process against a real PostgreSQL: idempotent, safe to run concurrently, the
- * publication and names it creates, and the SQL API (emit, emit_mutation) it installs.
+ * publication and names it creates, the SQL API (emit, emit_mutation) it installs, and the one
+ * plan that `migrate --dry-run` prints and migrate runs.
  *
  * Replication slots are cluster-wide, so every database here gets its own slot name.
  */
@@ -10,7 +11,7 @@ import pg from 'pg';
 import { LocalPostgres } from '../src/local/postgres.js';
 import { parseConfig, type Config } from '../src/config/load.js';
 import { createLogger } from '../src/util/log.js';
-import { loadMigrations, migrate } from '../src/schema/migrate.js';
+import { formatPlan, loadMigrations, migrate, migrationPlan, planStatements } from '../src/schema/migrate.js';
 
 const log = createLogger('silent');
 let server: LocalPostgres;
@@ -24,8 +25,11 @@ after(async () => {
   await server?.destroy();
 });
 
-/** A fresh database and a config for it; `relay` is the body of the [relay] table. */
-async function fresh(relay = ''): Promise<{ url: string; config: Config }> {
+/**
+ * A fresh database and a config for it; `relay` is the body of the [relay] table, `observers`
+ * more [observers] arrays (e.g. [[observers.rules]]) after the publish entry.
+ */
+async function fresh(relay = '', observers = ''): Promise<{ url: string; config: Config }> {
   const name = `m${++dbCount}`;
   const url = await server.createDatabase(name);
   const toml = `
@@ -43,7 +47,7 @@ nats_url = "nats://127.0.0.1:4222"
 [[observers.publish]]
 mutation = "create_order"
 subject = "fraiseql.order.created"
-
+${observers}
 [relay]
 ${relay.includes('slot =') ? '' : `slot = "slot_${name}"\n`}${relay}
 `;
@@ -214,4 +218,112 @@ test('emit and emit_mutation record fraiseql.tenant_id and fraiseql.user_id from
     { what: 'fraiseql.ctx.none', operation: 'CUSTOM', entity_id: null, tenant_id: null, user_id: null },
     { what: 'update_order', operation: 'UPDATE', entity_id: '43', tenant_id: 'tenant-2', user_id: null },
   ]);
+});
+
+// ---------------------------------------------------------------------------------------------
+// one plan: migrate --dry-run prints exactly what migrate runs
+
+const RULES = `
+[[observers.rules]]
+table = "tb_order"
+event = "INSERT"
+subject = "fraiseql.order.inserted"
+
+[[observers.rules]]
+table = "tb_order"
+event = "UPDATE"
+subject = "fraiseql.order.updated"
+before_image = true
+`;
+
+/** What a dry run could have created: the relay's schema, the slot, any publication, the rule table's identity. */
+async function footprint(url: string, slot: string) {
+  return {
+    schema: (await rows(url, `SELECT 1 FROM pg_namespace WHERE nspname = 'fraiseql_relay'`)).length,
+    slots: (await rows(url, `SELECT 1 FROM pg_replication_slots WHERE slot_name = $1`, [slot])).length,
+    publications: (await rows<{ pubname: string }>(url, `SELECT pubname FROM pg_publication ORDER BY 1`)).map((r) => r.pubname),
+    identity: (await rows<{ i: string }>(url, `SELECT relreplident AS i FROM pg_class WHERE oid = 'public.tb_order'::regclass`))[0]?.i,
+  };
+}
+
+test('the dry run shows exactly the statements migrate runs, in order, and changes nothing', async () => {
+  const { url, config } = await fresh('', RULES);
+  await withDb(url, (c) =>
+    c.query(`CREATE SCHEMA core;
+             CREATE TABLE core.tb_entity_change_log (pk bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, object_type text, object_data jsonb);
+             CREATE TABLE public.tb_order (id integer PRIMARY KEY, status text)`),
+  );
+  const untouched = { schema: 0, slots: 0, publications: [], identity: 'd' };
+  assert.deepEqual(await footprint(url, config.relay.slot), untouched);
+
+  const plan = await migrationPlan(config);
+  assert.equal(plan.assumption, null, 'computed from the database');
+  const planned = planStatements(plan);
+  assert.deepEqual(await footprint(url, config.relay.slot), untouched, 'the dry run created nothing');
+
+  // what the plan holds, in order
+  const migrations = loadMigrations('fraiseql_relay');
+  assert.deepEqual(planned, [
+    `CREATE SCHEMA IF NOT EXISTS "fraiseql_relay"`,
+    `CREATE TABLE IF NOT EXISTS "fraiseql_relay".migrations (id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
+    ...migrations.flatMap((m) => ['BEGIN', m.sql.trim(), `INSERT INTO "fraiseql_relay".migrations (id, name) VALUES (${m.id}, '${m.name}')`, 'COMMIT']),
+    `CREATE PUBLICATION "fraiseql_relay_outbox" FOR TABLE "fraiseql_relay".outbox, "core"."tb_entity_change_log" WITH (publish = 'insert')`,
+    `ALTER TABLE "public"."tb_order" REPLICA IDENTITY FULL`,
+    `CREATE PUBLICATION "fraiseql_relay_tables" FOR TABLE "public"."tb_order" WITH (publish = 'insert, update')`,
+    `SELECT pg_create_logical_replication_slot('${config.relay.slot}', 'pgoutput')`,
+  ]);
+  // the printed dry run: the lock in the header, every statement, each step explained
+  const text = formatPlan(plan);
+  assert.match(text, /^-- .*\n-- .*advisory lock.*\n--   SELECT pg_advisory_lock\(hashtext\('fraiseql-relay\/migrate'\), hashtext\('fraiseql_relay'\)\);\n/);
+  for (const sql of planned) assert.ok(text.includes(sql.endsWith(';') ? sql : `${sql};`), `printed: ${sql.slice(0, 80)}`);
+  assert.match(text, /-- migration 001_core\.sql/);
+  assert.match(text, /-- before_image = true on public\.tb_order/);
+  assert.match(text, /-- publication fraiseql_relay_outbox: .*change log core\.tb_entity_change_log/);
+
+  const ran: string[] = [];
+  const first = await migrate(config, log, { onStatement: (sql) => ran.push(sql) });
+  assert.deepEqual(ran, planned, 'migrate ran exactly the planned statements');
+  assert.deepEqual(first.applied, ALL);
+  assert.equal(first.publicationCreated, true);
+  assert.equal(first.slotCreated, true);
+  assert.deepEqual(first.tableProblems, []);
+  assert.deepEqual(await footprint(url, config.relay.slot), {
+    schema: 1,
+    slots: 1,
+    publications: ['fraiseql_relay_outbox', 'fraiseql_relay_tables'],
+    identity: 'f',
+  });
+
+  // migrated: nothing left to create; only the statements that keep the publications exact
+  const again = planStatements(await migrationPlan(config));
+  assert.deepEqual(again, [
+    `ALTER PUBLICATION "fraiseql_relay_outbox" SET TABLE "fraiseql_relay".outbox, "core"."tb_entity_change_log"`,
+    `ALTER PUBLICATION "fraiseql_relay_outbox" SET (publish = 'insert')`,
+    `ALTER PUBLICATION "fraiseql_relay_tables" SET TABLE "public"."tb_order"`,
+    `ALTER PUBLICATION "fraiseql_relay_tables" SET (publish = 'insert, update')`,
+  ]);
+  const ranAgain: string[] = [];
+  const second = await migrate(config, log, { onStatement: (sql) => ranAgain.push(sql) });
+  assert.deepEqual(ranAgain, again);
+  assert.deepEqual(second.applied, []);
+  assert.equal(second.publicationCreated, false);
+  assert.equal(second.slotCreated, false);
+});
+
+test('a dry run that cannot reach the database prints the plan for an empty one and says so', async () => {
+  const { config } = await fresh('', RULES);
+  config.database.url = 'postgres://postgres@127.0.0.1:1/nowhere';
+  const plan = await migrationPlan(config);
+  assert.match(plan.assumption ?? '', /could not reach the database/);
+  assert.match(plan.assumption ?? '', /nothing is applied yet/);
+  assert.match(plan.assumption ?? '', /Rule tables are taken as written/);
+  const planned = planStatements(plan);
+  assert.equal(planned[0], `CREATE SCHEMA IF NOT EXISTS "fraiseql_relay"`);
+  assert.equal(planned.filter((s) => s === 'BEGIN').length, ALL.length);
+  assert.ok(planned.includes(`CREATE PUBLICATION "fraiseql_relay_outbox" FOR TABLE "fraiseql_relay".outbox WITH (publish = 'insert')`));
+  assert.ok(planned.includes(`ALTER TABLE "tb_order" REPLICA IDENTITY FULL`));
+  assert.ok(planned.includes(`CREATE PUBLICATION "fraiseql_relay_tables" FOR TABLE "tb_order" WITH (publish = 'insert, update')`));
+  assert.equal(planned.at(-1), `SELECT pg_create_logical_replication_slot('${config.relay.slot}', 'pgoutput')`);
+  const text = formatPlan(plan);
+  assert.match(text, /^-- could not reach the database/, 'the first line says so');
 });

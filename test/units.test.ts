@@ -3,12 +3,11 @@ import assert from 'node:assert/strict';
 import { AckWatermark } from '../src/outbound/watermark.js';
 import { pgTextArrayToJson, pgTimestampToIso } from '../src/route/pgtext.js';
 import { subjectMatches, filterCovers } from '../src/sink/subjects.js';
-import { backoffDelay } from '../src/relay/relay.js';
-import { OutboxRouter } from '../src/route/outbox.js';
+import { backoffDelay } from '../src/util/backoff.js';
+import { OutboxRouter, outboxRowChange } from '../src/route/outbox.js';
 import { parseConfig } from '../src/config/load.js';
 import { redactUrl, errorMessage } from '../src/util/errors.js';
 import { splitQualified, quoteQualified } from '../src/util/db.js';
-import type { Change, Relation } from '../src/source/types.js';
 
 describe('AckWatermark', () => {
   test('confirms only a fully settled prefix of transactions, at commit end LSNs', () => {
@@ -110,8 +109,7 @@ describe('OutboxRouter', () => {
     'fraiseql.toml',
     {},
   );
-  const relation: Relation = { id: 1, schema: 'fraiseql_relay', name: 'outbox', replicaIdentity: 'd', columns: [] };
-  const change = (row: Change['row']): Change => ({ op: 'INSERT', relation, row, oldRow: null, lsn: 0x16b3748n, xid: 731, commitTime: 0n });
+  const change = (row: Record<string, string | null>) => outboxRowChange('fraiseql_relay', row, '0/16B3748', 731);
   const router = new OutboxRouter(config, 'orders');
 
   test('fans a mutation out to every configured subject with the same body and stable ids', () => {

@@ -1,6 +1,6 @@
 /**
- * Small helpers shared by the benchmark orchestrator (bench/run.ts) and its child processes:
- * statistics, formatting, child-process handling and peak-RSS sampling from /proc.
+ * Small helpers shared by the benchmark orchestrator (bench/run.ts and its modules) and its
+ * child processes: statistics, formatting, child-process handling and peak-RSS sampling from /proc.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -51,6 +51,11 @@ export function fmtMs(x: number): string {
 export function fmtMB(kb: number): string {
   if (!Number.isFinite(kb) || kb <= 0) return '–';
   return `${Math.round(kb / 1024)} MB`;
+}
+
+/** Whole percent (e.g. 85 %). */
+export function fmtPct(x: number): string {
+  return Number.isFinite(x) ? `${Math.round(x)} %` : '–';
 }
 
 /** "median (min–max)" of a set of repetitions. */

@@ -5,10 +5,11 @@ import type { Logger } from '../util/log.js';
 import { connect, quoteIdent } from '../util/db.js';
 import { errorMessage, tlsHint } from '../util/errors.js';
 import { allowedPlugins, loadMigrations, needsSlot, outboxPublication } from '../schema/migrate.js';
-import { requiredSubjects } from '../sink/stream.js';
+import { requiredSubjects } from '../route/targets.js';
 import { filterCovers } from '../sink/subjects.js';
 import { checkHandler } from '../inbound/inbox.js';
 import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
+import { readSlot } from '../schema/slot.js';
 
 type Status = 'ok' | 'warn' | 'fail';
 interface Probe {
@@ -65,12 +66,7 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
     );
     if (needsSlot(config)) {
       const slot = config.relay.slot;
-      const r = await client.query<{ plugin: string; active_pid: number | null; wal_status: string | null; lag: string | null }>(
-        `SELECT plugin, active_pid, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag
-           FROM pg_replication_slots WHERE slot_name = $1`,
-        [slot],
-      );
-      const row = r.rows[0];
+      const row = await readSlot(client, slot);
       const allowed = await allowedPlugins(client);
       if (allowed && !allowed.includes(config.relay.plugin)) {
         out.push({
@@ -81,7 +77,7 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
       } else {
         out.push({ what: 'plugin', status: 'ok', detail: config.relay.plugin });
       }
-      if (!row) out.push({ what: 'slot', status: 'fail', detail: `${slot} is missing: run fraiseql-relay migrate` });
+      if (!row.exists) out.push({ what: 'slot', status: 'fail', detail: `${slot} is missing: run fraiseql-relay migrate` });
       else if (row.plugin !== config.relay.plugin) {
         out.push({
           what: 'slot',
@@ -89,12 +85,12 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
           detail: `${slot} uses plugin ${row.plugin}, but [relay] plugin = "${config.relay.plugin}": set plugin = "${row.plugin}" or recreate the slot`,
         });
       }
-      else if (row.wal_status === 'lost') out.push({ what: 'slot', status: 'fail', detail: `${slot} was invalidated (wal_status = lost)` });
+      else if (row.walStatus === 'lost') out.push({ what: 'slot', status: 'fail', detail: `${slot} was invalidated (wal_status = lost)` });
       else {
         out.push({
           what: 'slot',
           status: 'ok',
-          detail: `${slot}: plugin ${row.plugin}, ${row.active_pid ? `active (pid ${row.active_pid})` : 'inactive'}, wal_status ${row.wal_status ?? 'n/a'}, lag ${row.lag ?? '?'} bytes`,
+          detail: `${slot}: plugin ${row.plugin}, ${row.activePid ? `active (pid ${row.activePid})` : 'inactive'}, wal_status ${row.walStatus ?? 'n/a'}, lag ${row.confirmedLsn === null ? '?' : row.lagBytes} bytes`,
         });
       }
     }

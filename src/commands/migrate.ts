@@ -1,10 +1,10 @@
 import type { Config } from '../config/load.js';
 import type { Logger } from '../util/log.js';
-import { migrate, migrationPlan } from '../schema/migrate.js';
+import { formatPlan, migrate, migrationPlan } from '../schema/migrate.js';
 
 export async function runMigrate(config: Config, log: Logger, opts: { dryRun: boolean }): Promise<number> {
   if (opts.dryRun) {
-    process.stdout.write(migrationPlan(config));
+    process.stdout.write(formatPlan(await migrationPlan(config)));
     return 0;
   }
   const r = await migrate(config, log.child({ component: 'migrate' }));

@@ -3,11 +3,13 @@ import type { Logger } from '../util/log.js';
 import { withClient, quoteIdent } from '../util/db.js';
 import { UsageError } from '../util/errors.js';
 import { outboxPublication } from '../schema/migrate.js';
+import { tablesPublication } from '../schema/tables.js';
+import { readSlot } from '../schema/slot.js';
 
 /** Drops the slot and publications: the way to stop holding WAL. Tables and data stay. */
 export async function runTeardown(config: Config, log: Logger, yes: boolean): Promise<number> {
   const slot = config.relay.slot;
-  const pubs = [outboxPublication(config), `${config.relay.publication}_tables`];
+  const pubs = [outboxPublication(config), tablesPublication(config)];
   if (!yes) {
     throw new UsageError(
       `teardown drops replication slot "${slot}" and publications ${pubs.join(', ')}; events committed after that are not relayed ` +
@@ -15,11 +17,10 @@ export async function runTeardown(config: Config, log: Logger, yes: boolean): Pr
     );
   }
   await withClient(config.database.url, async (c) => {
-    const s = await c.query<{ active_pid: number | null }>(`SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, [slot]);
-    const row = s.rows[0];
-    if (row) {
-      if (row.active_pid !== null) {
-        throw new Error(`replication slot "${slot}" is in use by process ${row.active_pid}; stop the relay first`);
+    const row = await readSlot(c, slot);
+    if (row.exists) {
+      if (row.activePid !== null) {
+        throw new Error(`replication slot "${slot}" is in use by process ${row.activePid}; stop the relay first`);
       }
       await c.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
       log.info({ slot }, 'dropped replication slot');

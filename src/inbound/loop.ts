@@ -6,6 +6,20 @@ import { errorMessage } from '../util/errors.js';
 import { backoffDelay } from '../util/backoff.js';
 import { sleep } from '../util/sleep.js';
 
+/** Headers of a message as a plain object. */
+export function headerObject(m: JsMsg): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (m.headers) for (const [k] of m.headers) out[k] = m.headers.get(k);
+  return out;
+}
+
+/** The inbox key: Fraiseql-Event-Id, else Nats-Msg-Id, else stream and sequence. */
+export function eventIdOf(m: JsMsg): string {
+  const h = m.headers;
+  const id = h?.get('Fraiseql-Event-Id') || h?.get('Nats-Msg-Id');
+  return id || `${m.info.stream}:${m.seq}`;
+}
+
 export interface ConsumerLoop {
   nc: NatsConnection;
   stream: string;

@@ -5,34 +5,13 @@ import type { Logger } from '../util/log.js';
 import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
 import { errorMessage } from '../util/errors.js';
 import { backoffDelay } from '../util/backoff.js';
-import { sleep } from '../util/sleep.js';
-import { deadLetterThenTerm, runConsumer } from './loop.js';
-import { within } from '../util/sleep.js';
+import { sleep, within } from '../util/sleep.js';
+import { deadLetterThenTerm, eventIdOf, headerObject, runConsumer } from './loop.js';
 import type { InboxExecutor } from './inbox.js';
 import { isTransient, sqlState } from './sqlerrors.js';
 
-export interface InboundStats {
-  applied: number;
-  duplicates: number;
-  failed: number;
-  deadLettered: number;
-  /** per-consumer outcomes, for metrics */
-  onOutcome?: (consumer: string, outcome: 'applied' | 'duplicate' | 'failed' | 'dead_lettered') => void;
-}
-
-/** Headers of a message as a plain object. */
-export function headerObject(m: JsMsg): Record<string, string> {
-  const out: Record<string, string> = {};
-  if (m.headers) for (const [k] of m.headers) out[k] = m.headers.get(k);
-  return out;
-}
-
-/** The inbox key: Fraiseql-Event-Id, else Nats-Msg-Id, else stream and sequence. */
-export function eventIdOf(m: JsMsg): string {
-  const h = m.headers;
-  const id = h?.get('Fraiseql-Event-Id') || h?.get('Nats-Msg-Id');
-  return id || `${m.info.stream}:${m.seq}`;
-}
+/** What became of one delivery of an inbound event. */
+export type HandlerOutcome = 'applied' | 'duplicate' | 'failed' | 'dead_lettered';
 
 /**
  * One durable consumer feeding one SQL handler: up to `concurrency` messages at once (1 keeps
@@ -50,7 +29,7 @@ export class InboundWorker {
     private readonly rule: SubscribeRule,
     private readonly inbox: InboxExecutor,
     private readonly deadLetters: DeadLetterWriter,
-    private readonly stats: InboundStats,
+    private readonly onOutcome: (consumer: string, outcome: HandlerOutcome) => void,
     private readonly log: Logger,
   ) {}
 
@@ -88,9 +67,7 @@ export class InboundWorker {
         try {
           const outcome = await this.inbox.process(rule.consumer, eventId, m.subject, rule.handler, body);
           m.ack();
-          if (outcome === 'applied') this.stats.applied++;
-          else this.stats.duplicates++;
-          this.stats.onOutcome?.(rule.consumer, outcome);
+          this.onOutcome(rule.consumer, outcome);
           return;
         } catch (err) {
           if (isTransient(err)) {
@@ -103,8 +80,7 @@ export class InboundWorker {
             await sleep(backoffDelay(attempt, 200, 5_000));
             continue;
           }
-          this.stats.failed++;
-          this.stats.onOutcome?.(rule.consumer, 'failed');
+          this.onOutcome(rule.consumer, 'failed');
           const deliveries = m.info.deliveryCount;
           const reason = `${sqlState(err) ?? ''} ${errorMessage(err)}`.trim();
           if (deliveries >= rule.max_deliver) {
@@ -136,8 +112,7 @@ export class InboundWorker {
       attempts: m.info.deliveryCount,
     };
     if (!(await deadLetterThenTerm(m, entry, { deadLetters: this.deadLetters, stopping: () => this.stopping, log: this.log }))) return;
-    this.stats.deadLettered++;
-    this.stats.onOutcome?.(this.rule.consumer, 'dead_lettered');
+    this.onOutcome(this.rule.consumer, 'dead_lettered');
     this.log.warn({ consumer: this.rule.consumer, event_id: eventId, subject: m.subject, error }, 'inbound event dead-lettered');
   }
 

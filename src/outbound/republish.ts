@@ -3,8 +3,8 @@ import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-
 import { jetstream } from '@nats-io/jetstream';
 import type { Config } from '../config/load.js';
 import { connectionConfig, quoteIdent, rawTypes } from '../util/db.js';
-import { OUTBOX_COLUMNS, OutboxRouter } from '../route/outbox.js';
-import type { Change, Relation, TupleValue } from '../source/types.js';
+import { OUTBOX_COLUMNS, OutboxRouter, outboxRowChange } from '../route/outbox.js';
+import type { TupleValue } from '../source/types.js';
 
 export interface RepublishResult {
   rows: number;
@@ -26,7 +26,6 @@ export async function republishOutbox(config: Config, nc: NatsConnection, since:
   try {
     await client.query(`SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'`);
     const database = (await client.query<{ db: string }>('SELECT current_database() AS db')).rows[0]!.db;
-    const relation: Relation = { id: 0, schema: config.relay.schema, name: 'outbox', replicaIdentity: 'd', columns: [] };
     const router = new OutboxRouter(config, database);
     const js = jetstream(nc);
     const table = `${quoteIdent(config.relay.schema)}.outbox`;
@@ -47,8 +46,7 @@ export async function republishOutbox(config: Config, nc: NatsConnection, since:
       if (res.rows.length === 0) break;
       for (const row of res.rows) {
         result.rows++;
-        const change: Change = { op: 'INSERT', relation, row, oldRow: null, lsn: 0n, xid: 0, commitTime: 0n };
-        const routed = router.route(change);
+        const routed = router.route(outboxRowChange(config.relay.schema, row));
         if (routed.unrouted) result.unrouted++;
         for (const msg of routed.messages) {
           const h = natsHeaders();

@@ -2,10 +2,9 @@ import { hostname } from 'node:os';
 import type pg from 'pg';
 import type { Config } from '../config/load.js';
 import type { Logger } from '../util/log.js';
-import type { OutboundMessage } from '../source/types.js';
 import { quoteIdent } from '../util/db.js';
 import { OutboundSession, type OutboundDeps, type OutboundStats } from './session.js';
-import type { Sink } from '../sink/sink.js';
+import type { OutboundMessage, Sink } from '../sink/sink.js';
 import { OutboxRetention } from './retention.js';
 import { SlotError } from '../source/replication.js';
 import { errorMessage, tlsHint } from '../util/errors.js';
@@ -27,18 +26,29 @@ export interface RunnerOptions {
   slotPollMs: number;
 }
 
+/** What the outbound side tells its owner, as it happens. */
 export interface RunnerEvents {
+  /** this relay took over (true) or stood down (false) */
   onActive?: (active: boolean) => void;
+  /** the slot may be confirmed up to this position */
   onDurable?: (lsn: bigint) => void;
+  /** JetStream (or the webhook) acknowledged a message */
   onPublished?: (msg: OutboundMessage) => void;
+  /** a message could never be published: it is in the dead-letter table */
+  onDeadLetter?: (msg: OutboundMessage) => void;
+  /** a change was read that no rule routes */
+  onUnrouted?: () => void;
+  /** a heartbeat came back through the whole path, `lagMs` after it was emitted */
   onHeartbeat?: (lagMs: number) => void;
+  /** the slot was inspected */
   onSlot?: (s: SlotStats) => void;
+  /** the replication session failed and will be reconnected */
   onReconnect?: () => void;
   /** the relay cannot continue (slot invalidated): it should stop and exit non-zero */
   onFatal?: (err: Error) => void;
 }
 
-type SessionDeps = Omit<OutboundDeps, 'sink' | 'stats' | 'onDurable' | 'onHeartbeat' | 'onPublished' | 'log'>;
+type SessionDeps = Pick<OutboundDeps, 'config' | 'deadLetters' | 'database' | 'publications' | 'routerFor'>;
 
 /**
  * The outbound side's lifecycle: win the leader lock (or stand by), then keep a replication
@@ -164,6 +174,8 @@ export class OutboundRunner {
           this.stateDirty = true;
           this.events.onPublished?.(msg);
         },
+        onDeadLetter: (msg) => this.events.onDeadLetter?.(msg),
+        onUnrouted: () => this.events.onUnrouted?.(),
       });
       this.session = session;
       try {
@@ -183,7 +195,7 @@ export class OutboundRunner {
         this.events.onReconnect?.();
       } finally {
         this.connected = false;
-        (sink as { close?: () => void }).close?.();
+        sink.close();
       }
       this.session = null;
       const delay = backoffDelay(attempt++, this.opts.backoffMinMs, this.opts.backoffMaxMs);

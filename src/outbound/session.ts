@@ -1,19 +1,14 @@
 import type { Config } from '../config/load.js';
 import type { Logger } from '../util/log.js';
-import type { Change, OutboundMessage, Relation, Tuple, TupleValue } from '../source/types.js';
 import { AckWatermark, type TxnTicket } from './watermark.js';
 import { ReplicationConnection } from '../source/replication.js';
 import type { Decoder } from '../source/decoder.js';
 import { createDecoder } from '../source/plugin.js';
-import { parseFrame, XLOG_HEADER } from '../source/frames.js';
+import { parseFrame, xlogMessage, xlogStartText } from '../source/frames.js';
 import { formatLsn, PG_EPOCH_OFFSET_MS } from '../source/lsn.js';
-import { OutboxRouter, type RouteResult } from '../route/outbox.js';
-import type { TableRouter, ResolvedTable } from '../route/tables.js';
-import type { ChangeLogRouter } from '../route/changelog.js';
-import { tablesPublication } from '../schema/tables.js';
-import type { Sink } from '../sink/sink.js';
+import type { Router, RouterFor } from '../route/router.js';
+import type { OutboundMessage, Sink } from '../sink/sink.js';
 import type { DeadLetterWriter } from '../sink/deadletter.js';
-import { outboxPublication } from '../schema/migrate.js';
 import { errorMessage } from '../util/errors.js';
 import { heartbeatTime } from './heartbeat.js';
 import { sleep, within } from '../util/sleep.js';
@@ -38,19 +33,14 @@ export interface OutboundDeps {
   onHeartbeat?: (emittedAt: number) => void;
   /** a message was acknowledged by the sink */
   onPublished?: (msg: OutboundMessage) => void;
-  /** table rules, when configured */
-  tables?: TableRouter | null;
-  /** FraiseQL's change log, when streamed */
-  changeLog?: { table: ResolvedTable; router: ChangeLogRouter } | null;
-}
-
-type RelationKind = 'outbox' | 'table' | 'changelog';
-
-function toRecord(rel: Relation, t: Tuple): Record<string, TupleValue> {
-  const out: Record<string, TupleValue> = {};
-  const cols = rel.columns;
-  for (let i = 0; i < cols.length; i++) out[cols[i]!.name] = t[i];
-  return out;
+  /** a message could never be published and was recorded in the dead-letter table */
+  onDeadLetter?: (msg: OutboundMessage) => void;
+  /** a change was read that no rule routes */
+  onUnrouted?: () => void;
+  /** the publications streamed (pgoutput reads them; wal2json is given their tables) */
+  publications: string[];
+  /** which router a relation's changes go to */
+  routerFor: RouterFor;
 }
 
 /**
@@ -61,9 +51,9 @@ function toRecord(rel: Relation, t: Tuple): Record<string, TupleValue> {
 export class OutboundSession {
   private conn!: ReplicationConnection;
   private decoder!: Decoder;
-  private readonly router: OutboxRouter;
   private readonly watermark: AckWatermark;
-  private readonly kinds = new Map<number, RelationKind | null>();
+  /** relation id ▶ its router (null: nothing watches it), learned from Relation messages */
+  private readonly routers = new Map<number, Router | null>();
   private txn: TxnTicket | null = null;
   private commitTime = 0n;
   private commitMs = 0;
@@ -75,7 +65,6 @@ export class OutboundSession {
   private readonly finished: Promise<void>;
 
   constructor(private readonly deps: OutboundDeps) {
-    this.router = new OutboxRouter(deps.config, deps.database);
     this.watermark = new AckWatermark(
       0n,
       (lsn) => {
@@ -97,7 +86,7 @@ export class OutboundSession {
       url: config.database.url,
       slot: config.relay.slot,
       plugin: config.relay.plugin,
-      publications: config.observers.rules.length > 0 ? [outboxPublication(config), tablesPublication(config)] : [outboxPublication(config)],
+      publications: this.deps.publications,
       log,
     });
     this.decoder = createDecoder(config.relay.plugin, this.conn.tables);
@@ -139,18 +128,9 @@ export class OutboundSession {
     this.settleRun();
   }
 
-  /** Which router a relation's changes go to, or null when none watches it. */
-  private classify(rel: Relation): RelationKind | null {
-    const { config, tables, changeLog } = this.deps;
-    if (rel.schema === config.relay.schema && rel.name === 'outbox') return 'outbox';
-    if (tables?.watches(rel)) return 'table';
-    if (changeLog && rel.schema === changeLog.table.schema && rel.name === changeLog.table.name) return 'changelog';
-    return null;
-  }
-
   get sinkInFlight(): { messages: number; bytes: number } {
-    const s = this.deps.sink as { messagesInFlight: number; bytesInFlight?: number };
-    return { messages: s.messagesInFlight, bytes: s.bytesInFlight ?? 0 };
+    const s = this.deps.sink;
+    return { messages: s.messagesInFlight, bytes: s.bytesInFlight };
   }
 
   /** Ends the session at once without a final confirmation (leadership lost). */
@@ -205,7 +185,8 @@ export class OutboundSession {
   }
 
   private handleFrame(buf: Buffer): Promise<void> | undefined {
-    if (buf.length < XLOG_HEADER || buf[0] !== 0x77 /* w */) {
+    const data = xlogMessage(buf);
+    if (data === null) {
       const f = parseFrame(buf);
       if (f.kind === 'keepalive') {
         this.watermark.idleAdvance(f.walEnd);
@@ -213,8 +194,7 @@ export class OutboundSession {
       }
       return undefined;
     }
-    // XLogData, read in place: only a change needs its start LSN (walEnd and sendTime are unused)
-    const m = this.decoder.decode(buf.subarray(XLOG_HEADER));
+    const m = this.decoder.decode(data);
     switch (m.tag) {
       case 'begin':
         this.txn = this.watermark.begin(m.xid);
@@ -231,60 +211,38 @@ export class OutboundSession {
       }
       case 'relation': {
         const rel = m.relation;
-        this.kinds.set(rel.id, this.classify(rel));
+        this.routers.set(rel.id, this.deps.routerFor(rel));
         return undefined;
       }
       case 'insert':
       case 'update':
       case 'delete': {
-        let kind = this.kinds.get(m.relationId);
-        if (kind === undefined) {
-          // a decoder that announces relations implicitly (wal2json) is classified on first sight
+        let router = this.routers.get(m.relationId);
+        if (router === undefined) {
+          // a decoder that announces relations implicitly (wal2json) is routed on first sight
           const rel = this.decoder.relation(m.relationId);
-          kind = rel ? this.classify(rel) : null;
-          this.kinds.set(m.relationId, kind);
+          router = rel ? this.deps.routerFor(rel) : null;
+          this.routers.set(m.relationId, router);
         }
-        if (kind === null) return undefined;
+        if (router === null) return undefined;
         const t = this.txn;
         if (!t) throw new Error(`pgoutput ${m.tag} outside a transaction`);
-        const relation = this.decoder.relation(m.relationId)!;
-        let routed: RouteResult;
-        if (kind === 'outbox') {
-          if (m.tag !== 'insert') return undefined;
-          // the change's start LSN as PostgreSQL prints it, read without a BigInt
-          const lsnText = buf.readUInt32BE(1).toString(16).toUpperCase() + '/' + buf.readUInt32BE(5).toString(16).toUpperCase();
-          routed = this.router.routeTuple(relation, m.newTuple, lsnText, t.xid);
-        } else if (kind === 'changelog') {
-          if (m.tag !== 'insert') return undefined;
-          routed = this.deps.changeLog!.router.route({
-            op: 'INSERT',
-            relation,
-            row: toRecord(relation, m.newTuple),
-            oldRow: null,
-            lsn: buf.readBigUInt64BE(1),
-            xid: t.xid,
-            commitTime: this.commitTime,
-          });
-        } else {
-          const newTuple = m.tag === 'delete' ? null : m.newTuple;
-          const oldTuple = m.tag === 'insert' ? null : (m.oldTuple ?? m.keyTuple);
-          const keyOnly = m.tag !== 'insert' && m.oldTuple === null;
-          const change: Change = {
-            op: m.tag === 'insert' ? 'INSERT' : m.tag === 'update' ? 'UPDATE' : 'DELETE',
-            relation,
-            row: {},
-            oldRow: null,
-            lsn: buf.readBigUInt64BE(1),
-            xid: t.xid,
-            commitTime: this.commitTime,
-          };
-          routed = this.deps.tables!.route(change, newTuple, oldTuple, keyOnly);
-        }
+        const routed = router.route({
+          op: m.tag === 'insert' ? 'INSERT' : m.tag === 'update' ? 'UPDATE' : 'DELETE',
+          relation: this.decoder.relation(m.relationId)!,
+          newTuple: m.tag === 'delete' ? null : m.newTuple,
+          oldTuple: m.tag === 'insert' ? null : (m.oldTuple ?? m.keyTuple),
+          oldIsKey: m.tag !== 'insert' && m.oldTuple === null,
+          lsn: xlogStartText(buf),
+          xid: t.xid,
+          commitTime: this.commitTime,
+        });
         if (routed.unrouted) {
           this.deps.stats.unrouted++;
+          this.deps.onUnrouted?.();
           return undefined;
         }
-        return this.send(t, routed.messages);
+        return routed.messages.length === 0 ? undefined : this.send(t, routed.messages);
       }
       case 'message': {
         if (m.transactional && this.txn) {
@@ -300,7 +258,7 @@ export class OutboundSession {
   }
 
   /** Publishes messages in order; returns a promise only when a check needs I/O. */
-  private send(t: TxnTicket, messages: OutboundMessage[]): Promise<void> | undefined {
+  private send(t: TxnTicket, messages: readonly OutboundMessage[]): Promise<void> | undefined {
     const { sink } = this.deps;
     for (let i = 0; i < messages.length; i++) {
       const msg = messages[i]!;
@@ -351,6 +309,7 @@ export class OutboundSession {
       .then(
         () => {
           this.deps.stats.deadLettered++;
+          this.deps.onDeadLetter?.(msg);
           this.watermark.settle(t);
         },
         (err: unknown) => this.fail(new Error(`could not record a dead letter: ${errorMessage(err)}`)),

@@ -1,34 +1,38 @@
+import { EventEmitter } from 'node:events';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
 import type { Config } from '../config/load.js';
-import type { Logger } from '../util/log.js';
+import { createLogger, type Logger } from '../util/log.js';
 import { setDatabaseCaFile, withClient } from '../util/db.js';
+import { UsageError } from '../util/errors.js';
+import { formatLsn } from '../source/lsn.js';
 import { connectNats } from '../sink/nats.js';
 import { natsAuthOptions } from '../sink/natsauth.js';
 import { ensureStream, findStream } from '../sink/stream.js';
-import { jetstreamManager } from '@nats-io/jetstream';
-import { needsSlot } from '../schema/migrate.js';
-import { resolveChangeLog, resolveRuleTables } from '../schema/tables.js';
-import { TableRouter, type ResolvedTable } from '../route/tables.js';
+import { JetStreamSink } from '../sink/jetstream.js';
+import { DeadLetterWriter } from '../sink/deadletter.js';
+import type { Sink } from '../sink/sink.js';
+import { needsSlot, outboxPublication } from '../schema/migrate.js';
+import { resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
+import { OutboxRouter } from '../route/outbox.js';
+import { TableRouter } from '../route/tables.js';
 import { ChangeLogRouter, loadMutationMap } from '../route/changelog.js';
+import type { Router, RouterFor } from '../route/router.js';
+import { requiredSubjects } from '../route/targets.js';
 import { InboxExecutor, checkHandler } from '../inbound/inbox.js';
 import { ensureConsumer } from '../inbound/durable.js';
-import { InboundWorker, type InboundStats } from '../inbound/worker.js';
+import { InboundWorker } from '../inbound/worker.js';
 import { WebhookWorker } from '../webhook/worker.js';
 import { WebhookSink } from '../webhook/sink.js';
 import { resolveWebhookTarget, type WebhookTarget } from '../webhook/deliver.js';
-import type { Sink } from '../sink/sink.js';
 import { ruleWebhookSubject, webhookRoutes, type WebhookRoute } from '../webhook/route.js';
-import { JetStreamSink } from '../sink/jetstream.js';
-import { DeadLetterWriter } from '../sink/deadletter.js';
 import type { OutboundStats } from '../outbound/session.js';
-import { OutboundRunner, type RunnerEvents } from '../outbound/runner.js';
-import { UsageError } from '../util/errors.js';
-import { formatLsn } from '../source/lsn.js';
-import { backoffDelay } from '../util/backoff.js';
-
-export { backoffDelay };
+import { OutboundRunner } from '../outbound/runner.js';
+import type { ConsumerState, InboundStats, OutboundState, RelayEvents, WebhookStats } from './events.js';
 
 export interface RelayOptions {
+  /** where the relay logs; default: nothing is logged */
+  log?: Logger;
   /** first and longest pause between reconnection attempts */
   backoffMinMs?: number;
   backoffMaxMs?: number;
@@ -41,46 +45,75 @@ export interface RelayOptions {
 }
 
 /**
- * The daemon: builds the pipeline from the configuration and keeps it running. Any failure ends
- * the replication session; after a jittered pause a new one starts from the slot's confirmed
- * position, so nothing is retried out of order and nothing unacknowledged is confirmed.
+ * A running relay, built from a configuration: the outbound side (replication slot ▶ routers ▶
+ * JetStream or webhooks ▶ slot confirmation) and the inbound side (durable consumers ▶ SQL
+ * handlers, webhook deliverers). It tells what happens through typed events (see
+ * {@link RelayEvents}); `start()` connects, `stop()` drains and closes.
+ *
+ * Any failure of the outbound stream ends its replication session; after a jittered pause a new
+ * one starts from the slot's confirmed position, so nothing is retried out of order and nothing
+ * unacknowledged is confirmed.
  */
-export class Relay {
-  readonly inboundStats: InboundStats = { applied: 0, duplicates: 0, failed: 0, deadLettered: 0 };
-  readonly webhookStats = { delivered: 0, failed: 0, retried: 0, deadLettered: 0 };
+export class Relay extends EventEmitter<RelayEvents> {
+  private readonly inbound: InboundStats = { applied: 0, duplicates: 0, failed: 0, deadLettered: 0 };
+  private readonly webhooks: WebhookStats = { delivered: 0, retried: 0, deadLettered: 0 };
+  private readonly log: Logger;
   private inbox: InboxExecutor | null = null;
-  private tables: TableRouter | null = null;
-  private changeLog: { table: ResolvedTable; router: ChangeLogRouter } | null = null;
   private readonly workers: { stop(timeoutMs: number): Promise<void> }[] = [];
   private nc: NatsConnection | null = null;
   private deadLetters: DeadLetterWriter | null = null;
-  private outbound: OutboundRunner | null = null;
+  private runner: OutboundRunner | null = null;
   private stopping = false;
-  private fatalError: Error | null = null;
-  private fatalResolve!: (e: Error) => void;
-  /** resolves when the relay hit a condition it must not run on (exit non-zero) */
-  readonly fatal: Promise<Error> = new Promise((r) => (this.fatalResolve = r));
-  /** lifecycle hooks (metrics, health) */
-  events: RunnerEvents & { onNats?: (up: boolean) => void } = {};
-  natsUp = false;
+  private failure: Error | null = null;
 
+  constructor(
+    private readonly config: Config,
+    log?: Logger,
+    private readonly opts: RelayOptions = {},
+  ) {
+    super();
+    this.log = log ?? opts.log ?? createLogger('silent');
+  }
+
+  /** Counters of the outbound side since start. */
   get stats(): OutboundStats {
-    return this.outbound?.stats ?? { published: 0, unrouted: 0, deadLettered: 0, transactions: 0 };
+    return { ...(this.runner?.stats ?? { published: 0, unrouted: 0, deadLettered: 0, transactions: 0 }) };
   }
 
+  /** Counters of the handler calls since start. */
+  get inboundStats(): InboundStats {
+    return { ...this.inbound };
+  }
+
+  /** Counters of the webhook deliveries since start. */
+  get webhookStats(): WebhookStats {
+    return { ...this.webhooks };
+  }
+
+  /** The position up to which the slot is confirmed (0 before the first confirmation). */
   get confirmedLsn(): bigint {
-    return this.outbound?.confirmedLsn ?? 0n;
+    return this.runner?.confirmedLsn ?? 0n;
   }
 
-  get outboundRunner(): OutboundRunner | null {
-    return this.outbound;
+  /** The outbound side now, or null when the configuration streams nothing outbound. */
+  get outbound(): OutboundState | null {
+    const r = this.runner;
+    if (!r) return null;
+    return {
+      active: r.isActive,
+      activeSince: r.activeSince,
+      connected: r.connected,
+      lastError: r.lastError,
+      confirmedLsn: r.confirmedLsn,
+      heartbeatBack: r.heartbeatBack,
+      inFlight: r.currentSession?.sinkInFlight ?? { messages: 0, bytes: 0 },
+    };
   }
 
-  get natsConnection(): NatsConnection | null {
-    return this.nc;
+  /** The condition the relay stopped on (an invalidated slot), or null. */
+  get fatalError(): Error | null {
+    return this.failure;
   }
-
-  constructor(private readonly config: Config, private readonly log: Logger, private readonly opts: RelayOptions = {}) {}
 
   /** Connects, prepares the stream and starts streaming. Rejects on configuration problems. */
   async start(): Promise<void> {
@@ -106,29 +139,19 @@ export class Relay {
         url: config.observers.nats_url!,
         auth: natsAuthOptions(config.relay.nats),
         log: log.child({ component: 'nats' }),
-        onStatus: (up) => {
-          this.natsUp = up;
-          this.events.onNats?.(up);
-        },
+        onStatus: (up) => this.emit('nats', up),
       });
-      streamSubjects = await ensureStream(this.nc, config, log.child({ component: 'stream' }));
+      streamSubjects = await ensureStream(this.nc, config, requiredSubjects(config), log.child({ component: 'stream' }));
     }
     this.deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
-    if (config.observers.rules.length > 0) {
-      const { perRule } = await withClient(config.database.url, (c) => resolveRuleTables(c, config));
-      this.tables = new TableRouter(config, perRule, database, ruleWebhookSubject(config));
-    }
-    const changeLog = await withClient(config.database.url, (c) => resolveChangeLog(c, config));
-    if (changeLog) {
-      const mutations = config.relay.schema_file ? loadMutationMap(config.relay.schema_file) : null;
-      this.changeLog = { table: changeLog, router: new ChangeLogRouter(config, database, mutations) };
-      log.info({ table: `${changeLog.schema}.${changeLog.name}` }, "streaming FraiseQL's change log");
-    }
     if (needsSlot(config)) {
+      const routerFor = await this.routers(database);
       const targets = new Map(webhooks.map((w) => [w.route.subject, w.target]));
       let first = true;
       const makeSink = async (): Promise<Sink> => {
-        if (!nats) return new WebhookSink(targets, this.deadLetters!, config.relay.max_in_flight, log.child({ component: 'webhook' }), this.webhookStats);
+        if (!nats) {
+          return new WebhookSink(targets, this.deadLetters!, config.relay.max_in_flight, log.child({ component: 'webhook' }), (o) => this.onWebhook(o));
+        }
         const subjects = first ? streamSubjects : await this.streamSubjects();
         first = false;
         return new JetStreamSink(this.nc!, {
@@ -139,9 +162,10 @@ export class Relay {
           log: log.child({ component: 'publisher' }),
         });
       };
-      this.outbound = new OutboundRunner(
+      const publications = config.observers.rules.length > 0 ? [outboxPublication(config), tablesPublication(config)] : [outboxPublication(config)];
+      this.runner = new OutboundRunner(
         config,
-        { config, deadLetters: this.deadLetters, database, tables: this.tables, changeLog: this.changeLog },
+        { config, deadLetters: this.deadLetters, database, publications, routerFor },
         makeSink,
         log,
         {
@@ -151,17 +175,48 @@ export class Relay {
           leaderPollMs: this.opts.leaderPollMs ?? 2000,
           slotPollMs: this.opts.slotPollMs ?? 10_000,
         },
-        { ...this.events, onFatal: (err) => {
-          this.events.onFatal?.(err);
-          this.die(err);
-        } },
+        {
+          onActive: (active) => this.emit('active', active),
+          onDurable: (lsn) => this.emit('durable', lsn),
+          onPublished: (msg) => this.emit('published', msg),
+          onDeadLetter: (msg) => this.emit('deadLetter', 'outbound', msg.subject),
+          onUnrouted: () => this.emit('unrouted'),
+          onHeartbeat: (lagMs) => this.emit('heartbeat', lagMs),
+          onSlot: (s) => this.emit('slot', s),
+          onReconnect: () => this.emit('reconnect', 'postgres'),
+          onFatal: (err) => this.die(err),
+        },
       );
-      this.outbound.start();
+      this.runner.start();
     }
     if (nats) {
       await this.startWebhookWorkers(webhooks);
       if (config.observers.subscribe.length > 0) await this.startInbound();
     }
+  }
+
+  /** Which router each relation's changes go to: the outbox, rule tables, FraiseQL's change log. */
+  private async routers(database: string): Promise<RouterFor> {
+    const { config, log } = this;
+    const outbox = new OutboxRouter(config, database);
+    let tables: TableRouter | null = null;
+    if (config.observers.rules.length > 0) {
+      const { perRule } = await withClient(config.database.url, (c) => resolveRuleTables(c, config));
+      tables = new TableRouter(config, perRule, database, ruleWebhookSubject(config));
+    }
+    let changeLog: { schema: string; name: string; router: Router } | null = null;
+    const table = await withClient(config.database.url, (c) => resolveChangeLog(c, config));
+    if (table) {
+      const mutations = config.relay.schema_file ? loadMutationMap(config.relay.schema_file) : null;
+      changeLog = { ...table, router: new ChangeLogRouter(config, database, mutations) };
+      log.info({ table: `${table.schema}.${table.name}` }, "streaming FraiseQL's change log");
+    }
+    return (rel) => {
+      if (rel.schema === config.relay.schema && rel.name === 'outbox') return outbox;
+      if (tables?.watches(rel)) return tables;
+      if (changeLog && rel.schema === changeLog.schema && rel.name === changeLog.name) return changeLog.router;
+      return null;
+    };
   }
 
   /** backend = "nats": one durable consumer and in-order deliverer per webhook action. */
@@ -178,7 +233,7 @@ export class Relay {
         { subject: route.subject, consumer: route.consumer, handler: '', max_deliver: target.maxAttempts, ack_wait: Math.max(30_000, target.timeoutMs * 2), backoff: [], concurrency: 1 },
         log,
       );
-      const w = new WebhookWorker(this.nc!, stream, route.consumer, target, this.deadLetters!, this.webhookStats, log.child({ consumer: route.consumer }));
+      const w = new WebhookWorker(this.nc!, stream, route.consumer, target, this.deadLetters!, (o) => this.onWebhook(o), log.child({ consumer: route.consumer }));
       w.start();
       this.workers.push(w);
     }
@@ -199,40 +254,73 @@ export class Relay {
     if (problems.length > 0) throw new UsageError(problems.join('\n'));
     const jsm = await jetstreamManager(this.nc!);
     this.inbox = new InboxExecutor(config.database.url, config.relay.schema, subs.reduce((a, s) => a + s.concurrency, 0) + 1);
+    const onOutcome = (consumer: string, outcome: 'applied' | 'duplicate' | 'failed' | 'dead_lettered') => {
+      const s = this.inbound;
+      if (outcome === 'applied') s.applied++;
+      else if (outcome === 'duplicate') s.duplicates++;
+      else if (outcome === 'failed') s.failed++;
+      else s.deadLettered++;
+      this.emit('handler', consumer, outcome);
+      if (outcome === 'dead_lettered') this.emit('deadLetter', 'inbound', null);
+    };
     for (const rule of subs) {
       const stream = await findStream(jsm, rule.subject);
       if (!stream) throw new UsageError(`no JetStream stream captures subscribed subject ${rule.subject}`);
       await ensureConsumer(jsm, stream, rule, log);
-      const w = new InboundWorker(this.nc!, stream, rule, this.inbox, this.deadLetters!, this.inboundStats, log.child({ consumer: rule.consumer }));
+      const w = new InboundWorker(this.nc!, stream, rule, this.inbox, this.deadLetters!, onOutcome, log.child({ consumer: rule.consumer }));
       w.start();
       this.workers.push(w);
     }
   }
 
+  private onWebhook(outcome: 'delivered' | 'retried' | 'dead_lettered'): void {
+    const w = this.webhooks;
+    if (outcome === 'delivered') w.delivered++;
+    else if (outcome === 'retried') w.retried++;
+    else w.deadLettered++;
+    this.emit('webhook', outcome);
+    if (outcome === 'dead_lettered') this.emit('deadLetter', 'webhook', null);
+  }
+
+  /** Pending and redelivered counts of the subscriptions' durable consumers (asks NATS). */
+  async consumers(): Promise<ConsumerState[]> {
+    const nc = this.nc;
+    if (!nc) return [];
+    const jsm = await jetstreamManager(nc);
+    const out: ConsumerState[] = [];
+    for (const sub of this.config.observers.subscribe) {
+      const stream = await findStream(jsm, sub.subject);
+      if (!stream) continue;
+      const info = await jsm.consumers.info(stream, sub.consumer);
+      out.push({ consumer: sub.consumer, stream, pending: info.num_pending, redelivered: info.num_redelivered });
+    }
+    return out;
+  }
+
   private async streamSubjects(): Promise<string[]> {
     try {
-      return await ensureStream(this.nc!, this.config, this.log.child({ component: 'stream' }));
+      return await ensureStream(this.nc!, this.config, requiredSubjects(this.config), this.log.child({ component: 'stream' }));
     } catch {
       return [];
     }
   }
 
-  /** Stops reading, waits (bounded) for in-flight acks, confirms, closes. */
+  /** Stops reading, waits (bounded by `[relay] shutdown_timeout`) for in-flight acks, confirms, closes. */
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
     const bound = this.config.relay.shutdown_timeout;
-    await Promise.all([this.outbound?.stop(bound), ...this.workers.map((w) => w.stop(bound))]);
+    await Promise.all([this.runner?.stop(bound), ...this.workers.map((w) => w.stop(bound))]);
     await this.inbox?.close();
     await this.deadLetters?.close();
     await this.nc?.drain().catch(() => {});
-    this.log.info({ confirmed: formatLsn(this.confirmedLsn), outbound: this.stats, inbound: this.inboundStats, webhooks: this.webhookStats }, 'relay stopped');
+    this.log.info({ confirmed: formatLsn(this.confirmedLsn), outbound: this.stats, inbound: this.inbound, webhooks: this.webhooks }, 'relay stopped');
   }
 
-  /** A condition the relay must not run on (an invalidated slot): stop, and tell `run`. */
+  /** A condition the relay must not run on (an invalidated slot): say so once; the owner stops it. */
   private die(err: Error): void {
-    if (this.fatalError) return;
-    this.fatalError = err;
-    this.fatalResolve(err);
+    if (this.failure) return;
+    this.failure = err;
+    this.emit('fatal', err);
   }
 }

@@ -1,14 +1,10 @@
 import { readFileSync } from 'node:fs';
 import type { Config, PublishRule } from '../config/load.js';
-import type { Change, TupleValue } from '../source/types.js';
-import { formatLsn } from '../source/lsn.js';
+import type { TupleValue } from '../source/types.js';
 import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
 import { envelopeBody, fanOut, headerValue, sourceJsonPrefix, type Target } from './envelope.js';
-import { publishTargets } from '../webhook/route.js';
-import type { RouteResult } from './outbox.js';
-
-/** FraiseQL's change log, the source that needs no change to a service's mutation functions. */
-export const DEFAULT_CHANGE_LOG = 'core.tb_entity_change_log';
+import { publishTargets } from './targets.js';
+import { IGNORED, UNROUTED, tupleRecord, type RouteResult, type Router, type RowChange } from './router.js';
 
 /** INSERT/CREATE are one operation; everything is compared upper-case. */
 export function normalOperation(op: string): string {
@@ -68,7 +64,7 @@ const raw = (v: TupleValue): string => (v === null || v === undefined ? 'null' :
  * Rows of `core.tb_entity_change_log` → messages. A `[[observers.publish]]` entry matches by
  * `entity` (+ `operation`), or by `mutation` through the compiled schema's mutation map.
  */
-export class ChangeLogRouter {
+export class ChangeLogRouter implements Router {
   private readonly entries: { rule: PublishRule; entity: string; operation: string | null; targets: Target[] }[] = [];
   private readonly subscriptionPrefix: string;
 
@@ -85,12 +81,14 @@ export class ChangeLogRouter {
     });
   }
 
-  route(change: Change): RouteResult {
-    const r = change.row;
+  /** Routes an INSERT into the change log; any other change of the table is ignored. */
+  route(change: RowChange): RouteResult {
+    if (change.op !== 'INSERT' || change.newTuple === null) return IGNORED;
+    const r = tupleRecord(change.relation, change.newTuple);
     const eventId = r['id'];
     const objectType = r['object_type'];
     const verb = r['modification_type'];
-    if (typeof eventId !== 'string' || typeof objectType !== 'string' || typeof verb !== 'string') return { messages: [], unrouted: true };
+    if (typeof eventId !== 'string' || typeof objectType !== 'string' || typeof verb !== 'string') return UNROUTED;
     const op = normalOperation(verb);
     const targets: Target[] = [];
     let mutation: string | null = null;
@@ -99,7 +97,7 @@ export class ChangeLogRouter {
       targets.push(...e.targets);
       if (e.rule.mutation !== undefined) mutation ??= e.rule.mutation;
     }
-    if (targets.length === 0) return { messages: [], unrouted: true };
+    if (targets.length === 0) return UNROUTED;
 
     let traceparent: string | null = null;
     const tc = r['trace_context'];
@@ -128,7 +126,7 @@ export class ChangeLogRouter {
       userId: json(contact),
       occurredAt: typeof created === 'string' ? JSON.stringify(pgTimestampToIso(created)) : 'null',
       source: sourceJsonPrefix(this.database, change.relation.schema, change.relation.name),
-      lsn: formatLsn(change.lsn),
+      lsn: change.lsn,
       xid: change.xid,
     });
     const headers: Record<string, string> = {

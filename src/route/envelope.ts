@@ -1,4 +1,4 @@
-import type { OutboundMessage } from '../source/types.js';
+import type { OutboundMessage } from '../sink/sink.js';
 
 /** Fields of the message body (DESIGN.md §3.4), each already JSON text. */
 export interface EnvelopeJson {

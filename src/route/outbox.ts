@@ -1,15 +1,9 @@
 import type { Config } from '../config/load.js';
-import type { Change, OutboundMessage, Relation, Tuple, TupleValue } from '../source/types.js';
-import { formatLsn } from '../source/lsn.js';
+import type { Relation, Tuple, TupleValue } from '../source/types.js';
 import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
 import { envelopeBody, fanOut, headerValue, sourceJsonPrefix, type Target } from './envelope.js';
-import { publishTargets } from '../webhook/route.js';
-
-export interface RouteResult {
-  messages: OutboundMessage[];
-  /** the event was read but no rule routes it (acknowledged and counted, not published) */
-  unrouted: boolean;
-}
+import { publishTargets } from './targets.js';
+import { IGNORED, UNROUTED, type RouteResult, type Router, type RowChange } from './router.js';
 
 /** The outbox columns the router reads, in one fixed shape (text as PostgreSQL wrote it). */
 interface OutboxValues {
@@ -30,7 +24,7 @@ interface OutboxValues {
   createdAt: TupleValue;
 }
 
-/** The outbox columns an event is built from (replay SELECTs them by these names). */
+/** The outbox columns an event is built from (replay SELECTs them by these names, in this order). */
 export const OUTBOX_COLUMNS = [
   'id', 'subject', 'mutation', 'operation', 'entity_type', 'entity_id', 'entity', 'entity_before',
   'updated_fields', 'metadata', 'headers', 'tenant_id', 'user_id', 'traceparent', 'created_at',
@@ -52,7 +46,7 @@ const raw = (v: TupleValue): string => (v === null || v === undefined ? 'null' :
  * This is the relay's hot path: a row is read by column position (no per-row record), the body
  * is built as one string, and what only depends on the relation is computed once per relation.
  */
-export class OutboxRouter {
+export class OutboxRouter implements Router {
   private readonly byMutation = new Map<string, Target[]>();
   private readonly layouts = new WeakMap<Relation, RelationLayout>();
   private readonly subscriptionPrefix: string;
@@ -65,30 +59,11 @@ export class OutboxRouter {
     });
   }
 
-  /** Every subject the configuration can publish to (for the stream). */
-  static configuredSubjects(config: Config): string[] {
-    return [...new Set(config.observers.publish.map((p) => p.subject))];
-  }
-
-  /** Routes a row given by column name (replay reads rows with SELECT). */
-  route(change: Change): RouteResult {
-    const r = change.row;
-    return this.build(
-      {
-        id: r['id'], subject: r['subject'], mutation: r['mutation'], operation: r['operation'], entityType: r['entity_type'],
-        entityId: r['entity_id'], entity: r['entity'], entityBefore: r['entity_before'], updatedFields: r['updated_fields'],
-        metadata: r['metadata'], headers: r['headers'], tenantId: r['tenant_id'], userId: r['user_id'],
-        traceparent: r['traceparent'], createdAt: r['created_at'],
-      },
-      this.layout(change.relation).source,
-      formatLsn(change.lsn),
-      change.xid,
-    );
-  }
-
-  /** Routes a decoded tuple of the outbox relation (the streaming path); `lsn` as PostgreSQL prints it. */
-  routeTuple(relation: Relation, t: Tuple, lsn: string, xid: number): RouteResult {
-    const l = this.layout(relation);
+  /** Routes an INSERT into the outbox; any other change of the outbox is ignored. */
+  route(change: RowChange): RouteResult {
+    const t = change.newTuple;
+    if (change.op !== 'INSERT' || t === null) return IGNORED;
+    const l = this.layout(change.relation);
     const x = l.index;
     return this.build(
       {
@@ -98,8 +73,8 @@ export class OutboxRouter {
         traceparent: at(t, x[13]!), createdAt: at(t, x[14]!),
       },
       l.source,
-      lsn,
-      xid,
+      change.lsn,
+      change.xid,
     );
   }
 
@@ -118,14 +93,14 @@ export class OutboxRouter {
 
   private build(r: OutboxValues, source: string, lsn: string, xid: number): RouteResult {
     const eventId = r.id;
-    if (typeof eventId !== 'string') return { messages: [], unrouted: true };
+    if (typeof eventId !== 'string') return UNROUTED;
     const explicit = r.subject;
     const mutation = r.mutation;
     let targets: readonly Target[];
     if (typeof explicit === 'string') targets = [{ subject: explicit }];
     else if (typeof mutation === 'string') targets = this.byMutation.get(mutation) ?? [];
     else targets = [];
-    if (targets.length === 0) return { messages: [], unrouted: true };
+    if (targets.length === 0) return UNROUTED;
 
     const updated = r.updatedFields;
     const created = r.createdAt;
@@ -170,6 +145,31 @@ export class OutboxRouter {
 
     return { messages: fanOut(targets, eventId, headers, body, this.subscriptionPrefix), unrouted: false };
   }
+}
+
+const replayRelations = new Map<string, Relation>();
+
+/**
+ * An outbox row read by SELECT (replay), as the change the router reads from the stream: the row's
+ * values in {@link OUTBOX_COLUMNS} order, at WAL position `lsn` in transaction `xid`.
+ */
+export function outboxRowChange(schema: string, row: Readonly<Record<string, TupleValue>>, lsn = '0/0', xid = 0): RowChange {
+  let relation = replayRelations.get(schema);
+  if (!relation) {
+    const columns = OUTBOX_COLUMNS.map((name) => ({ flags: 0, name, typeOid: 25, typeMod: -1 }));
+    relation = { id: 0, schema, name: 'outbox', replicaIdentity: 'd', columns };
+    replayRelations.set(schema, relation);
+  }
+  return {
+    op: 'INSERT',
+    relation,
+    newTuple: OUTBOX_COLUMNS.map((c) => row[c] ?? null),
+    oldTuple: null,
+    oldIsKey: false,
+    lsn,
+    xid,
+    commitTime: 0n,
+  };
 }
 
 /** The value at column `i`, or null when the relation has no such column. */

@@ -1,15 +1,12 @@
 import type { Config, TableRule } from '../config/load.js';
-import type { Change, OutboundMessage, Relation, TupleValue } from '../source/types.js';
-import { formatLsn, pgMicrosToIso } from '../source/lsn.js';
+import type { Relation } from '../source/types.js';
+import { parseLsn, pgMicrosToIso } from '../source/lsn.js';
+import type { OutboundMessage } from '../sink/sink.js';
 import { rowToJson } from './values.js';
 import { envelopeBody, sourceJsonPrefix } from './envelope.js';
-import type { RouteResult } from './outbox.js';
+import { UNROUTED, type RouteResult, type Router, type RowChange } from './router.js';
 
-/** A rule table resolved to its real schema and name. */
-export interface ResolvedTable {
-  schema: string;
-  name: string;
-}
+import type { ResolvedTable } from '../schema/tables.js';
 
 /** `tb_order` → `Order`, `order_line` → `OrderLine`: FraiseQL's table ↔ type convention. */
 export function entityTypeOf(table: string): string {
@@ -43,7 +40,7 @@ interface RuleTarget {
 const key = (schema: string, name: string, op: string) => `${schema}\u0000${name}\u0000${op}`;
 
 /** Events straight from table changes (`[[observers.rules]]`): DESIGN.md §3.4 for table rules. */
-export class TableRouter {
+export class TableRouter implements Router {
   private readonly byTableOp = new Map<string, RuleTarget[]>();
 
   /**
@@ -77,12 +74,14 @@ export class TableRouter {
     return false;
   }
 
-  route(change: Change, newTuple: readonly TupleValue[] | null, oldTuple: readonly TupleValue[] | null, oldIsKeyOnly: boolean): RouteResult {
+  route(change: RowChange): RouteResult {
     const rel = change.relation;
     const targets = this.byTableOp.get(key(rel.schema, rel.name, change.op));
-    if (!targets || targets.length === 0) return { messages: [], unrouted: true };
+    if (!targets || targets.length === 0) return UNROUTED;
 
-    const eventId = walEventId(change.lsn, change.xid, this.database);
+    const { newTuple, oldTuple } = change;
+    const oldIsKeyOnly = change.oldIsKey;
+    const eventId = walEventId(parseLsn(change.lsn), change.xid, this.database);
     const after = newTuple ? rowToJson(rel, newTuple, oldIsKeyOnly ? null : oldTuple) : null;
     const before = oldTuple ? rowToJson(rel, oldTuple, null, oldIsKeyOnly) : null;
     const idIndex = rel.columns.findIndex((c) => c.name === 'id');
@@ -114,7 +113,7 @@ export class TableRouter {
       userId: 'null',
       occurredAt: JSON.stringify(pgMicrosToIso(change.commitTime)),
       source: sourceJsonPrefix(this.database, rel.schema, rel.name),
-      lsn: formatLsn(change.lsn),
+      lsn: change.lsn,
       xid: change.xid,
     });
     const headers: Record<string, string> = {

@@ -1,69 +1,70 @@
-import { readFileSync, readdirSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { dirname, join } from 'node:path';
 import type pg from 'pg';
 import type { Config } from '../config/load.js';
-import { connect, quoteIdent } from '../util/db.js';
-import { UsageError } from '../util/errors.js';
-import type { Logger } from '../util/log.js';
-import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from './tables.js';
+import { connect } from '../util/db.js';
+import { UsageError, errorMessage } from '../util/errors.js';
+import { createLogger, type Logger } from '../util/log.js';
+import { DEFAULT_CHANGE_LOG } from './tables.js';
+import { readSlot, type SlotStats } from './slot.js';
+import { buildPlan, emptyDatabaseState, inspectDatabase, migrateLockSql, needsSlot, type MigrationPlan } from './plan.js';
 
-export interface Migration {
-  id: number;
-  name: string;
-  sql: string;
-}
+export {
+  buildPlan,
+  formatPlan,
+  loadMigrations,
+  needsSlot,
+  outboxPublication,
+  planStatements,
+  type Migration,
+  type MigrationPlan,
+  type PlanStep,
+} from './plan.js';
 
-const SQL_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'sql');
-
-/** Numbered plain-SQL migrations from sql/, with the schema placeholder replaced. */
-export function loadMigrations(schema: string, dir = SQL_DIR): Migration[] {
-  return readdirSync(dir)
-    .filter((f) => /^\d+_.*\.sql$/.test(f))
-    .sort()
-    .map((f) => ({
-      id: Number.parseInt(f, 10),
-      name: f,
-      sql: readFileSync(join(dir, f), 'utf8').replaceAll('__SCHEMA__', quoteIdent(schema)),
-    }));
-}
-
-export function outboxPublication(config: Config): string {
-  return `${config.relay.publication}_outbox`;
-}
-
-/** The relay needs a slot when anything flows outbound (a subscriber-only service needs none). */
-export function needsSlot(config: Config): boolean {
-  const o = config.observers;
-  return o.publish.length > 0 || o.rules.length > 0 || o.subscribe.length === 0;
-}
-
-function publicationSql(config: Config): string {
-  const pub = quoteIdent(outboxPublication(config));
-  const table = `${quoteIdent(config.relay.schema)}.outbox`;
-  return `CREATE PUBLICATION ${pub} FOR TABLE ${table} WITH (publish = 'insert');`;
-}
-
-/** Every statement migrate may run, for `migrate --dry-run`. Changes nothing. */
-export function migrationPlan(config: Config): string {
-  const s = quoteIdent(config.relay.schema);
-  const out: string[] = [
-    `-- fraiseql-relay migrate (dry run): schema ${config.relay.schema}`,
-    `-- every step is skipped when already applied; each migration runs in its own transaction`,
-    `-- under the advisory lock pg_advisory_lock(hashtext('fraiseql-relay/migrate'), hashtext('${config.relay.schema}'))`,
-    `CREATE SCHEMA IF NOT EXISTS ${s};`,
-    `CREATE TABLE IF NOT EXISTS ${s}.migrations (id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());`,
-  ];
-  for (const m of loadMigrations(config.relay.schema)) {
-    out.push(`\n-- migration ${m.name}\nBEGIN;\n${m.sql.trim()}\nINSERT INTO ${s}.migrations (id, name) VALUES (${m.id}, '${m.name}');\nCOMMIT;`);
+/**
+ * What `migrate` would run now, for `migrate --dry-run`: the same plan migrate computes, from a
+ * read-only look at the database (inside a READ ONLY transaction, rolled back). It refuses the
+ * way migrate does (wal_level, an unusable slot, a missing rule table). When the database cannot
+ * be reached it is the plan for a database where nothing is applied yet, saying so. Changes nothing.
+ */
+export async function migrationPlan(config: Config): Promise<MigrationPlan> {
+  let client: pg.Client;
+  try {
+    client = await connect(config.database.url, { connectionTimeoutMillis: 5000 });
+  } catch (err) {
+    return buildPlan(config, emptyDatabaseState(config), unreachableNote(config, err));
   }
-  out.push(`\n-- publication (only changes of the outbox's INSERTs are streamed; cleanup deletes are not)`);
-  out.push(publicationSql(config));
-  if (needsSlot(config)) {
-    out.push(`\n-- permanent logical replication slot (created before producers write, never silently recreated)`);
-    out.push(`SELECT pg_create_logical_replication_slot('${config.relay.slot}', '${config.relay.plugin}');`);
+  try {
+    await client.query('BEGIN TRANSACTION READ ONLY');
+    await assertLogicalWal(client);
+    return await readPlan(client, config);
+  } finally {
+    await client.query('ROLLBACK').catch(() => {});
+    await client.end().catch(() => {});
   }
-  return out.join('\n') + '\n';
+}
+
+function unreachableNote(config: Config, err: unknown): string {
+  const setting = config.relay.change_log;
+  const changeLog =
+    setting === false
+      ? ''
+      : typeof setting === 'string'
+        ? `\nThe change log ${setting} is taken as written.`
+        : `\nFraiseQL's change log ${DEFAULT_CHANGE_LOG}, if it exists, is also added to the outbox publication (not shown).`;
+  return (
+    `could not reach the database (${errorMessage(err)}),\n` +
+    `so this is the plan for a database where nothing is applied yet.\n` +
+    `Rule tables are taken as written (not resolved through the search path, not checked for a replica identity).${changeLog}`
+  );
+}
+
+/**
+ * The slot (checked to be usable: refuse before changing anything) and the plan. Read-only; migrate
+ * calls it holding the advisory lock.
+ */
+async function readPlan(client: pg.Client, config: Config): Promise<MigrationPlan> {
+  const slot = needsSlot(config) ? await readSlot(client, config.relay.slot) : null;
+  if (slot) await assertSlotUsable(client, config, slot);
+  return buildPlan(config, await inspectDatabase(client, config, slot));
 }
 
 export interface MigrateResult {
@@ -72,6 +73,11 @@ export interface MigrateResult {
   tableProblems: string[];
   publicationCreated: boolean;
   slotCreated: boolean;
+}
+
+export interface MigrateOptions {
+  /** called with each plan statement just before it runs (and with ROLLBACK when a migration fails) */
+  onStatement?: (sql: string) => void;
 }
 
 function pluginHint(plugin: string): string {
@@ -95,21 +101,18 @@ export async function allowedPlugins(client: pg.Client): Promise<string[] | null
 
 /**
  * An existing slot must be a logical slot of this database with the configured plugin; a missing
- * one must be creatable with it. Fails with a UsageError (exit 2) naming both plugins.
+ * one must be creatable with it (`known`: the slot as already read by readSlot). Fails with a
+ * UsageError (exit 2) naming both plugins.
  */
-export async function assertSlotUsable(client: pg.Client, config: Config): Promise<void> {
+export async function assertSlotUsable(client: pg.Client, config: Config, known?: SlotStats): Promise<void> {
   const slot = config.relay.slot;
   const plugin = config.relay.plugin;
-  const found = await client.query<{ plugin: string; database: string; slot_type: string }>(
-    `SELECT plugin, database, slot_type FROM pg_replication_slots WHERE slot_name = $1`,
-    [slot],
-  );
-  const row = found.rows[0];
-  if (row) {
+  const row = known ?? (await readSlot(client, slot));
+  if (row.exists) {
     const db = (await client.query<{ db: string }>('SELECT current_database() AS db')).rows[0]?.db;
-    if (row.slot_type !== 'logical' || row.database !== db) {
+    if (row.slotType !== 'logical' || row.database !== db) {
       throw new UsageError(
-        `replication slot "${slot}" exists but is a ${row.slot_type} slot with plugin ${row.plugin} on database ${row.database}; ` +
+        `replication slot "${slot}" exists but is a ${row.slotType} slot with plugin ${row.plugin} on database ${row.database}; ` +
           `fraiseql-relay needs a logical ${plugin} slot on database ${db}. Choose another name with [relay] slot, ` +
           `or drop it (SELECT pg_drop_replication_slot('${slot}')) if nothing else uses it. Nothing was changed.`,
       );
@@ -126,7 +129,7 @@ export async function assertSlotUsable(client: pg.Client, config: Config): Promi
   if (allowed && !allowed.includes(plugin)) {
     throw new UsageError(
       `[relay] plugin = "${plugin}", but PostgreSQL's output_plugin_libraries ('${allowed.join(', ')}') does not allow it, ` +
-        `so the slot could not ${row ? 'stream' : 'be created'}.\n  ${pluginHint(plugin)} Nothing was changed.`,
+        `so the slot could not ${row.exists ? 'stream' : 'be created'}.\n  ${pluginHint(plugin)} Nothing was changed.`,
     );
   }
 }
@@ -146,87 +149,24 @@ export async function assertLogicalWal(client: pg.Client): Promise<void> {
 }
 
 /**
- * Creates or upgrades the relay's schema, functions, publication and slot. Idempotent and safe
- * to run concurrently: everything happens under a session advisory lock.
+ * Creates or upgrades the relay's schema, functions, publications and slot. Idempotent and safe
+ * to run concurrently: under a session advisory lock it computes the plan (the same one
+ * `migrate --dry-run` prints) and runs exactly its statements.
  */
-export async function migrate(config: Config, log: Logger): Promise<MigrateResult> {
+export async function migrate(config: Config, log: Logger = createLogger('silent'), opts: MigrateOptions = {}): Promise<MigrateResult> {
   const schema = config.relay.schema;
-  const s = quoteIdent(schema);
   const client = await connect(config.database.url);
   const result: MigrateResult = { applied: [], tableProblems: [], publicationCreated: false, slotCreated: false };
   try {
     await assertLogicalWal(client);
-    await client.query(`SELECT pg_advisory_lock(hashtext('fraiseql-relay/migrate'), hashtext($1))`, [schema]);
+    await client.query(migrateLockSql(schema, 'pg_advisory_lock'));
     try {
-      // refuse before changing anything when the slot cannot be the one configured
-      if (needsSlot(config)) await assertSlotUsable(client, config);
-      await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
-      await client.query(
-        `CREATE TABLE IF NOT EXISTS ${s}.migrations (id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
-      );
-      const done = new Set(
-        (await client.query<{ id: number }>(`SELECT id FROM ${s}.migrations`)).rows.map((r) => r.id),
-      );
-      for (const m of loadMigrations(schema)) {
-        if (done.has(m.id)) continue;
-        await client.query('BEGIN');
-        try {
-          await client.query(m.sql);
-          await client.query(`INSERT INTO ${s}.migrations (id, name) VALUES ($1, $2)`, [m.id, m.name]);
-          await client.query('COMMIT');
-        } catch (err) {
-          await client.query('ROLLBACK').catch(() => {});
-          throw new Error(`migration ${m.name} failed: ${(err as Error).message}`, { cause: err });
-        }
-        result.applied.push(m.name);
-        log.info({ migration: m.name }, 'applied migration');
-      }
-
-      const pub = outboxPublication(config);
-      const changeLog = await resolveChangeLog(client, config);
-      const tables = [`${s}.outbox`];
-      if (changeLog) tables.push(`${quoteIdent(changeLog.schema)}.${quoteIdent(changeLog.name)}`);
-      const existing = await client.query(`SELECT 1 FROM pg_publication WHERE pubname = $1`, [pub]);
-      if (existing.rowCount === 0) {
-        await client.query(`CREATE PUBLICATION ${quoteIdent(pub)} FOR TABLE ${tables.join(', ')} WITH (publish = 'insert')`);
-        result.publicationCreated = true;
-        log.info({ publication: pub, tables }, 'created publication');
-      } else {
-        // keep it exactly right on upgrade: only these tables, only inserts
-        await client.query(`ALTER PUBLICATION ${quoteIdent(pub)} SET TABLE ${tables.join(', ')}`);
-        await client.query(`ALTER PUBLICATION ${quoteIdent(pub)} SET (publish = 'insert')`);
-      }
-      if (changeLog) log.info({ table: `${changeLog.schema}.${changeLog.name}` }, "streaming FraiseQL's change log");
-
-      const problems = await migrateRuleTables(client, config, log);
-      result.tableProblems = problems;
-
-      if (needsSlot(config)) {
-        const slot = config.relay.slot;
-        const found = await client.query<{ plugin: string; database: string; slot_type: string }>(
-          `SELECT plugin, database, slot_type FROM pg_replication_slots WHERE slot_name = $1`,
-          [slot],
-        );
-        const row = found.rows[0];
-        const plugin = config.relay.plugin;
-        if (!row) {
-          try {
-            await client.query(`SELECT pg_create_logical_replication_slot($1, $2)`, [slot, plugin]);
-          } catch (err) {
-            const msg = (err as Error).message;
-            if (/could not access file|may not be used as an output plugin/.test(msg)) {
-              throw new UsageError(`cannot create replication slot "${slot}" with plugin ${plugin}: ${msg}\n  ${pluginHint(plugin)}`);
-            }
-            throw err;
-          }
-          result.slotCreated = true;
-          log.info({ slot, plugin }, 'created replication slot');
-        } else {
-          await assertSlotUsable(client, config);
-        }
-      }
+      const plan = await readPlan(client, config);
+      await runPlan(client, plan, result, log, opts.onStatement);
+      // the slot was there when the plan was made: it is still the configured one
+      if (needsSlot(config) && !result.slotCreated) await assertSlotUsable(client, config);
     } finally {
-      await client.query(`SELECT pg_advisory_unlock(hashtext('fraiseql-relay/migrate'), hashtext($1))`, [schema]).catch(() => {});
+      await client.query(migrateLockSql(schema, 'pg_advisory_unlock')).catch(() => {});
     }
   } finally {
     await client.end().catch(() => {});
@@ -234,42 +174,66 @@ export async function migrate(config: Config, log: Logger): Promise<MigrateResul
   return result;
 }
 
-/**
- * The table-rules publication: every rule table, publishing the operations the rules need.
- * `before_image = true` sets REPLICA IDENTITY FULL; a table without a usable replica identity
- * is reported and left out (adding it would make PostgreSQL reject the application's writes).
- */
-async function migrateRuleTables(client: pg.Client, config: Config, log: Logger): Promise<string[]> {
-  const pub = quoteIdent(tablesPublication(config));
-  const exists = (await client.query(`SELECT 1 FROM pg_publication WHERE pubname = $1`, [tablesPublication(config)])).rowCount === 1;
-  if (config.observers.rules.length === 0) return [];
-  const { tables } = await resolveRuleTables(client, config);
-  const problems: string[] = [];
-  const ok: string[] = [];
-  const ops = new Set<string>();
-  for (const t of tables) {
-    const q = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
-    if (t.beforeImage && t.replicaIdentity !== 'f') {
-      await client.query(`ALTER TABLE ${q} REPLICA IDENTITY FULL`);
-      log.info({ table: `${t.schema}.${t.name}` }, 'set REPLICA IDENTITY FULL (before_image = true)');
+/** Runs the plan's statements in order, one at a time, filling in the result and logging each step. */
+async function runPlan(
+  client: pg.Client,
+  plan: MigrationPlan,
+  result: MigrateResult,
+  log: Logger,
+  onStatement: ((sql: string) => void) | undefined,
+): Promise<void> {
+  const run = async (sql: string) => {
+    onStatement?.(sql);
+    await client.query(sql);
+  };
+  result.tableProblems = plan.tableProblems.map((p) => p.problem);
+  for (const step of plan.steps) {
+    switch (step.kind) {
+      case 'schema':
+        for (const sql of step.statements) await run(sql);
+        break;
+      case 'migration':
+        try {
+          for (const sql of step.statements) await run(sql);
+        } catch (err) {
+          onStatement?.('ROLLBACK');
+          await client.query('ROLLBACK').catch(() => {});
+          throw new Error(`migration ${step.name} failed: ${(err as Error).message}`, { cause: err });
+        }
+        result.applied.push(step.name);
+        log.info({ migration: step.name }, 'applied migration');
+        break;
+      case 'publication':
+        for (const sql of step.statements) await run(sql);
+        if (step.role === 'outbox') {
+          if (step.create) {
+            result.publicationCreated = true;
+            log.info({ publication: step.publication, tables: step.tables }, 'created publication');
+          }
+          if (plan.changeLog) log.info({ table: plan.changeLog }, "streaming FraiseQL's change log");
+          // the rule tables come next
+          for (const p of plan.tableProblems) log.warn({ table: p.table }, p.problem);
+        } else if (step.create) {
+          log.info({ publication: step.publication, tables: step.tables, publish: step.publish }, 'created publication');
+        }
+        break;
+      case 'replica-identity':
+        for (const sql of step.statements) await run(sql);
+        log.info({ table: step.table }, 'set REPLICA IDENTITY FULL (before_image = true)');
+        break;
+      case 'slot':
+        try {
+          for (const sql of step.statements) await run(sql);
+        } catch (err) {
+          const msg = (err as Error).message;
+          if (/could not access file|may not be used as an output plugin/.test(msg)) {
+            throw new UsageError(`cannot create replication slot "${step.slot}" with plugin ${step.plugin}: ${msg}\n  ${pluginHint(step.plugin)}`);
+          }
+          throw err;
+        }
+        result.slotCreated = true;
+        log.info({ slot: step.slot, plugin: step.plugin }, 'created replication slot');
+        break;
     }
-    const problem = identityProblem(t);
-    if (problem) {
-      problems.push(problem);
-      log.warn({ table: `${t.schema}.${t.name}` }, problem);
-      continue;
-    }
-    ok.push(q);
-    for (const e of t.events) ops.add(e.toLowerCase());
   }
-  if (ok.length === 0) return problems;
-  const publish = ['insert', 'update', 'delete'].filter((o) => ops.has(o)).join(', ');
-  if (!exists) {
-    await client.query(`CREATE PUBLICATION ${pub} FOR TABLE ${ok.join(', ')} WITH (publish = '${publish}')`);
-    log.info({ publication: tablesPublication(config), tables: ok, publish }, 'created publication');
-  } else {
-    await client.query(`ALTER PUBLICATION ${pub} SET TABLE ${ok.join(', ')}`);
-    await client.query(`ALTER PUBLICATION ${pub} SET (publish = '${publish}')`);
-  }
-  return problems;
 }

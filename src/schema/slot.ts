@@ -1,8 +1,14 @@
 import pg from 'pg';
-import { connectionConfig } from '../util/db.js';
+import { connectionConfig, quoteLiteral } from '../util/db.js';
 
 export interface SlotStats {
   exists: boolean;
+  /** the slot's output plugin (null for a physical slot, or when the slot does not exist) */
+  plugin: string | null;
+  /** the database a logical slot belongs to */
+  database: string | null;
+  /** 'logical' or 'physical' */
+  slotType: string | null;
   active: boolean;
   activePid: number | null;
   walStatus: string | null;
@@ -17,26 +23,50 @@ export interface SlotStats {
   flushLagSeconds: number | null;
 }
 
-/** One read of pg_replication_slots (and pg_stat_replication) for the slot. */
-export async function readSlot(client: pg.Client | pg.Pool, slot: string): Promise<SlotStats> {
-  const r = await client.query<{
-    active: boolean; active_pid: number | null; wal_status: string | null; lag: string | null; retained: string | null;
-    safe: string | null; confirmed: string | null; flush_lag: number | null;
-  }>(
-    `SELECT s.active, s.active_pid, s.wal_status,
+interface SlotRow {
+  plugin: string | null;
+  database: string | null;
+  slot_type: string;
+  active: boolean;
+  active_pid: number | null;
+  wal_status: string | null;
+  lag: string | null;
+  retained: string | null;
+  safe: string | null;
+  confirmed: string | null;
+  flush_lag: number | null;
+}
+
+/**
+ * The one query of pg_replication_slots (and pg_stat_replication for the slot's walsender). It
+ * has no bind parameters, the slot name is an inline literal, so it also runs on a replication
+ * connection (`replication: 'database'`), which only speaks the simple query protocol.
+ */
+export function slotQuery(slot: string): string {
+  return `SELECT s.plugin, s.database, s.slot_type, s.active, s.active_pid, s.wal_status,
             pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::text AS lag,
             pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::text AS retained,
             s.safe_wal_size::text AS safe, s.confirmed_flush_lsn::text AS confirmed,
             (SELECT extract(epoch FROM r.flush_lag)::float8 FROM pg_stat_replication r WHERE r.pid = s.active_pid) AS flush_lag
-       FROM pg_replication_slots s WHERE s.slot_name = $1`,
-    [slot],
-  );
+       FROM pg_replication_slots s WHERE s.slot_name = ${quoteLiteral(slot)}`;
+}
+
+/** One read of the slot: everything any caller needs, `exists: false` when there is no such slot. */
+export async function readSlot(client: pg.Client | pg.Pool, slot: string): Promise<SlotStats> {
+  // no values: the simple query protocol, which a replication connection requires
+  const r = await client.query<SlotRow>(slotQuery(slot));
   const row = r.rows[0];
   if (!row) {
-    return { exists: false, active: false, activePid: null, walStatus: null, lagBytes: 0, retainedBytes: 0, safeWalBytes: null, confirmedLsn: null, flushLagSeconds: null };
+    return {
+      exists: false, plugin: null, database: null, slotType: null, active: false, activePid: null, walStatus: null,
+      lagBytes: 0, retainedBytes: 0, safeWalBytes: null, confirmedLsn: null, flushLagSeconds: null,
+    };
   }
   return {
     exists: true,
+    plugin: row.plugin,
+    database: row.database,
+    slotType: row.slot_type,
     active: row.active,
     activePid: row.active_pid,
     walStatus: row.wal_status,

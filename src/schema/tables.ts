@@ -2,8 +2,15 @@ import type pg from 'pg';
 import type { Config } from '../config/load.js';
 import { quoteIdent, quoteQualified } from '../util/db.js';
 import { UsageError } from '../util/errors.js';
-import type { ResolvedTable } from '../route/tables.js';
-import { DEFAULT_CHANGE_LOG } from '../route/changelog.js';
+
+/** FraiseQL's change log, the source that needs no change to a service's mutation functions. */
+export const DEFAULT_CHANGE_LOG = 'core.tb_entity_change_log';
+
+/** A table resolved to its real schema and name. */
+export interface ResolvedTable {
+  schema: string;
+  name: string;
+}
 
 export interface RuleTableInfo extends ResolvedTable {
   /** the rule's table as written in fraiseql.toml */

@@ -1,16 +1,11 @@
 import type { NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { PubAckPublisher } from './pubacks.js';
-import type { OutboundMessage } from '../source/types.js';
+import type { OutboundMessage, Sink } from './sink.js';
 import type { Logger } from '../util/log.js';
 import { anyMatches } from './subjects.js';
 import { findStream } from './stream.js';
 import { checkSubject } from '../config/names.js';
-
-/** A failure retrying cannot fix: the message goes to the dead-letter table. */
-export class PermanentPublishError extends Error {
-  override readonly name = 'PermanentPublishError';
-}
 
 export interface JetStreamSinkOptions {
   maxInFlight: number;
@@ -44,7 +39,7 @@ export function validHeaderName(k: string): boolean {
  * message carries `Nats-Msg-Id: <event_id>:<subject>`, so a re-send after a failure is dropped
  * by the stream's duplicate window. Knows nothing of LSNs: the caller's callback settles.
  */
-export class JetStreamSink {
+export class JetStreamSink implements Sink {
   private readonly publisher: PubAckPublisher;
   private jsm: JetStreamManager | null = null;
   private inFlight = 0;

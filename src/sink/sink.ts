@@ -1,4 +1,13 @@
-import type { OutboundMessage } from '../source/types.js';
+/** What the router hands to a sink: one message for one subject. */
+export interface OutboundMessage {
+  subject: string;
+  /** stable across redelivery; Nats-Msg-Id is `${eventId}:${subject}` */
+  eventId: string;
+  headers: Record<string, string>;
+  body: Buffer;
+  /** commit time of the event's transaction (ms since epoch), for the publish latency metric */
+  commitMs?: number;
+}
 
 /**
  * Where routed messages go (JetStream, or webhooks when there is no NATS). The session settles
@@ -12,4 +21,8 @@ export interface Sink {
   readonly hasCapacity: boolean;
   waitForCapacity(): Promise<void>;
   readonly messagesInFlight: number;
+  /** bytes of the messages in flight, where the sink counts them */
+  readonly bytesInFlight: number;
+  /** the session using this sink is over: stop waiting for acknowledgements or retries */
+  close(): void;
 }

@@ -3,17 +3,7 @@ import { nanos, type NatsConnection } from '@nats-io/transport-node';
 import type { Config } from '../config/load.js';
 import type { Logger } from '../util/log.js';
 import { UsageError } from '../util/errors.js';
-import { OutboxRouter } from '../route/outbox.js';
 import { filterCovers } from './subjects.js';
-import { webhookPrefix, webhookRoutes } from '../webhook/route.js';
-
-/** Subjects the relay's stream must capture: every configured publish subject plus [relay.stream] subjects. */
-export function requiredSubjects(config: Config): string[] {
-  const rules = config.observers.rules.flatMap((r) => (r.subject ? [r.subject] : []));
-  const topics = config.observers.publish.some((p) => p.subscription_topic !== undefined) ? [`${config.relay.subscription_prefix}.>`] : [];
-  if (webhookRoutes(config).length > 0) topics.push(`${webhookPrefix(config)}.>`);
-  return [...new Set([...OutboxRouter.configuredSubjects(config), ...rules, ...topics, ...config.relay.stream.subjects])];
-}
 
 /** Drops subjects another one in the list already covers. */
 function minimal(subjects: string[]): string[] {
@@ -40,10 +30,10 @@ function isNotFound(err: unknown): boolean {
  * subject must already be captured by some stream, else a UsageError names it.
  * Returns the subjects of the relay's stream as known now.
  */
-export async function ensureStream(nc: NatsConnection, config: Config, log: Logger): Promise<string[]> {
+export async function ensureStream(nc: NatsConnection, config: Config, requiredSubjects: readonly string[], log: Logger): Promise<string[]> {
   const jsm = await jetstreamManager(nc);
   const cfg = config.relay.stream;
-  const required = requiredSubjects(config);
+  const required = [...requiredSubjects];
   // a subscription attaches to whichever stream captures its subject; one no stream captures
   // yet is added to the relay's own stream (create = true) or is an error (create = false)
   for (const sub of config.observers.subscribe) {

@@ -74,6 +74,20 @@ export function parseFrame(buf: Buffer): ReplicationFrame {
 }
 
 /**
+ * The output plugin's message inside an XLogData frame (a view into `buf`, no copy), or null when
+ * `buf` is any other frame (a keepalive: read it with {@link parseFrame}). The hot path of the
+ * stream: no frame object and no BigInt.
+ */
+export function xlogMessage(buf: Buffer): Buffer | null {
+  return buf.length >= XLOG_HEADER && buf[0] === 0x77 /* w */ ? buf.subarray(XLOG_HEADER) : null;
+}
+
+/** The start LSN of an XLogData frame as PostgreSQL prints it, read without a BigInt. */
+export function xlogStartText(buf: Buffer): string {
+  return buf.readUInt32BE(1).toString(16).toUpperCase() + '/' + buf.readUInt32BE(5).toString(16).toUpperCase();
+}
+
+/**
  * Build a 34-byte Standby Status Update with write = flush = apply = `lsn` exactly
  * (never `lsn + 1`: acknowledge a Commit's end LSN as is, see facts §1.4).
  * `now` is Unix time in milliseconds; it is sent as µs since 2000-01-01.

@@ -1,12 +1,13 @@
 import pg from 'pg';
 import { both, type CopyBothQueryStream } from 'pg-copy-streams';
-import { connectionConfig } from '../util/db.js';
+import { connectionConfig, quoteLiteral } from '../util/db.js';
 import type { Logger } from '../util/log.js';
 import type { Lsn } from './types.js';
 import { formatLsn } from './lsn.js';
 import { standbyStatus } from './frames.js';
 import type { PluginName } from './decoder.js';
 import { startReplicationSql, type StartOptions, type StreamedTable } from './plugin.js';
+import { readSlot } from '../schema/slot.js';
 
 export interface ReplicationOptions {
   url: string;
@@ -75,11 +76,9 @@ export class ReplicationConnection {
     await client.connect();
     let start: StartOptions = { plugin: 'pgoutput', publications: opts.publications };
     try {
-      const slot = await client.query<{ plugin: string; slot_type: string; active_pid: number | null; wal_status: string | null }>(
-        `SELECT plugin, slot_type, active_pid, wal_status FROM pg_replication_slots WHERE slot_name = '${opts.slot.replace(/'/g, "''")}'`,
-      );
-      const row = slot.rows[0];
-      if (!row) {
+      // readSlot's query has no bind parameters: a replication connection only speaks the simple query protocol
+      const row = await readSlot(client, opts.slot);
+      if (!row.exists) {
         throw new SlotError(
           `replication slot "${opts.slot}" does not exist; run \`fraiseql-relay migrate\` to create it (events committed before it exists are not streamed)`,
         );
@@ -90,7 +89,7 @@ export class ReplicationConnection {
             `set plugin = "${row.plugin}", or drop the slot and run \`fraiseql-relay migrate\` (events not yet streamed are then lost)`,
         );
       }
-      if (row.wal_status === 'lost') {
+      if (row.walStatus === 'lost') {
         throw new SlotError(
           `replication slot "${opts.slot}" has been invalidated (wal_status = lost): PostgreSQL removed WAL it still needed, so events may be missing. ` +
             `Recreate the slot and re-publish the retained outbox rows.`,
@@ -171,11 +170,6 @@ export class ReplicationConnection {
   }
 }
 
-/** A string literal for a simple query (replication connections have no bind parameters). */
-function sqlLiteral(s: string): string {
-  return s.includes('\\') ? `E'${s.replace(/\\/g, '\\\\').replace(/'/g, "''")}'` : `'${s.replace(/'/g, "''")}'`;
-}
-
 /**
  * The tables and row operations a set of publications holds (what pgoutput streams), with the
  * catalog facts pgoutput's Relation messages would carry. Simple queries only, so it works on a
@@ -185,7 +179,7 @@ export async function publishedTables(
   client: pg.Client,
   publications: readonly string[],
 ): Promise<{ tables: StreamedTable[]; actions: ('insert' | 'update' | 'delete')[] }> {
-  const pubs = `ARRAY[${publications.map(sqlLiteral).join(',')}]::text[]`;
+  const pubs = `ARRAY[${publications.map(quoteLiteral).join(',')}]::text[]`;
   const t = await client.query<{ schemaname: string; tablename: string; ident: string; keys: string; generated: string }>(
     `SELECT t.schemaname, t.tablename, c.relreplident AS ident,
             coalesce((SELECT json_agg(a.attname::text ORDER BY a.attnum)
@@ -227,7 +221,7 @@ async function wal2jsonStart(client: pg.Client, opts: ReplicationOptions): Promi
   let numericAsString = true;
   try {
     await client.query(
-      `SELECT count(*) FROM pg_logical_slot_peek_changes(${sqlLiteral(opts.slot)}, '0/1', NULL, 'format-version', '2', 'numeric-data-types-as-string', 'true')`,
+      `SELECT count(*) FROM pg_logical_slot_peek_changes(${quoteLiteral(opts.slot)}, '0/1', NULL, 'format-version', '2', 'numeric-data-types-as-string', 'true')`,
     );
   } catch (err) {
     const msg = (err as Error).message;

@@ -1,8 +1,4 @@
-/**
- * Types shared across the pipeline: source ▶ route ▶ sink ▶ ack.
- * The source knows nothing of NATS, the router nothing of sockets, sinks nothing of LSNs
- * beyond the opaque ticket they settle.
- */
+/** What the source hands on: decoded replication messages, relations and tuples as text. */
 
 /** A PostgreSQL log sequence number as an unsigned 64-bit integer. */
 export type Lsn = bigint;
@@ -46,29 +42,3 @@ export type PgoutputMessage =
   | { tag: 'message'; transactional: boolean; lsn: Lsn; prefix: string; content: Buffer }
   /** any tag the decoder does not know: ignored by the pipeline, never a crash */
   | { tag: 'unknown'; byte: number };
-
-/** One row change, resolved against its relation. */
-export interface Change {
-  op: 'INSERT' | 'UPDATE' | 'DELETE';
-  relation: Relation;
-  /** column name ▶ text value (new row for INSERT/UPDATE, old/key row for DELETE) */
-  row: Record<string, TupleValue>;
-  /** old row (UPDATE/DELETE) when the replica identity provides it */
-  oldRow: Record<string, TupleValue> | null;
-  /** XLogData start of the change message */
-  lsn: Lsn;
-  xid: number;
-  /** commit timestamp of the transaction, µs since 2000-01-01 */
-  commitTime: bigint;
-}
-
-/** What the router hands to a sink: one message for one subject. */
-export interface OutboundMessage {
-  subject: string;
-  /** stable across redelivery; Nats-Msg-Id is `${eventId}:${subject}` */
-  eventId: string;
-  headers: Record<string, string>;
-  body: Buffer;
-  /** commit time of the event's transaction (ms since epoch), for the publish latency metric */
-  commitMs?: number;
-}

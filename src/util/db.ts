@@ -53,6 +53,18 @@ export async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T
   }
 }
 
+/**
+ * A SQL string literal for statements that carry their values inline: the migration plan (printed
+ * by `migrate --dry-run` and run as printed) and queries on a replication connection, which only
+ * speaks the simple query protocol and so has no bind parameters. A value with a backslash is
+ * written as an E'' literal, which reads the same whatever `standard_conforming_strings` is.
+ */
+export function quoteLiteral(value: string): string {
+  if (value.includes('\0')) throw new Error('a SQL string literal cannot contain a NUL character');
+  const quoted = value.replace(/'/g, "''");
+  return value.includes('\\') ? `E'${quoted.replace(/\\/g, '\\\\')}'` : `'${quoted}'`;
+}
+
 export function quoteIdent(name: string): string {
   return '"' + name.replace(/"/g, '""') + '"';
 }

@@ -30,6 +30,9 @@ export interface WebhookTarget {
   secret?: Buffer;
 }
 
+/** What became of one event's webhook delivery (a retry is followed by another outcome). */
+export type WebhookOutcome = 'delivered' | 'retried' | 'dead_lettered';
+
 export type DeliveryResult =
   | { ok: true; status: number }
   | { ok: false; permanent: boolean; status?: number; retryAfterMs?: number; error: string };

@@ -1,5 +1,4 @@
 import type { Config, RuleAction } from '../config/load.js';
-import type { Target } from '../route/envelope.js';
 
 /** One webhook action of the configuration, with the internal subject its deliveries go through. */
 export interface WebhookRoute {
@@ -38,21 +37,4 @@ export function ruleWebhookSubject(config: Config): (rule: number, action: numbe
 export function publishWebhookSubject(config: Config): (entry: number, action: number) => string {
   const prefix = webhookPrefix(config);
   return (i, j) => `${prefix}.p${i}_${j}`;
-}
-
-/**
- * Where a `[[observers.publish]]` entry sends an event: its NATS subject (with the subscription
- * topic) when NATS is the backend, and the queue of each of its webhook actions.
- */
-export function publishTargets(config: Config, index: number): Target[] {
-  const p = config.observers.publish[index]!;
-  const out: Target[] = [];
-  if (config.observers.backend === 'nats') {
-    const t: Target = { subject: p.subject };
-    if (p.subscription_topic !== undefined) t.subscriptionTopic = p.subscription_topic;
-    out.push(t);
-  }
-  const sub = publishWebhookSubject(config);
-  p.actions.forEach((_, j) => out.push({ subject: sub(index, j) }));
-  return out;
 }

@@ -1,8 +1,7 @@
-import type { OutboundMessage } from '../source/types.js';
 import type { Logger } from '../util/log.js';
-import type { Sink } from '../sink/sink.js';
+import type { OutboundMessage, Sink } from '../sink/sink.js';
 import type { DeadLetterWriter } from '../sink/deadletter.js';
-import { deliverWithRetries, type WebhookTarget } from './deliver.js';
+import { deliverWithRetries, type WebhookOutcome, type WebhookTarget } from './deliver.js';
 import { errorMessage } from '../util/errors.js';
 
 /**
@@ -12,6 +11,7 @@ import { errorMessage } from '../util/errors.js';
  */
 export class WebhookSink implements Sink {
   private readonly queue: { msg: OutboundMessage; done: (err?: Error) => void }[] = [];
+  private queuedBytes = 0;
   private running = false;
   private waiters: (() => void)[] = [];
   private readonly abort = new AbortController();
@@ -21,7 +21,7 @@ export class WebhookSink implements Sink {
     private readonly deadLetters: DeadLetterWriter,
     private readonly maxQueued: number,
     private readonly log: Logger,
-    private readonly stats: { delivered: number; failed: number } = { delivered: 0, failed: 0 },
+    private readonly onOutcome: (outcome: WebhookOutcome) => void = () => {},
   ) {}
 
   check(msg: OutboundMessage): string | null {
@@ -36,6 +36,10 @@ export class WebhookSink implements Sink {
     return this.queue.length;
   }
 
+  get bytesInFlight(): number {
+    return this.queuedBytes;
+  }
+
   waitForCapacity(): Promise<void> {
     if (this.hasCapacity) return Promise.resolve();
     return new Promise((r) => this.waiters.push(r));
@@ -43,6 +47,7 @@ export class WebhookSink implements Sink {
 
   publish(msg: OutboundMessage, done: (err?: Error) => void): void {
     this.queue.push({ msg, done });
+    this.queuedBytes += msg.body.length;
     if (!this.running) void this.drain();
   }
 
@@ -62,9 +67,8 @@ export class WebhookSink implements Sink {
         if (this.abort.signal.aborted && !r.delivered) {
           err = new Error('webhook delivery interrupted');
         } else if (r.delivered) {
-          this.stats.delivered++;
+          this.onOutcome('delivered');
         } else {
-          this.stats.failed++;
           const reason = r.last.ok ? 'unknown' : r.last.error;
           this.log.warn({ event_id: msg.eventId, webhook: msg.subject, attempts: r.attempts, err: reason }, 'webhook dead-lettered');
           await this.deadLetters.write({
@@ -76,11 +80,13 @@ export class WebhookSink implements Sink {
             error: reason,
             attempts: r.attempts,
           });
+          this.onOutcome('dead_lettered');
         }
       } catch (e) {
         err = new Error(`webhook delivery: ${errorMessage(e)}`);
       }
       this.queue.shift();
+      this.queuedBytes -= msg.body.length;
       done(err);
       if (this.waiters.length > 0 && this.hasCapacity) {
         const w = this.waiters;

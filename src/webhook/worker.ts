@@ -2,17 +2,9 @@ import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from '../util/log.js';
 import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
-import { deliverOnce, retryDelayMs, type WebhookTarget } from './deliver.js';
-import { sleep } from '../util/sleep.js';
-import { deadLetterThenTerm, runConsumer } from '../inbound/loop.js';
-import { within } from '../util/sleep.js';
-import { eventIdOf, headerObject } from '../inbound/worker.js';
-
-export interface WebhookStats {
-  delivered: number;
-  retried: number;
-  deadLettered: number;
-}
+import { deliverOnce, retryDelayMs, type WebhookOutcome, type WebhookTarget } from './deliver.js';
+import { sleep, within } from '../util/sleep.js';
+import { deadLetterThenTerm, eventIdOf, headerObject, runConsumer } from '../inbound/loop.js';
 
 /**
  * `backend = "nats"`: a webhook action's deliveries are driven from JetStream by a durable
@@ -33,7 +25,7 @@ export class WebhookWorker {
     private readonly consumer: string,
     private readonly target: WebhookTarget,
     private readonly deadLetters: DeadLetterWriter,
-    private readonly stats: WebhookStats,
+    private readonly onOutcome: (outcome: WebhookOutcome) => void,
     private readonly log: Logger,
   ) {}
 
@@ -65,7 +57,7 @@ export class WebhookWorker {
       attempts++;
       if (r.ok) {
         m.ack();
-        this.stats.delivered++;
+        this.onOutcome('delivered');
         return;
       }
       if (this.stopping) {
@@ -76,7 +68,7 @@ export class WebhookWorker {
         await this.toDeadLetter(m, eventId, r.error, attempts);
         return;
       }
-      this.stats.retried++;
+      this.onOutcome('retried');
       if (attempts === 1) this.log.warn({ consumer: this.consumer, event_id: eventId, err: r.error }, 'webhook delivery failed; retrying');
       const delay = retryDelayMs(attempts, r);
       // keep the message ours while we wait
@@ -101,7 +93,7 @@ export class WebhookWorker {
       attempts,
     };
     if (!(await deadLetterThenTerm(m, entry, { deadLetters: this.deadLetters, stopping: () => this.stopping, log: this.log, signal: this.abort.signal }))) return;
-    this.stats.deadLettered++;
+    this.onOutcome('dead_lettered');
     this.log.warn({ consumer: this.consumer, event_id: eventId, error, attempts }, 'webhook dead-lettered');
   }
 
