@@ -1,6 +1,6 @@
 import { Command, Option } from 'commander';
 import { resolve } from 'node:path';
-import { loadConfig, ConfigError, type Config } from './config/load.js';
+import { loadConfig, type Config } from './config/load.js';
 import { createLogger, type Logger } from './util/log.js';
 import { UsageError, errorMessage } from './util/errors.js';
 import { setDatabaseCaFile } from './util/db.js';
@@ -42,9 +42,9 @@ async function guard(fn: () => Promise<number | void>): Promise<void> {
     const code = await fn();
     process.exitCode = code ?? 0;
   } catch (err) {
-    if (err instanceof ConfigError || err instanceof UsageError) {
+    if (err instanceof UsageError) {
       process.stderr.write(`fraiseql-relay: ${err.message}\n`);
-      process.exitCode = 2;
+      process.exitCode = err.exitCode;
     } else {
       process.stderr.write(`fraiseql-relay: ${errorMessage(err)}\n`);
       process.exitCode = 1;

@@ -1,6 +1,6 @@
 import type { Config } from './config/load.js';
 import type { Logger } from './util/log.js';
-import { needsSlot } from './schema/migrate.js';
+import { needsSlot } from './schema/plan.js';
 import { Relay, type RelayOptions } from './relay/relay.js';
 import { RelayMetrics } from './ops/metrics.js';
 import { Health } from './ops/health.js';

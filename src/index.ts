@@ -49,4 +49,4 @@ export { Health, type HealthComponent, type Readiness } from './ops/health.js';
 export { startHttp, type HttpServer, type HttpDeps } from './ops/http.js';
 
 export { createLogger, type Logger } from './util/log.js';
-export { UsageError } from './util/errors.js';
+export { PublishRefusedError, RelayError, SlotError, SlotLostError, StreamMissingError, UsageError } from './util/errors.js';

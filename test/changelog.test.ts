@@ -131,7 +131,7 @@ test('a subscription topic also publishes on fraiseql.subscription.<topic>', asy
   const m = await waitFor('fraiseql.subscription.order_created');
   assert.equal(m.headers['Fraiseql-Subscription-Topic'], 'order_created');
   assert.equal(m.body['entity_type'], 'Order');
-  assert.equal(m.headers['Nats-Msg-Id'], `${m.body['event_id']}:fraiseql.subscription.order_created`);
+  assert.equal(m.headers['Nats-Msg-Id'], `${String(m.body['event_id'])}:fraiseql.subscription.order_created`);
 });
 
 test('a publish entry by mutation matches through the compiled schema', async () => {

@@ -652,8 +652,8 @@ url_env = "ORDER_WEBHOOK_URL"
     assert.match(first, /^fraiseql\.toml:10: TOML cannot have both an \[observers\] table .*line 6.* top-level \[\[observers\]\] array/);
     assert.ok(err.message.includes('[[observers.rules]]'), err.message);
     assert.ok(err.message.includes('[[observers.rules.actions]]'), err.message);
-    assert.match(err.message, /line 10: \[\[observers\]\] +->  \[\[observers\.rules\]\]/);
-    assert.match(err.message, /line 15: \[\[observers\.actions\]\] +->  \[\[observers\.rules\.actions\]\]/);
+    assert.match(err.message, /line 10: \[\[observers\]\] +-> {2}\[\[observers\.rules\]\]/);
+    assert.match(err.message, /line 15: \[\[observers\.actions\]\] +-> {2}\[\[observers\.rules\.actions\]\]/);
     assert.equal(err.line, 10);
   });
 

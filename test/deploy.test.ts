@@ -28,7 +28,8 @@ const CONTRACT_PORT = 9464;
 /** The uid the image runs as and the manifests ask for. */
 const UID = 10001;
 
-/** Manifests are untyped YAML trees. */
+/** Manifests are untyped YAML trees, read by key path. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- any YAML node, indexed freely
 type K8s = any;
 
 // ---------------------------------------------------------------- helpers
@@ -118,7 +119,7 @@ function takesConfig(command: string): boolean {
 /** `[command, '-c', file]` (or `--config`): the command must exist and take -c. */
 function checkInvocation(args: unknown, expected: string, what: string): string {
   assert.ok(Array.isArray(args) && args.every((a) => typeof a === 'string'), `${what}: args is a list of strings`);
-  const list = args as string[];
+  const list = args;
   const command = list[0]!;
   assert.equal(command, expected, `${what}: runs \`${expected}\``);
   assert.ok(cliCommands().includes(command), `${what}: \`${command}\` is a fraiseql-relay command (${cliCommands().join(', ')})`);
@@ -507,7 +508,7 @@ test('compose.yaml: PostgreSQL with logical WAL, NATS with JetStream, migrate th
   const compose = yamlDocs(read(join(DEPLOY, 'compose.yaml')), 'compose.yaml')[0];
   const services = compose.services as Record<string, K8s>;
   for (const name of ['postgres', 'nats', 'migrate', 'relay']) assert.ok(services[name], `compose: service ${name}`);
-  const { postgres, nats, migrate, relay } = services as Record<string, K8s>;
+  const { postgres, nats, migrate, relay } = services;
 
   assert.match(String(postgres.image), /^postgres:1[5-9]/, 'compose: PostgreSQL 15+');
   assert.ok((postgres.command as string[]).includes('wal_level=logical'), 'compose: PostgreSQL runs with wal_level=logical');

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { connect as natsConnect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JsMsg } from '@nats-io/jetstream';
-import pg from 'pg';
+import type pg from 'pg';
 import { LocalPostgres, type LocalPostgresOptions } from '../src/local/postgres.js';
 import { LocalNats, type LocalNatsOptions } from '../src/local/nats.js';
 import { loadConfig, type Config } from '../src/config/load.js';

@@ -11,7 +11,8 @@ import pg from 'pg';
 import { LocalPostgres } from '../src/local/postgres.js';
 import { parseConfig, type Config } from '../src/config/load.js';
 import { createLogger } from '../src/util/log.js';
-import { formatPlan, loadMigrations, migrate, migrationPlan, planStatements } from '../src/schema/migrate.js';
+import { migrate, migrationPlan } from '../src/schema/migrate.js';
+import { formatPlan, loadMigrations, planStatements } from '../src/schema/plan.js';
 
 const log = createLogger('silent');
 let server: LocalPostgres;
@@ -274,7 +275,7 @@ test('the dry run shows exactly the statements migrate runs, in order, and chang
   ]);
   // the printed dry run: the lock in the header, every statement, each step explained
   const text = formatPlan(plan);
-  assert.match(text, /^-- .*\n-- .*advisory lock.*\n--   SELECT pg_advisory_lock\(hashtext\('fraiseql-relay\/migrate'\), hashtext\('fraiseql_relay'\)\);\n/);
+  assert.match(text, /^-- .*\n-- .*advisory lock.*\n-- {3}SELECT pg_advisory_lock\(hashtext\('fraiseql-relay\/migrate'\), hashtext\('fraiseql_relay'\)\);\n/);
   for (const sql of planned) assert.ok(text.includes(sql.endsWith(';') ? sql : `${sql};`), `printed: ${sql.slice(0, 80)}`);
   assert.match(text, /-- migration 001_core\.sql/);
   assert.match(text, /-- before_image = true on public\.tb_order/);

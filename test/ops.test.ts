@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import { TestEnv, BASE_TOML, RelayProcess, runCli, sleep } from './fixture.js';
 import { join } from 'node:path';
+import type { StatusReport } from '../src/commands/status.js';
 
 const SECRET = 's3cr3t-pw-9876';
 
@@ -213,16 +214,16 @@ test('status --json describes the relay; no secret reaches a log line', async ()
     await sleep(2500); // relay_state is written every 2 s
     const s = await runCli(['status', '--json', '-c', env.configFile], secretEnv);
     assert.equal(s.code, 0, s.stderr);
-    const st = JSON.parse(s.stdout) as Record<string, any>;
-    assert.equal(st['role'], 'active');
-    assert.equal(typeof st['slot']['lagBytes'], 'number');
-    assert.equal(st['slot']['walStatus'], 'reserved');
-    assert.match(st['last_event']['id'], /^[0-9a-f-]{36}$/);
-    assert.equal(st['last_event']['subject'], 'fraiseql.order.created');
-    assert.equal(typeof st['heartbeat']['age_seconds'], 'number');
-    assert.equal(st['consumers'][0]['consumer'], 'test-service-fraiseql_order_created');
-    assert.equal(typeof st['consumers'][0]['pending'], 'number');
-    assert.deepEqual(st['dead_letters'], {});
+    const st = JSON.parse(s.stdout) as StatusReport;
+    assert.equal(st.role, 'active');
+    assert.equal(typeof st.slot?.lagBytes, 'number');
+    assert.equal(st.slot?.walStatus, 'reserved');
+    assert.match(st.last_event?.id ?? '', /^[0-9a-f-]{36}$/);
+    assert.equal(st.last_event?.subject, 'fraiseql.order.created');
+    assert.equal(typeof st.heartbeat?.age_seconds, 'number');
+    assert.equal(st.consumers[0]?.consumer, 'test-service-fraiseql_order_created');
+    assert.equal(typeof st.consumers[0]?.pending, 'number');
+    assert.deepEqual(st.dead_letters, {});
     const table = await runCli(['status', '-c', env.configFile], secretEnv);
     assert.match(table.stdout, /relay\s+active/);
     // a failing command with the secret in the URL: the error does not show it

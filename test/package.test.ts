@@ -54,7 +54,7 @@ test('the packed tarball installs in an empty project, imports by name with type
   );
   // the declarations are complete and strict-clean: the consumer's own compiler checks them (skipLibCheck off)
   const tsc = join(ROOT, 'node_modules', '.bin', 'tsc');
-  await run(tsc, ['-p', dir], { cwd: dir }).catch((err: { stdout?: string }) => assert.fail(`tsc in the consumer project failed:\n${err.stdout ?? String(err)}`));
+  await run(tsc, ['-p', dir], { cwd: dir }).catch((err: { stdout?: string }) => assert.fail(`tsc in the consumer project failed:\n${err.stdout ?? ''}`));
 
   const toml = `
 [project]

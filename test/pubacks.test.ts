@@ -8,6 +8,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager, DiscardPolicy, type JetStreamManager } from '@nats-io/jetstream';
 import { LocalNats } from '../src/local/nats.js';
 import { PubAckPublisher } from '../src/sink/pubacks.js';
+import { PublishRefusedError, StreamMissingError } from '../src/util/errors.js';
 
 let nats: LocalNats;
 let nc: NatsConnection;
@@ -80,7 +81,9 @@ test('a refusal by the stream is an error naming the JetStream error', async () 
   try {
     for (const id of ['f1', 'f2']) assert.equal(await publish(p, 'f.full', '{}', '', id), undefined);
     const err = await publish(p, 'f.full', '{}', '', 'f3');
-    assert.ok(err instanceof Error);
+    assert.ok(err instanceof PublishRefusedError, 'a typed refusal');
+    assert.equal(err.subject, 'f.full');
+    assert.equal(err.code, 10077, "JetStream's err_code for maximum messages exceeded");
     assert.match(err.message, /^JetStream error \d+: maximum messages exceeded/);
   } finally {
     p.close();
@@ -93,7 +96,8 @@ test('no stream for the subject: the 503 no-responders reply fails the publish a
   try {
     const t0 = Date.now();
     const err = await publish(p, 'nowhere.x', '{}', '', 'n1');
-    assert.ok(err instanceof Error);
+    assert.ok(err instanceof StreamMissingError, 'typed: no stream captures the subject');
+    assert.equal(err.subject, 'nowhere.x');
     assert.match(err.message, /no JetStream stream answered for nowhere\.x \(503 no responders\)/);
     assert.ok(Date.now() - t0 < 2000, 'without waiting for the timeout');
   } finally {

@@ -148,7 +148,7 @@ let env: TestEnv;
 let svc: Record<'order' | 'inventory' | 'notification' | 'analytics', Service>;
 
 /** Polls until `fn` returns true; fails with `what` and the last `detail()` when it does not. */
-async function until(what: string, fn: () => Promise<boolean>, detail: () => Promise<unknown> = async () => '', timeoutMs = 30_000): Promise<void> {
+async function until(what: string, fn: () => Promise<boolean>, detail: () => Promise<unknown> = () => Promise.resolve(''), timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (await fn()) return;

@@ -133,7 +133,7 @@ test('INSERT: the new row as a typed JSON entity', async () => {
   assert.equal(b['id'], '00000000-0000-0000-0000-0000000000a1');
   assert.equal(b['entity_before'], null);
   assert.match(b['event_id'] as string, /^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-8[0-9a-f]{3}-[0-9a-f]{12}$/);
-  assert.equal(m.headers['Nats-Msg-Id'], `${b['event_id']}:fraiseql.order.inserted`);
+  assert.equal(m.headers['Nats-Msg-Id'], `${String(b['event_id'])}:fraiseql.order.inserted`);
   assert.deepEqual(b['entity'], {
     id: '00000000-0000-0000-0000-0000000000a1', customer: 'ada', total: 10.5, qty: 3, paid: true, items: ['SKU-1', 'SKU 2'],
     data: { x: 1 }, big: 9007199254740992, created_at: '2026-11-22 10:00:00.123456+00',

@@ -91,7 +91,7 @@ function verifies(secret: Buffer, h: http.IncomingHttpHeaders, body: Buffer): bo
 /** A sleep that records the requested delay and returns at once. */
 function recordingSleep(): { delays: number[]; sleep: (ms: number) => Promise<void> } {
   const delays: number[] = [];
-  return { delays, sleep: async (ms) => void delays.push(ms) };
+  return { delays, sleep: (ms) => ((delays.push(ms), Promise.resolve())) };
 }
 
 const body = Buffer.from(JSON.stringify({ id: 'e1', entity: { name: 'Zoë ✓' } }));
@@ -269,7 +269,7 @@ describe('deliverWithRetries', () => {
       ],
     );
     assert.equal(delays.length, 2);
-    assert.ok(delays[0]! <= 1000 && delays[1]! <= 2000, `backoff ${delays}`);
+    assert.ok(delays[0]! <= 1000 && delays[1]! <= 2000, `backoff ${delays.join(', ')}`);
     assert.equal(seen.length, 3);
     assert.deepEqual(new Set(seen.map((s) => s.headers['webhook-id'])), new Set(['msg_x']));
     for (const s of seen) assert.ok(verifies(key, s.headers, s.body), 'every attempt is signed');

@@ -47,7 +47,7 @@ runMain(async () => {
   let head = 0;
   let cur: Txn | null = null;
   let paused = false;
-  let failed: Error | null = null;
+  const fault: { error: Error | null } = { error: null };
   const stream = conn.stream;
 
   const advance = (): void => {
@@ -67,7 +67,7 @@ runMain(async () => {
 
   const onAck = (t: Txn, err: Error | null): void => {
     if (err) {
-      failed ??= err;
+      fault.error ??= err;
       return;
     }
     t.remaining--;
@@ -79,7 +79,7 @@ runMain(async () => {
   };
 
   stream.on('data', (buf: Buffer) => {
-    if (failed) return;
+    if (fault.error) return;
     const f = parseFrame(buf);
     if (f.kind === 'keepalive') {
       if (f.replyRequested) conn.sendStatus(false);
@@ -128,7 +128,7 @@ runMain(async () => {
   const ended = conn.ended.then((e) => e ?? new Error('replication ended'));
   const r = await Promise.race([stopRequested.then(() => null), ended]);
   if (r) throw r;
-  if (failed) throw failed;
+  if (fault.error) throw fault.error;
   await conn.close();
   await nc.drain();
   say('STOPPED');

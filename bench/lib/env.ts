@@ -20,7 +20,7 @@ export const ROOT = resolve(import.meta.dirname, '..', '..');
 
 /** The subject every backlog event is emitted to, and the stream capturing it. */
 export const STREAM = 'BENCH';
-export const STREAM_SUBJECTS = ['bench.>'];
+const STREAM_SUBJECTS = ['bench.>'];
 export const SUBJECT = 'bench.order.created';
 /** The relay's outbox publication (`[relay] publication` + `_outbox`). */
 export const PUBLICATION = 'fraiseql_relay_outbox';

@@ -5,7 +5,7 @@
 import { join } from 'node:path';
 import { ROOT, type BenchEnv } from './env.js';
 import { Child, cpuSeconds, errMsg, fmtInt, fmtMB } from './util.js';
-import { Series } from './series.js';
+import { type Series } from './series.js';
 import { RELAY_NODE_ARGS, RUN_TIMEOUT_S, log } from './settings.js';
 
 const TSX = ['--import', 'tsx'];

@@ -69,7 +69,7 @@ export function fmtSpread(xs: readonly number[], f: (x: number) => string = fmtI
 // peak RSS
 
 /** VmRSS and VmHWM of a process in kB, or undefined when it is gone. */
-export function readMem(pid: number): { rss: number; hwm: number } | undefined {
+function readMem(pid: number): { rss: number; hwm: number } | undefined {
   try {
     const s = readFileSync(`/proc/${pid}/status`, 'utf8');
     const rss = /VmRSS:\s+(\d+)/.exec(s);

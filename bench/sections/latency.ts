@@ -57,7 +57,7 @@ function wallOffset(samples = 7): number {
   let best = -Infinity;
   for (let i = 0; i < samples; i++) {
     const start = Date.now();
-    let d = start;
+    let d: number;
     while ((d = Date.now()) === start) {
       // spin until the millisecond turns (≤ 1 ms)
     }

@@ -1,6 +1,7 @@
 import type { Config } from '../config/load.js';
 import type { Logger } from '../util/log.js';
-import { formatPlan, migrate, migrationPlan } from '../schema/migrate.js';
+import { migrate, migrationPlan } from '../schema/migrate.js';
+import { formatPlan } from '../schema/plan.js';
 
 export async function runMigrate(config: Config, log: Logger, opts: { dryRun: boolean }): Promise<number> {
   if (opts.dryRun) {

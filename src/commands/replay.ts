@@ -8,7 +8,7 @@ import { republishOutbox } from '../outbound/republish.js';
 import { readSlot } from '../schema/slot.js';
 
 /** `--since`: an ISO time, or a duration meaning "that long ago" (e.g. 2h). */
-export function parseSince(s: string, now = Date.now()): Date {
+function parseSince(s: string, now = Date.now()): Date {
   if (/^\d+(ms|s|m|h|d)/.test(s)) return new Date(now - parseDuration(s));
   const t = Date.parse(s);
   if (Number.isNaN(t)) throw new UsageError(`--since ${JSON.stringify(s)} is neither a time (2026-11-22T10:00:00Z) nor a duration (2h, 30m, 7d)`);

@@ -4,7 +4,7 @@ import { connectOnce } from '../sink/nats.js';
 import { quoteIdent, withClient } from '../util/db.js';
 import { errorMessage } from '../util/errors.js';
 import { readSlot, type SlotStats } from '../schema/slot.js';
-import { needsSlot } from '../schema/migrate.js';
+import { needsSlot } from '../schema/plan.js';
 import { findStream } from '../sink/stream.js';
 
 export interface StatusReport {
@@ -18,7 +18,7 @@ export interface StatusReport {
 }
 
 /** Slot lag, the active relay, last event, heartbeat, consumers and dead letters. Changes nothing. */
-export async function collectStatus(config: Config): Promise<StatusReport> {
+async function collectStatus(config: Config): Promise<StatusReport> {
   const slotName = config.relay.slot;
   const s = quoteIdent(config.relay.schema);
   const report: StatusReport = { role: needsSlot(config) ? 'none' : 'not applicable', active: null, slot: null, last_event: null, heartbeat: null, consumers: [], dead_letters: {} };

@@ -2,7 +2,7 @@ import type { Config } from '../config/load.js';
 import type { Logger } from '../util/log.js';
 import { withClient, quoteIdent } from '../util/db.js';
 import { UsageError } from '../util/errors.js';
-import { outboxPublication } from '../schema/migrate.js';
+import { outboxPublication } from '../schema/plan.js';
 import { tablesPublication } from '../schema/tables.js';
 import { readSlot } from '../schema/slot.js';
 

@@ -36,7 +36,7 @@ export class ConfigError extends UsageError {
   }
 }
 
-export function formatProblem(file: string, p: ConfigProblem): string {
+function formatProblem(file: string, p: ConfigProblem): string {
   let where = file;
   if (p.line !== undefined) {
     where += `:${p.line}`;
@@ -49,7 +49,7 @@ export function formatProblem(file: string, p: ConfigProblem): string {
  * Removes secrets from a message: the given values, passwords in `scheme://user:password@`
  * URLs and libpq `password=…` settings.
  */
-export function redact(message: string, secrets: readonly string[] = []): string {
+function redact(message: string, secrets: readonly string[] = []): string {
   let out = message;
   for (const s of secrets) if (s.length >= 4) out = out.replaceAll(s, '<redacted>');
   return out

@@ -66,7 +66,9 @@ export function checkStreamName(s: string): string | undefined {
 }
 
 /** Durable consumer names: the same restrictions as stream names. */
-export const checkConsumerName = checkStreamName;
+export function checkConsumerName(s: string): string | undefined {
+  return checkStreamName(s);
+}
 
 /**
  * The default durable consumer name: `<project.name>-<subject>`, with every character outside

@@ -4,7 +4,8 @@ import type { ConfigProblem } from './errors.js';
 import { describeTable, FRAISEQL_SECTIONS, formatKeyPath } from './keys.js';
 import type { ScanResult } from './scan.js';
 import { findLine } from './scan.js';
-import { IGNORED_KEY_NAMES, knownKeys, MISSING, TABLE_FORM_KEYS } from './schema.js';
+import { IGNORED_KEY_NAMES, knownKeys, TABLE_FORM_KEYS } from './schema.js';
+import { MISSING } from './fields.js';
 import { closest } from './suggest.js';
 
 /** Hints for required keys whose absence deserves more than "add it". */

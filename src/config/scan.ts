@@ -32,7 +32,7 @@ export interface Placeholder {
 }
 
 /** `${NAME:-default}` and friends, which FraiseQL's docs show but nothing implements. */
-export interface UnsupportedPlaceholder {
+interface UnsupportedPlaceholder {
   text: string;
   name: string;
   line: number;
@@ -49,7 +49,7 @@ export interface Header {
   line: number;
 }
 
-export interface KeyDef {
+interface KeyDef {
   path: KeyPath;
   line: number;
 }

@@ -18,10 +18,6 @@ import {
 import { natsShape, relaySchema, relayShape, streamShape } from './schema-relay.js';
 import { databaseSchema, projectSchema } from './schema-top.js';
 
-export { describeValue, MISSING } from './fields.js';
-export { actionShape } from './schema-actions.js';
-export { observersShape, publishShape, ruleShape, subscribeShape } from './schema-observers.js';
-export { natsShape, relayShape, streamShape } from './schema-relay.js';
 
 const topShape = {
   project: projectSchema,
@@ -34,7 +30,7 @@ export const configSchema = z.strictObject({ ...topShape, observers: observersSc
 export const legacyConfigSchema = z.strictObject({ ...topShape, observers: legacyObserversSchema });
 
 export type ParsedConfig = z.output<typeof configSchema>;
-export type ParsedLegacyConfig = z.output<typeof legacyConfigSchema>;
+type ParsedLegacyConfig = z.output<typeof legacyConfigSchema>;
 
 /** In the top-level [[observers]] form, keys of the [observers] table that end up in a rule. */
 export const TABLE_FORM_KEYS: readonly string[] = Object.keys(observersShape).filter(

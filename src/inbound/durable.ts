@@ -1,4 +1,4 @@
-import { AckPolicy, DeliverPolicy, type ConsumerConfig, type JetStreamManager } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, JetStreamApiCodes, JetStreamApiError, type ConsumerConfig, type JetStreamManager } from '@nats-io/jetstream';
 import { nanos } from '@nats-io/transport-node';
 import type { SubscribeRule } from '../config/load.js';
 import type { Logger } from '../util/log.js';
@@ -16,7 +16,7 @@ import type { Logger } from '../util/log.js';
  * would vanish without reaching the dead-letter table. The worker dead-letters a message whose
  * handler fails on or after its `max_deliver`-th delivery.
  */
-export function desiredConsumer(rule: SubscribeRule): Partial<ConsumerConfig> {
+function desiredConsumer(rule: SubscribeRule): Partial<ConsumerConfig> {
   const c: Partial<ConsumerConfig> = {
     durable_name: rule.consumer,
     ack_policy: AckPolicy.Explicit,
@@ -42,7 +42,7 @@ export async function ensureConsumer(jsm: JetStreamManager, stream: string, rule
   try {
     have = (await jsm.consumers.info(stream, rule.consumer)).config;
   } catch (err) {
-    if (!/consumer not found/i.test((err as Error).message)) throw err;
+    if (!(err instanceof JetStreamApiError && err.code === JetStreamApiCodes.ConsumerNotFound)) throw err;
   }
   if (!have) {
     await jsm.consumers.add(stream, want);
@@ -66,6 +66,7 @@ export async function ensureConsumer(jsm: JetStreamManager, stream: string, rule
     throw new Error(
       `durable consumer ${rule.consumer} on stream ${stream} exists with a different configuration and could not be updated ` +
         `(${Object.keys(changes).join(', ')}): ${(err as Error).message}. Delete it (nats consumer rm ${stream} ${rule.consumer}) to recreate it.`,
+      { cause: err },
     );
   }
   log.warn({ stream, consumer: rule.consumer, changes }, 'updated durable consumer to match the configuration');

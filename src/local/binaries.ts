@@ -31,7 +31,7 @@ function isExecutableFile(file: string): boolean {
 }
 
 /** Absolute path of `name` on PATH, or undefined. */
-export function whichSync(name: string): string | undefined {
+function whichSync(name: string): string | undefined {
   for (const dir of (process.env['PATH'] ?? '').split(path.delimiter)) {
     if (!dir) continue;
     const candidate = path.join(dir, name);
@@ -117,7 +117,7 @@ export function findNatsServer(): string {
 }
 
 /** A command exited with a non-zero status, was killed, or could not be started. */
-export class CommandError extends Error {
+class CommandError extends Error {
   override readonly name = 'CommandError';
   constructor(
     message: string,

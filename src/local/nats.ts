@@ -268,7 +268,7 @@ export class LocalNats {
   }
 
   private async removePortsFiles(): Promise<void> {
-    let entries: string[] = [];
+    let entries: string[];
     try {
       entries = await fsp.readdir(this.dir);
     } catch {
@@ -307,7 +307,7 @@ async function waitExit(running: Running, timeoutMs: number): Promise<boolean> {
 
 function portFromPortsFile(parsed: unknown): number | undefined {
   if (typeof parsed !== 'object' || parsed === null || !('nats' in parsed)) return undefined;
-  const urls = (parsed as { nats: unknown }).nats;
+  const urls = (parsed).nats;
   if (!Array.isArray(urls)) return undefined;
   for (const u of urls) {
     if (typeof u !== 'string') continue;

@@ -6,7 +6,7 @@ import type { RelayMetrics } from './metrics.js';
 import type { Health } from './health.js';
 
 /** Default bound on loop staleness for `/livez`. */
-export const DEFAULT_LIVE_STALE_MS = 60_000;
+const DEFAULT_LIVE_STALE_MS = 60_000;
 
 export interface HttpDeps {
   metrics: RelayMetrics;

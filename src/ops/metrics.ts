@@ -4,8 +4,8 @@ import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom
 export const METRIC_PREFIX = 'fraiseql_relay_';
 
 /** `pg_replication_slots.wal_status` values, each one series of {@link RelayMetrics.slotWalStatus}. */
-export const WAL_STATUSES = ['reserved', 'extended', 'unreserved', 'lost'] as const;
-export type WalStatus = (typeof WAL_STATUSES)[number];
+const WAL_STATUSES = ['reserved', 'extended', 'unreserved', 'lost'] as const;
+type WalStatus = (typeof WAL_STATUSES)[number];
 
 /** Publish latency buckets, seconds: 0.5 ms to 60 s. */
 export const PUBLISH_LATENCY_BUCKETS = [
@@ -193,7 +193,7 @@ export class RelayMetrics {
   }
 
   /** Sets `slot_wal_status`: 1 for `status`, 0 for the other values; all 0 for null (no slot). */
-  setWalStatus(status: WalStatus | string | null): void {
+  setWalStatus(status: string | null): void {
     for (const s of WAL_STATUSES) this.slotWalStatus.set({ status: s }, s === status ? 1 : 0);
   }
 

@@ -3,7 +3,7 @@ import { connectionConfig } from '../util/db.js';
 import type { Logger } from '../util/log.js';
 import { errorMessage } from '../util/errors.js';
 
-export const HEARTBEAT_PREFIX = 'fraiseql-relay/heartbeat';
+const HEARTBEAT_PREFIX = 'fraiseql-relay/heartbeat';
 
 /**
  * Every `[relay] heartbeat`, a transactional logical message (no table, no publication

@@ -6,8 +6,7 @@ import { quoteIdent } from '../util/db.js';
 import { OutboundSession, type OutboundDeps, type OutboundStats } from './session.js';
 import type { OutboundMessage, Sink } from '../sink/sink.js';
 import { OutboxRetention } from './retention.js';
-import { SlotError } from '../source/replication.js';
-import { errorMessage, tlsHint } from '../util/errors.js';
+import { errorMessage, SlotError, SlotLostError, tlsHint } from '../util/errors.js';
 import { formatLsn } from '../source/lsn.js';
 import { backoffDelay } from '../util/backoff.js';
 import { sleep } from '../util/sleep.js';
@@ -186,7 +185,7 @@ export class OutboundRunner {
         this.connected = false;
         if (this.stopping || !this.active) break;
         this.lastError = errorMessage(err) + tlsHint(err, '[relay] database_ca_file');
-        if (err instanceof SlotError && /wal_status = lost/.test(err.message)) {
+        if (err instanceof SlotLostError) {
           this.fatal(new Error(lostSlotMessage(this.config.relay.slot)));
           break;
         }

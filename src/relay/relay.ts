@@ -12,7 +12,7 @@ import { ensureStream, findStream } from '../sink/stream.js';
 import { JetStreamSink } from '../sink/jetstream.js';
 import { DeadLetterWriter } from '../sink/deadletter.js';
 import type { Sink } from '../sink/sink.js';
-import { needsSlot, outboxPublication } from '../schema/migrate.js';
+import { needsSlot, outboxPublication } from '../schema/plan.js';
 import { resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
 import { OutboxRouter } from '../route/outbox.js';
 import { TableRouter } from '../route/tables.js';

@@ -7,7 +7,7 @@ import { publishTargets } from './targets.js';
 import { IGNORED, UNROUTED, tupleRecord, type RouteResult, type Router, type RowChange } from './router.js';
 
 /** INSERT/CREATE are one operation; everything is compared upper-case. */
-export function normalOperation(op: string): string {
+function normalOperation(op: string): string {
   const u = op.toUpperCase();
   return u === 'CREATE' ? 'INSERT' : u;
 }
@@ -38,7 +38,7 @@ export function loadMutationMap(file: string): Map<string, MutationInfo> {
   try {
     doc = JSON.parse(readFileSync(file, 'utf8'));
   } catch (err) {
-    throw new Error(`[relay] schema_file ${file}: cannot read FraiseQL's compiled schema: ${(err as Error).message}`);
+    throw new Error(`[relay] schema_file ${file}: cannot read FraiseQL's compiled schema: ${(err as Error).message}`, { cause: err });
   }
   const list = (doc as { mutations?: unknown }).mutations;
   if (!Array.isArray(list)) throw new Error(`[relay] schema_file ${file}: no "mutations" array; is this FraiseQL's compiled schema JSON?`);

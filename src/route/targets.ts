@@ -28,6 +28,6 @@ export function requiredSubjects(config: Config): string[] {
 }
 
 /** Every subject a `[[observers.publish]]` entry names. */
-export function configuredSubjects(config: Config): string[] {
+function configuredSubjects(config: Config): string[] {
   return [...new Set(config.observers.publish.map((p) => p.subject))];
 }

@@ -11,7 +11,7 @@ const TEXT_ARRAYS = new Set([1009, 1015, 2951, 1003, 1014]);
 const NUMBER_ARRAYS = new Set([1005, 1007, 1016, 1021, 1022, 1231]);
 
 /** One column value (PostgreSQL text output) as JSON text, without lossy re-parsing. */
-export function valueToJson(value: string | null, typeOid: number): string {
+function valueToJson(value: string | null, typeOid: number): string {
   if (value === null) return 'null';
   if (NUMERIC.has(typeOid)) return /^-?\d+(\.\d+)?(e[+-]?\d+)?$/i.test(value) ? value : JSON.stringify(value);
   if (JSON_TYPES.has(typeOid)) return value;

@@ -7,17 +7,6 @@ import { DEFAULT_CHANGE_LOG } from './tables.js';
 import { readSlot, type SlotStats } from './slot.js';
 import { buildPlan, emptyDatabaseState, inspectDatabase, migrateLockSql, needsSlot, type MigrationPlan } from './plan.js';
 
-export {
-  buildPlan,
-  formatPlan,
-  loadMigrations,
-  needsSlot,
-  outboxPublication,
-  planStatements,
-  type Migration,
-  type MigrationPlan,
-  type PlanStep,
-} from './plan.js';
 
 /**
  * What `migrate` would run now, for `migrate --dry-run`: the same plan migrate computes, from a
@@ -104,7 +93,7 @@ export async function allowedPlugins(client: pg.Client): Promise<string[] | null
  * one must be creatable with it (`known`: the slot as already read by readSlot). Fails with a
  * UsageError (exit 2) naming both plugins.
  */
-export async function assertSlotUsable(client: pg.Client, config: Config, known?: SlotStats): Promise<void> {
+async function assertSlotUsable(client: pg.Client, config: Config, known?: SlotStats): Promise<void> {
   const slot = config.relay.slot;
   const plugin = config.relay.plugin;
   const row = known ?? (await readSlot(client, slot));
@@ -135,7 +124,7 @@ export async function assertSlotUsable(client: pg.Client, config: Config, known?
 }
 
 /** Fails with a UsageError (exit 2) when the server cannot do logical decoding. */
-export async function assertLogicalWal(client: pg.Client): Promise<void> {
+async function assertLogicalWal(client: pg.Client): Promise<void> {
   const { rows } = await client.query<{ wal_level: string }>('SHOW wal_level');
   const level = rows[0]?.wal_level;
   if (level !== 'logical') {

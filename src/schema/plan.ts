@@ -46,7 +46,7 @@ export function needsSlot(config: Config): boolean {
 type RowEvent = 'INSERT' | 'UPDATE' | 'DELETE';
 
 /** A `[[observers.rules]]` table as the plan uses it (rules on one table merged). */
-export interface PlannedRuleTable {
+interface PlannedRuleTable {
   /** the quoted, schema-qualified name that goes into SQL */
   sql: string;
   /** schema.name for messages and logs */
@@ -79,7 +79,7 @@ interface StepBase {
   statements: string[];
 }
 
-export type PlanStep = StepBase &
+type PlanStep = StepBase &
   (
     | { kind: 'schema' }
     /** statements are BEGIN, the migration's SQL, its INSERT INTO <schema>.migrations, COMMIT */

@@ -42,7 +42,7 @@ interface SlotRow {
  * has no bind parameters, the slot name is an inline literal, so it also runs on a replication
  * connection (`replication: 'database'`), which only speaks the simple query protocol.
  */
-export function slotQuery(slot: string): string {
+function slotQuery(slot: string): string {
   return `SELECT s.plugin, s.database, s.slot_type, s.active, s.active_pid, s.wal_status,
             pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::text AS lag,
             pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::text AS retained,

@@ -18,14 +18,14 @@ export interface JetStreamSinkOptions {
 }
 
 /** Size of the headers block as NATS encodes it ("NATS/1.0\r\n", "k: v\r\n"…, "\r\n"). */
-export function encodedHeaderSize(h: Record<string, string>, msgId: string): number {
+function encodedHeaderSize(h: Record<string, string>, msgId: string): number {
   let n = 12 + 15 + Buffer.byteLength(msgId) + 2; // NATS/1.0\r\n + \r\n ; Nats-Msg-Id: …\r\n
   for (const k in h) n += Buffer.byteLength(k) + Buffer.byteLength(h[k]!) + 4;
   return n;
 }
 
 /** A NATS header name: printable ASCII except ':' (RFC 822, as nats.js checks it). */
-export function validHeaderName(k: string): boolean {
+function validHeaderName(k: string): boolean {
   if (k.length === 0) return false;
   for (let i = 0; i < k.length; i++) {
     const c = k.charCodeAt(i);

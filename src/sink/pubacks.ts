@@ -1,4 +1,5 @@
 import { createInbox, type MsgHdrs, type NatsConnection, type Subscription, type Msg } from '@nats-io/transport-node';
+import { PublishRefusedError, StreamMissingError } from '../util/errors.js';
 
 interface Pending {
   done: (err?: Error) => void;
@@ -89,19 +90,23 @@ export class PubAckPublisher {
     if (data.length === 0 || msg.headers?.hasError) {
       // a status-only reply: 503 no responders, no stream captures the subject (or JetStream is unavailable)
       const h = msg.headers;
-      p.done(new Error(h?.code === 503 ? `no JetStream stream answered for ${p.subject} (503 no responders)` : `${h?.code ?? '?'} ${h?.description ?? 'empty reply'}`));
+      p.done(
+        h?.code === 503
+          ? new StreamMissingError(p.subject, `no JetStream stream answered for ${p.subject} (503 no responders)`)
+          : new PublishRefusedError(p.subject, h?.code ?? null, h?.description ?? 'empty reply'),
+      );
       return;
     }
     // {"stream":"S","seq":1} or {"error":{"code":…,"err_code":…,"description":"…"},…}
     if (data.length > 9 && indexOfError(data)) {
-      let text = 'JetStream rejected the message';
+      let refused = new PublishRefusedError(p.subject, null, 'JetStream rejected the message');
       try {
         const e = (JSON.parse(new TextDecoder().decode(data)) as { error?: { code?: number; err_code?: number; description?: string } }).error;
-        if (e) text = `JetStream error ${e.err_code ?? e.code}: ${e.description ?? ''}`;
+        if (e) refused = new PublishRefusedError(p.subject, e.err_code ?? e.code ?? null, e.description ?? '');
       } catch {
-        // keep the generic text
+        // keep the generic refusal
       }
-      p.done(new Error(text));
+      p.done(refused);
       return;
     }
     p.done();

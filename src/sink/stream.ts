@@ -1,4 +1,4 @@
-import { jetstreamManager, type JetStreamManager, type StreamInfo } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError, jetstreamManager, type JetStreamManager, type StreamInfo } from '@nats-io/jetstream';
 import { nanos, type NatsConnection } from '@nats-io/transport-node';
 import type { Config } from '../config/load.js';
 import type { Logger } from '../util/log.js';
@@ -15,13 +15,14 @@ export async function findStream(jsm: JetStreamManager, subject: string): Promis
   try {
     return await jsm.streams.find(subject);
   } catch (err) {
-    if (/no stream matches subject/i.test((err as Error).message)) return null;
+    if (isStreamNotFound(err)) return null;
     throw err;
   }
 }
 
-function isNotFound(err: unknown): boolean {
-  return /stream not found/i.test((err as Error)?.message ?? '');
+/** JetStream's "stream not found" (10059), which is also what a subject no stream captures gets. */
+function isStreamNotFound(err: unknown): boolean {
+  return err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound;
 }
 
 /**
@@ -67,7 +68,7 @@ export async function ensureStream(nc: NatsConnection, config: Config, requiredS
   try {
     info = await jsm.streams.info(cfg.name);
   } catch (err) {
-    if (!isNotFound(err)) throw err;
+    if (!isStreamNotFound(err)) throw err;
   }
   if (!info) {
     const subjects = minimal(required);

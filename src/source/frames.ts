@@ -32,9 +32,9 @@ export class FrameDecodeError extends Error {
 }
 
 /** Bytes before the plugin's message in an XLogData frame. */
-export const XLOG_HEADER = 25;
+const XLOG_HEADER = 25;
 const KEEPALIVE_LEN = 18;
-export const STANDBY_STATUS_LEN = 34;
+const STANDBY_STATUS_LEN = 34;
 
 /**
  * Parse one CopyData payload of a replication stream. `data` of an XLogData frame is a

@@ -17,7 +17,7 @@ export function createDecoder(plugin: PluginName, tables: readonly StreamedTable
   return plugin === 'wal2json' ? new Wal2JsonDecoder(tables) : new PgoutputDecoder();
 }
 
-export interface QualifiedTable {
+interface QualifiedTable {
   schema: string;
   name: string;
 }
@@ -51,7 +51,7 @@ export function escapeWal2JsonName(part: string): string {
 }
 
 /** `add-tables` value: `schema.table,…` with every name part escaped. */
-export function wal2jsonTableList(tables: readonly QualifiedTable[]): string {
+function wal2jsonTableList(tables: readonly QualifiedTable[]): string {
   return tables.map((t) => `${escapeWal2JsonName(t.schema)}.${escapeWal2JsonName(t.name)}`).join(',');
 }
 

@@ -2,6 +2,7 @@ import pg from 'pg';
 import { both, type CopyBothQueryStream } from 'pg-copy-streams';
 import { connectionConfig, quoteLiteral } from '../util/db.js';
 import type { Logger } from '../util/log.js';
+import { SlotError, SlotLostError } from '../util/errors.js';
 import type { Lsn } from './types.js';
 import { formatLsn } from './lsn.js';
 import { standbyStatus } from './frames.js';
@@ -21,11 +22,6 @@ export interface ReplicationOptions {
   /** a changed confirmed position is reported at most this often */
   confirmThrottleMs?: number;
   log: Logger;
-}
-
-/** Raised when the slot is missing or unusable: retrying will not help. */
-export class SlotError extends Error {
-  override readonly name = 'SlotError';
 }
 
 /**
@@ -90,7 +86,7 @@ export class ReplicationConnection {
         );
       }
       if (row.walStatus === 'lost') {
-        throw new SlotError(
+        throw new SlotLostError(
           `replication slot "${opts.slot}" has been invalidated (wal_status = lost): PostgreSQL removed WAL it still needed, so events may be missing. ` +
             `Recreate the slot and re-publish the retained outbox rows.`,
         );

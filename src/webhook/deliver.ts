@@ -313,7 +313,7 @@ export async function deliverOnce(
 async function drain(res: Response): Promise<void> {
   const body = res.body;
   if (body === null) return;
-  const reader = body.getReader();
+  const reader: ReadableStreamDefaultReader<Uint8Array> = body.getReader();
   let seen = 0;
   try {
     for (;;) {
