@@ -24,7 +24,9 @@ try {
   const secs = (performance.now() - start) / 1000;
   const cpu = process.cpuUsage(cpu0);
   process.stdout.write(`drained ${n} events in ${secs.toFixed(2)} s: ${Math.round(n / secs)} events/s (relay start included)\n`);
-  process.stdout.write(`relay CPU: ${((cpu.user + cpu.system) / n).toFixed(2)} µs/event (user ${(cpu.user / n).toFixed(2)}, system ${(cpu.system / n).toFixed(2)})\n`);
+  process.stdout.write(
+    `relay CPU: ${((cpu.user + cpu.system) / n).toFixed(2)} µs/event (user ${(cpu.user / n).toFixed(2)}, system ${(cpu.system / n).toFixed(2)})\n`,
+  );
   await relay.stop();
 } finally {
   await env.destroy();

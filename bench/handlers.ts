@@ -26,7 +26,9 @@ listen = "127.0.0.1:0"
 const env = await TestEnv.create({ toml: toml(1) });
 try {
   await env.migrate();
-  await env.sql(`CREATE TABLE seen (id int); CREATE FUNCTION fn_trivial(p jsonb) RETURNS void LANGUAGE sql AS $$ INSERT INTO seen VALUES ((p->>'n')::int) $$`);
+  await env.sql(
+    `CREATE TABLE seen (id int); CREATE FUNCTION fn_trivial(p jsonb) RETURNS void LANGUAGE sql AS $$ INSERT INTO seen VALUES ((p->>'n')::int) $$`,
+  );
   const nc = await env.natsClient();
   await (await jetstreamManager(nc)).streams.add({ name: 'FRAISEQL', subjects: ['bench.>'] });
   const js = jetstream(nc);
@@ -52,7 +54,9 @@ try {
       done = Number((await env.sql<{ n: string }>(`SELECT count(*)::text AS n FROM seen`))[0]!.n);
     }
     const secs = (performance.now() - start) / 1000;
-    process.stdout.write(`concurrency ${c}: ${n} events through a trivial SQL handler in ${secs.toFixed(2)} s = ${Math.round(n / secs)} events/s\n`);
+    process.stdout.write(
+      `concurrency ${c}: ${n} events through a trivial SQL handler in ${secs.toFixed(2)} s = ${Math.round(n / secs)} events/s\n`,
+    );
     await relay.stop();
   }
   await nc.close();

@@ -57,20 +57,36 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   L.push('Written by `npm run bench` (bench/run.ts); every figure below comes from one run of it. Do not edit by hand: run it again.');
   L.push('');
   L.push(`- **Date**: ${info.date} — run took ${(totalSecs / 60).toFixed(1)} min`);
-  L.push(`- **Machine**: ${info.cpu}, ${info.cores} cores, ${info.ramGiB} GiB RAM, ${info.kernel}; PostgreSQL, nats-server, the relay and the load generators all share these cores`);
+  L.push(
+    `- **Machine**: ${info.cpu}, ${info.cores} cores, ${info.ramGiB} GiB RAM, ${info.kernel}; PostgreSQL, nats-server, the relay and the load generators all share these cores`,
+  );
   L.push(`- **Versions**: Node ${info.node}; ${info.postgres}; nats-server ${info.natsServer}`);
-  L.push(`- **Packages**: ${Object.entries(info.packages).map(([k, v]) => `${k} ${v}`).join(', ')}`);
-  L.push(`- **Source**: commit ${info.commit}; the relay runs compiled from dist/ as shipped (\`node dist/cli.js run\`, built from this commit at the start of the run), as a child process; the contenders run through tsx (\`node --import tsx bench/contenders/<name>.ts\`)`);
-  L.push(`- **Settings**: N = ${fmtInt(N)} events, ${REPS} repetitions per figure (median, then min–max in parentheses), publish window ${WINDOW}, payload: a ~240-byte jsonb object per event (the relay publishes it in its envelope: ${results.template.bytes || '?'} bytes of body)`);
-  L.push(`- **Servers**: a throwaway PostgreSQL (wal_level=logical, fsync=off, full_page_writes=off) and nats-server with JetStream (file storage, R1), started fresh for each section; within a section every repetition gets its own replication slot (created before the backlog, dropped after) and a freshly created stream`);
+  L.push(
+    `- **Packages**: ${Object.entries(info.packages)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ')}`,
+  );
+  L.push(
+    `- **Source**: commit ${info.commit}; the relay runs compiled from dist/ as shipped (\`node dist/cli.js run\`, built from this commit at the start of the run), as a child process; the contenders run through tsx (\`node --import tsx bench/contenders/<name>.ts\`)`,
+  );
+  L.push(
+    `- **Settings**: N = ${fmtInt(N)} events, ${REPS} repetitions per figure (median, then min–max in parentheses), publish window ${WINDOW}, payload: a ~240-byte jsonb object per event (the relay publishes it in its envelope: ${results.template.bytes || '?'} bytes of body)`,
+  );
+  L.push(
+    `- **Servers**: a throwaway PostgreSQL (wal_level=logical, fsync=off, full_page_writes=off) and nats-server with JetStream (file storage, R1), started fresh for each section; within a section every repetition gets its own replication slot (created before the backlog, dropped after) and a freshly created stream`,
+  );
   L.push('');
 
   // (a)
   L.push(`## (a) Backlog drain: N = ${fmtInt(N)} events committed while nothing runs, then the consumer started`);
   L.push('');
-  L.push('Events/s from starting the process to the last event stored in the stream (stream message count polled every 20 ms); "excl. start-up" counts from the first stored event instead. (d) peak RSS of the relay process (VmHWM).');
+  L.push(
+    'Events/s from starting the process to the last event stored in the stream (stream message count polled every 20 ms); "excl. start-up" counts from the first stored event instead. (d) peak RSS of the relay process (VmHWM).',
+  );
   L.push('');
-  L.push('| transaction shape | backlog commit | fraiseql-relay | excl. start-up | start-up | relay peak RSS | reference loop | reference excl. start-up | relay ÷ reference | relay ÷ reference, excl. start-up |');
+  L.push(
+    '| transaction shape | backlog commit | fraiseql-relay | excl. start-up | start-up | relay peak RSS | reference loop | reference excl. start-up | relay ÷ reference | relay ÷ reference, excl. start-up |',
+  );
   L.push('|---|---|---|---|---|---|---|---|---|---|');
   for (const shape of SHAPES) {
     const r = results.drain.get(shape.key);
@@ -79,12 +95,18 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
       continue;
     }
     L.push(
-      `| ${shape.label} | ${r.backlogSecs ? `${r.backlogSecs.toFixed(1)} s` : '–'} | ${cell(r.relay)} | ${cell(r.relay, (s) => s.excl)} | ${cell(r.relay, (s) => s.startup, (x) => `${x.toFixed(2)} s`)} | ${rssCell(r.relay)} | ${cell(r.ref)} | ${cell(r.ref, (s) => s.excl)} | ${ratio(r.relay.med(), r.ref.med())} | ${ratio(r.relay.medExcl(), r.ref.medExcl())} |`,
+      `| ${shape.label} | ${r.backlogSecs ? `${r.backlogSecs.toFixed(1)} s` : '–'} | ${cell(r.relay)} | ${cell(r.relay, (s) => s.excl)} | ${cell(
+        r.relay,
+        (s) => s.startup,
+        (x) => `${x.toFixed(2)} s`,
+      )} | ${rssCell(r.relay)} | ${cell(r.ref)} | ${cell(r.ref, (s) => s.excl)} | ${ratio(r.relay.med(), r.ref.med())} | ${ratio(r.relay.medExcl(), r.ref.medExcl())} |`,
     );
   }
   L.push('');
   if (single) {
-    L.push(`fraiseql-relay ÷ pg-transactional-outbox (single-row transactions): **${ratio(single.relay.med(), results.pto.med())}** (excl. start-up ${ratio(single.relay.medExcl(), results.pto.medExcl())}); ÷ polling relay: ${ratio(single.relay.med(), results.poll.med())}.`);
+    L.push(
+      `fraiseql-relay ÷ pg-transactional-outbox (single-row transactions): **${ratio(single.relay.med(), results.pto.med())}** (excl. start-up ${ratio(single.relay.medExcl(), results.pto.medExcl())}); ÷ polling relay: ${ratio(single.relay.med(), results.poll.med())}.`,
+    );
     L.push('');
   }
 
@@ -99,7 +121,9 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   if (!lat) {
     L.push('not run');
   } else {
-    L.push('| consumer | offered ev/s | achieved ev/s | p50 ms | p99 ms | p99.9 ms | max ms | events seen | consumer CPU | walsender CPU |');
+    L.push(
+      '| consumer | offered ev/s | achieved ev/s | p50 ms | p99 ms | p99.9 ms | max ms | events seen | consumer CPU | walsender CPU |',
+    );
     L.push('|---|---|---|---|---|---|---|---|---|---|');
     const rows = (who: string, res: LatResult): void => {
       for (const [rate, r] of res.byRate) {
@@ -110,7 +134,16 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
         const pick = (f: (x: LatRun) => number) => r.runs.map(f);
         const fail = r.errors.length > 0 ? ` (${r.errors.length} failed: ${esc(r.errors[0]!)})` : '';
         L.push(
-          `| ${who} | ${fmtInt(rate)} | ${fmtSpread(pick((x) => x.achieved))} | ${fmtSpread(pick((x) => x.p50), fmtMs)} | ${fmtSpread(pick((x) => x.p99), fmtMs)} | ${fmtSpread(pick((x) => x.p999), fmtMs)} | ${fmtMs(Math.max(...pick((x) => x.max)))} | ${r.runs.map((x) => `${x.received}/${x.produced}`).join(', ')}${fail} | ${fmtPct(median(pick((x) => x.cpuProc)))} | ${fmtPct(median(pick((x) => x.cpuWs)))} |`,
+          `| ${who} | ${fmtInt(rate)} | ${fmtSpread(pick((x) => x.achieved))} | ${fmtSpread(
+            pick((x) => x.p50),
+            fmtMs,
+          )} | ${fmtSpread(
+            pick((x) => x.p99),
+            fmtMs,
+          )} | ${fmtSpread(
+            pick((x) => x.p999),
+            fmtMs,
+          )} | ${fmtMs(Math.max(...pick((x) => x.max)))} | ${r.runs.map((x) => `${x.received}/${x.produced}`).join(', ')}${fail} | ${fmtPct(median(pick((x) => x.cpuProc)))} | ${fmtPct(median(pick((x) => x.cpuWs)))} |`,
         );
       }
       for (const st of res.ladder) {
@@ -119,7 +152,9 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
           continue;
         }
         const x = st.run;
-        L.push(`| ${who} | ${fmtInt(st.rate)} (ladder, 1 run) | ${fmtInt(x.achieved)} | ${fmtMs(x.p50)} | ${fmtMs(x.p99)} | ${fmtMs(x.p999)} | ${fmtMs(x.max)} | ${x.received}/${x.produced} | ${fmtPct(x.cpuProc)} | ${fmtPct(x.cpuWs)} |`);
+        L.push(
+          `| ${who} | ${fmtInt(st.rate)} (ladder, 1 run) | ${fmtInt(x.achieved)} | ${fmtMs(x.p50)} | ${fmtMs(x.p99)} | ${fmtMs(x.p999)} | ${fmtMs(x.max)} | ${x.received}/${x.produced} | ${fmtPct(x.cpuProc)} | ${fmtPct(x.cpuWs)} |`,
+        );
       }
     };
     rows('fraiseql-relay', lat);
@@ -135,13 +170,17 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   // (c)
   L.push(`## (c) Inbound handler throughput (JetStream → SQL handler), ${fmtInt(HANDLER_N)} events`);
   L.push('');
-  L.push('Events already stored in the stream; the relay (subscriber only) starts, and each event runs a trivial SQL handler (one INSERT) in its exactly-once transaction with the inbox row. Events/s from starting the process to the last handled event (handled rows polled every 20 ms).');
+  L.push(
+    'Events already stored in the stream; the relay (subscriber only) starts, and each event runs a trivial SQL handler (one INSERT) in its exactly-once transaction with the inbox row. Events/s from starting the process to the last handled event (handled rows polled every 20 ms).',
+  );
   L.push('');
   L.push('| concurrency | events/s | excl. start-up | relay peak RSS |');
   L.push('|---|---|---|---|');
   for (const c of CONCURRENCIES) {
     const s = results.handlers.get(c);
-    L.push(`| ${c} | ${s ? cell(s) : results.handlersError ? `failed: ${esc(results.handlersError)}` : 'not run'} | ${cell(s, (x) => x.excl)} | ${rssCell(s)} |`);
+    L.push(
+      `| ${c} | ${s ? cell(s) : results.handlersError ? `failed: ${esc(results.handlersError)}` : 'not run'} | ${cell(s, (x) => x.excl)} | ${rssCell(s)} |`,
+    );
   }
   L.push('');
 
@@ -152,26 +191,38 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   L.push('|---|---|---|---|---|');
   for (const shape of SHAPES) {
     const r = results.drain.get(shape.key);
-    L.push(`| pgoutput decode only, ${shape.label} | ${cell(r?.decode)} | ${cell(r?.decode, (s) => s.excl)} | ${rssCell(r?.decode)} | ReplicationConnection + PgoutputDecoder, no publishing, slot confirmed at the end |`);
+    L.push(
+      `| pgoutput decode only, ${shape.label} | ${cell(r?.decode)} | ${cell(r?.decode, (s) => s.excl)} | ${rssCell(r?.decode)} | ReplicationConnection + PgoutputDecoder, no publishing, slot confirmed at the end |`,
+    );
   }
-  L.push(`| JetStream publish, \`js.publish()\` | ${cell(results.jsJs)} | ${cell(results.jsJs, (s) => s.excl)} | ${rssCell(results.jsJs)} | @nats-io/jetstream, msgID per message, window ${WINDOW}, the relay's message (${results.template.bytes} B body + its headers), no PostgreSQL |`);
-  L.push(`| JetStream publish, core connection + shared reply subscription | ${cell(results.jsCore)} | ${cell(results.jsCore, (s) => s.excl)} | ${rssCell(results.jsCore)} | \`nc.publish(subject, data, { headers: Nats-Msg-Id, reply: <inbox>.<n> })\`, one \`<inbox>.*\` subscription, acks parsed from the replies, window ${WINDOW} |`);
+  L.push(
+    `| JetStream publish, \`js.publish()\` | ${cell(results.jsJs)} | ${cell(results.jsJs, (s) => s.excl)} | ${rssCell(results.jsJs)} | @nats-io/jetstream, msgID per message, window ${WINDOW}, the relay's message (${results.template.bytes} B body + its headers), no PostgreSQL |`,
+  );
+  L.push(
+    `| JetStream publish, core connection + shared reply subscription | ${cell(results.jsCore)} | ${cell(results.jsCore, (s) => s.excl)} | ${rssCell(results.jsCore)} | \`nc.publish(subject, data, { headers: Nats-Msg-Id, reply: <inbox>.<n> })\`, one \`<inbox>.*\` subscription, acks parsed from the replies, window ${WINDOW} |`,
+  );
   for (const shape of SHAPES) {
     const r = results.drain.get(shape.key);
-    L.push(`| reference minimal loop, ${shape.label} | ${cell(r?.ref)} | ${cell(r?.ref, (s) => s.excl)} | ${rssCell(r?.ref)} | pgoutput → core-connection JetStream publish (as above) → standby status with the commit end LSN once all acks of the transaction (and earlier ones) are in; minimal envelope (${r && r.ref.msgBytes.length ? fmtInt(median(r.ref.msgBytes)) : '?'} B stored per message vs ${r && r.relay.msgBytes.length ? fmtInt(median(r.relay.msgBytes)) : '?'} B for the relay) |`);
+    L.push(
+      `| reference minimal loop, ${shape.label} | ${cell(r?.ref)} | ${cell(r?.ref, (s) => s.excl)} | ${rssCell(r?.ref)} | pgoutput → core-connection JetStream publish (as above) → standby status with the commit end LSN once all acks of the transaction (and earlier ones) are in; minimal envelope (${r && r.ref.msgBytes.length ? fmtInt(median(r.ref.msgBytes)) : '?'} B stored per message vs ${r && r.relay.msgBytes.length ? fmtInt(median(r.relay.msgBytes)) : '?'} B for the relay) |`,
+    );
   }
   L.push('');
 
   // CPU
   L.push('## Where the CPU goes');
   L.push('');
-  L.push('Median CPU seconds per run of the process measured, of the walsender serving its slot and of nats-server, with the share of the run\'s wall time (spawn → last event; 100 % = one of the 2 cores).');
+  L.push(
+    "Median CPU seconds per run of the process measured, of the walsender serving its slot and of nats-server, with the share of the run's wall time (spawn → last event; 100 % = one of the 2 cores).",
+  );
   L.push('');
   L.push('| run | wall | process | walsender | nats-server |');
   L.push('|---|---|---|---|---|');
   const cpuRow = (label: string, s: Series | undefined): void => {
     if (!s || s.cpu.length === 0) return;
-    L.push(`| ${label} | ${median(s.cpu.map((c) => c.wall)).toFixed(1)} s | ${cpuCell(s, (c) => c.proc)} | ${cpuCell(s, (c) => c.ws)} | ${cpuCell(s, (c) => c.nats)} |`);
+    L.push(
+      `| ${label} | ${median(s.cpu.map((c) => c.wall)).toFixed(1)} s | ${cpuCell(s, (c) => c.proc)} | ${cpuCell(s, (c) => c.ws)} | ${cpuCell(s, (c) => c.nats)} |`,
+    );
   };
   for (const shape of SHAPES) {
     const r = results.drain.get(shape.key);
@@ -188,18 +239,28 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   // (f)
   L.push(`## (f) Other outbox relays doing the same job, same run (N = ${fmtInt(N)}, single-row transactions)`);
   L.push('');
-  L.push(`Each runs at most ${COMPARE_SECS} s; a relay that has not drained N by then is measured on the events it stored in that time (noted).`);
+  L.push(
+    `Each runs at most ${COMPARE_SECS} s; a relay that has not drained N by then is measured on the events it stored in that time (noted).`,
+  );
   L.push('');
   L.push('| relay | events/s | excl. start-up | peak RSS | fraiseql-relay ÷ this | how |');
   L.push('|---|---|---|---|---|---|');
   const relayMed = single?.relay.med() ?? Number.NaN;
   const part = (s: Series) => (s.notes.length > 0 ? ` (partial: ${esc(s.notes[0]!)})` : '');
   L.push(`| fraiseql-relay | ${cell(single?.relay)} | ${cell(single?.relay, (s) => s.excl)} | ${rssCell(single?.relay)} | 1 | from (a) |`);
-  L.push(`| reference minimal loop | ${cell(single?.ref)} | ${cell(single?.ref, (s) => s.excl)} | ${rssCell(single?.ref)} | ${ratio(relayMed, single?.ref.med() ?? Number.NaN)} | from (a), (e) |`);
-  L.push(`| pg-transactional-outbox ${info.packages['pg-transactional-outbox']} (logical replication) | ${cell(results.pto)}${part(results.pto)} | ${cell(results.pto, (s) => s.excl)} | ${rssCell(results.pto)} | ${ratio(relayMed, results.pto.med())} | its own outbox table, publication and slot; default strategies (mutex concurrency: one message at a time, in order; each message locked and marked processed in its own transaction); handler awaits \`js.publish()\` with msgID |`);
-  L.push(`| polling outbox relay | ${cell(results.poll)}${part(results.poll)} | ${cell(results.poll, (s) => s.excl)} | ${rssCell(results.poll)} | ${ratio(relayMed, results.poll.med())} | one worker: BEGIN; \`SELECT … ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED\`; \`js.publish()\` ×500 pipelined with msgID; DELETE; COMMIT (the N rows inserted at once: the transaction shape does not matter to it) |`);
+  L.push(
+    `| reference minimal loop | ${cell(single?.ref)} | ${cell(single?.ref, (s) => s.excl)} | ${rssCell(single?.ref)} | ${ratio(relayMed, single?.ref.med() ?? Number.NaN)} | from (a), (e) |`,
+  );
+  L.push(
+    `| pg-transactional-outbox ${info.packages['pg-transactional-outbox']} (logical replication) | ${cell(results.pto)}${part(results.pto)} | ${cell(results.pto, (s) => s.excl)} | ${rssCell(results.pto)} | ${ratio(relayMed, results.pto.med())} | its own outbox table, publication and slot; default strategies (mutex concurrency: one message at a time, in order; each message locked and marked processed in its own transaction); handler awaits \`js.publish()\` with msgID |`,
+  );
+  L.push(
+    `| polling outbox relay | ${cell(results.poll)}${part(results.poll)} | ${cell(results.poll, (s) => s.excl)} | ${rssCell(results.poll)} | ${ratio(relayMed, results.poll.med())} | one worker: BEGIN; \`SELECT … ORDER BY id LIMIT 500 FOR UPDATE SKIP LOCKED\`; \`js.publish()\` ×500 pipelined with msgID; DELETE; COMMIT (the N rows inserted at once: the transaction shape does not matter to it) |`,
+  );
   L.push('');
-  L.push('Published figures for other relays (different, larger hardware; vendor numbers, for orientation only): Sequin > 50,000 ops/s, p99 253 ms (32-vCPU RDS → MSK); Debezium Server ~20,000–23,000 ops/s, p99 440 ms.');
+  L.push(
+    'Published figures for other relays (different, larger hardware; vendor numbers, for orientation only): Sequin > 50,000 ops/s, p99 253 ms (32-vCPU RDS → MSK); Debezium Server ~20,000–23,000 ops/s, p99 440 ms.',
+  );
   L.push('');
 
   // notes drawn from this run's figures
@@ -245,9 +306,15 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   const refRatioX = single && single.relay.excl.length && single.ref.excl.length ? single.relay.medExcl() / single.ref.medExcl() : null;
   const ptoRatio = single && single.relay.ok() && results.pto.ok() ? single.relay.med() / results.pto.med() : null;
   const p99at5k = lat?.byRate.get(5_000)?.runs.length ? median(lat.byRate.get(5_000)!.runs.map((x) => x.p99)) : null;
-  L.push(`- Single-row backlog drain ≥ 90 % of the reference loop: ${refRatio === null ? 'not measured' : `${(refRatio * 100).toFixed(0)} % (excl. start-up ${refRatioX === null ? '–' : `${(refRatioX * 100).toFixed(0)} %`})`} → ${tgt(refRatio === null ? null : refRatio >= 0.9)}`);
-  L.push(`- Single-row backlog drain ≥ 3× pg-transactional-outbox: ${ptoRatio === null ? 'not measured' : `${ptoRatio.toFixed(1)}×`} → ${tgt(ptoRatio === null ? null : ptoRatio >= 3)}`);
-  L.push(`- p99 commit → ack at 5,000 events/s < 10 ms: ${p99at5k === null ? 'not measured' : `${fmtMs(p99at5k)} ms`} → ${tgt(p99at5k === null ? null : p99at5k < 10)}`);
+  L.push(
+    `- Single-row backlog drain ≥ 90 % of the reference loop: ${refRatio === null ? 'not measured' : `${(refRatio * 100).toFixed(0)} % (excl. start-up ${refRatioX === null ? '–' : `${(refRatioX * 100).toFixed(0)} %`})`} → ${tgt(refRatio === null ? null : refRatio >= 0.9)}`,
+  );
+  L.push(
+    `- Single-row backlog drain ≥ 3× pg-transactional-outbox: ${ptoRatio === null ? 'not measured' : `${ptoRatio.toFixed(1)}×`} → ${tgt(ptoRatio === null ? null : ptoRatio >= 3)}`,
+  );
+  L.push(
+    `- p99 commit → ack at 5,000 events/s < 10 ms: ${p99at5k === null ? 'not measured' : `${fmtMs(p99at5k)} ms`} → ${tgt(p99at5k === null ? null : p99at5k < 10)}`,
+  );
   const big = results.drain.get('one');
   const bigRss = big && big.relay.rss.length ? Math.max(...big.relay.rss) : null;
   const singleRss = single && single.relay.rss.length ? median(single.relay.rss) : null;
@@ -257,7 +324,9 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   L.push('');
   L.push('## How to run');
   L.push('');
-  L.push('`npm run bench` (PostgreSQL ≥ 14 server binaries and nats-server must be installed, as for the tests). `BENCH_N=20000 BENCH_REPS=1 npm run bench` for a quick run; `BENCH_ONLY=a,e` runs some sections only; `BENCH_OUT=-` does not write this file. See the header of bench/run.ts for every setting.');
+  L.push(
+    '`npm run bench` (PostgreSQL ≥ 14 server binaries and nats-server must be installed, as for the tests). `BENCH_N=20000 BENCH_REPS=1 npm run bench` for a quick run; `BENCH_ONLY=a,e` runs some sections only; `BENCH_OUT=-` does not write this file. See the header of bench/run.ts for every setting.',
+  );
   L.push('');
   return L.join('\n');
 }

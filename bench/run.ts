@@ -55,7 +55,10 @@ const results: Results = {
 async function main(): Promise<void> {
   log(`fraiseql-relay benchmark: N = ${fmtInt(N)}, ${REPS} repetitions, sections ${[...ONLY].join(',')}`);
   log('building dist/ (the relay runs compiled, as shipped)');
-  execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.build.json')], { cwd: ROOT, stdio: 'inherit' });
+  execFileSync(process.execPath, [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.build.json')], {
+    cwd: ROOT,
+    stdio: 'inherit',
+  });
   let pgVersion = 'PostgreSQL (unknown version)';
   await section(
     'servers',
@@ -72,16 +75,30 @@ async function main(): Promise<void> {
     for (const s of series) if (s.values.length === 0 && s.errors.length === 0) s.errors.push(e);
   };
   if (ONLY.has('a') || ONLY.has('e') || ONLY.has('d')) {
-    await section('(a)', (env) => sectionDrain(env, results), (e) => {
-      for (const shape of SHAPES) {
-        if (!results.drain.has(shape.key)) results.drain.set(shape.key, newDrainResult());
-        const r = results.drain.get(shape.key)!;
-        failAll(e, r.relay, r.ref, r.decode);
-      }
-    });
+    await section(
+      '(a)',
+      (env) => sectionDrain(env, results),
+      (e) => {
+        for (const shape of SHAPES) {
+          if (!results.drain.has(shape.key)) results.drain.set(shape.key, newDrainResult());
+          const r = results.drain.get(shape.key)!;
+          failAll(e, r.relay, r.ref, r.decode);
+        }
+      },
+    );
   }
-  if (ONLY.has('e')) await section('(e)', (env) => sectionPublish(env, results), (e) => failAll(e, results.jsJs, results.jsCore));
-  if (ONLY.has('f')) await section('(f)', (env) => sectionCompare(env, results), (e) => failAll(e, results.pto, results.poll));
+  if (ONLY.has('e'))
+    await section(
+      '(e)',
+      (env) => sectionPublish(env, results),
+      (e) => failAll(e, results.jsJs, results.jsCore),
+    );
+  if (ONLY.has('f'))
+    await section(
+      '(f)',
+      (env) => sectionCompare(env, results),
+      (e) => failAll(e, results.pto, results.poll),
+    );
   if (ONLY.has('b')) {
     await section(
       '(b)',
@@ -93,7 +110,12 @@ async function main(): Promise<void> {
     );
   }
 
-  if (ONLY.has('c')) await section('(c)', (env) => sectionHandlers(env, results), (e) => (results.handlersError = e));
+  if (ONLY.has('c'))
+    await section(
+      '(c)',
+      (env) => sectionHandlers(env, results),
+      (e) => (results.handlersError = e),
+    );
   const total = (nowMs() - T0) / 1000;
   const md = render(results, info, total);
   process.stdout.write(`\n${md}\n`);

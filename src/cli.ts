@@ -20,10 +20,13 @@ interface GlobalOpts {
 
 function withCommon(cmd: Command): Command {
   return cmd
+    .addOption(new Option('-c, --config <file>', 'the service configuration').env('FRAISEQL_RELAY_CONFIG').default('./fraiseql.toml'))
     .addOption(
-      new Option('-c, --config <file>', 'the service configuration').env('FRAISEQL_RELAY_CONFIG').default('./fraiseql.toml'),
-    )
-    .addOption(new Option('--log-level <level>', 'log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).env('LOG_LEVEL').default('info'));
+      new Option('--log-level <level>', 'log level')
+        .choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'])
+        .env('LOG_LEVEL')
+        .default('info'),
+    );
 }
 
 function setup(opts: GlobalOpts): { config: Config; log: Logger } {
@@ -153,7 +156,9 @@ export function buildProgram(): Command {
   withCommon(dlq.command('purge'))
     .description('delete dead letters')
     .option('--older-than <duration>', 'only those recorded longer ago than this (e.g. 7d)')
-    .action((o: GlobalOpts & { olderThan?: string }) => guard(async () => dlqPurge(setup(o).config, o.olderThan === undefined ? {} : { olderThan: o.olderThan })));
+    .action((o: GlobalOpts & { olderThan?: string }) =>
+      guard(async () => dlqPurge(setup(o).config, o.olderThan === undefined ? {} : { olderThan: o.olderThan })),
+    );
 
   program
     .command('demo')

@@ -46,7 +46,8 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
   relay.on('deadLetter', (direction) => metrics.deadLetters.inc({ direction }));
   relay.on('heartbeat', (lagMs) => {
     metrics.heartbeatReturned(lagMs / 1000);
-    if (!health.ready().ready || health.ready().reasons['heartbeat']) olog.info({ lag_ms: Math.round(lagMs) }, 'heartbeat back: the data path flows');
+    if (!health.ready().ready || health.ready().reasons['heartbeat'])
+      olog.info({ lag_ms: Math.round(lagMs) }, 'heartbeat back: the data path flows');
     health.set('heartbeat', true);
   });
   relay.on('slot', (s) => {
@@ -60,7 +61,13 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
     metrics.setSafeWalBytes(s.safeWalBytes);
     metrics.setWalStatus(s.walStatus);
     const over = s.lagBytes > config.relay.max_lag;
-    health.set('slot', !over && s.walStatus !== 'lost', s.walStatus === 'lost' ? 'slot invalidated (wal_status = lost)' : `slot lag ${s.lagBytes} bytes exceeds [relay] max_lag (${config.relay.max_lag})`);
+    health.set(
+      'slot',
+      !over && s.walStatus !== 'lost',
+      s.walStatus === 'lost'
+        ? 'slot invalidated (wal_status = lost)'
+        : `slot lag ${s.lagBytes} bytes exceeds [relay] max_lag (${config.relay.max_lag})`,
+    );
   });
   relay.on('reconnect', (target) => metrics.reconnects.inc({ target }));
   relay.on('nats', (up) => {
@@ -131,7 +138,12 @@ async function openDaemon(config: Config, log: Logger, opts: RelayOptions): Prom
   const unobserve = observeRelay(config, relay, metrics, health, log);
   let http;
   try {
-    http = await startHttp(config.relay.listen, { metrics, health, log: log.child({ component: 'http' }), liveStaleMs: Math.max(30_000, config.relay.heartbeat_timeout) });
+    http = await startHttp(config.relay.listen, {
+      metrics,
+      health,
+      log: log.child({ component: 'http' }),
+      liveStaleMs: Math.max(30_000, config.relay.heartbeat_timeout),
+    });
   } catch (err) {
     unobserve();
     throw err;

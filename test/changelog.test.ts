@@ -91,7 +91,11 @@ before(async () => {
   env = await TestEnv.create({ toml: TOML });
   await writeFile(
     join(env.dir, 'schema.compiled.json'),
-    JSON.stringify({ types: [], queries: [], mutations: [{ name: 'updateOrder', return_type: 'Order', sql_source: 'app.fn_update_order', operation: 'update' }] }),
+    JSON.stringify({
+      types: [],
+      queries: [],
+      mutations: [{ name: 'updateOrder', return_type: 'Order', sql_source: 'app.fn_update_order', operation: 'update' }],
+    }),
   );
   await env.sql(FRAISEQL);
   await env.migrate();
@@ -104,12 +108,19 @@ after(async () => {
 });
 
 test("migrate adds FraiseQL's change log to the insert-only publication", async () => {
-  const t = await env.sql<{ t: string }>(`SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = 'fraiseql_relay_outbox' ORDER BY 1`);
-  assert.deepEqual(t.map((r) => r.t), ['core.tb_entity_change_log', 'fraiseql_relay.outbox']);
+  const t = await env.sql<{ t: string }>(
+    `SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = 'fraiseql_relay_outbox' ORDER BY 1`,
+  );
+  assert.deepEqual(
+    t.map((r) => r.t),
+    ['core.tb_entity_change_log', 'fraiseql_relay.outbox'],
+  );
 });
 
 test('a change-log row written by the executor CTE is published without any emit call', async () => {
-  const [{ entity_id: id }] = (await env.sql<{ entity_id: string }>(executorCte(`app.fn_create_order('ada')`, 'INSERT'))) as [{ entity_id: string }];
+  const [{ entity_id: id }] = (await env.sql<{ entity_id: string }>(executorCte(`app.fn_create_order('ada')`, 'INSERT'))) as [
+    { entity_id: string },
+  ];
   const m = await waitFor('fraiseql.order.created');
   const [log] = await env.sql<{ id: string }>(`SELECT id::text FROM core.tb_entity_change_log WHERE object_id = $1`, [id]);
   const b = m.body;
@@ -135,7 +146,9 @@ test('a subscription topic also publishes on fraiseql.subscription.<topic>', asy
 });
 
 test('a publish entry by mutation matches through the compiled schema', async () => {
-  const [{ entity_id: id }] = (await env.sql<{ entity_id: string }>(`SELECT (app.fn_create_order('bob')).entity_id::text`)) as [{ entity_id: string }];
+  const [{ entity_id: id }] = (await env.sql<{ entity_id: string }>(`SELECT (app.fn_create_order('bob')).entity_id::text`)) as [
+    { entity_id: string },
+  ];
   await env.sql(executorCte(`app.fn_update_order('${id}', 'paid')`, 'UPDATE'));
   const m = await waitFor('fraiseql.order.updated');
   assert.equal(m.body['mutation'], 'update_order');
@@ -146,8 +159,10 @@ test('a publish entry by mutation matches through the compiled schema', async ()
 
 test('a change-log row no entry matches is not published', async () => {
   const before = relay.stats.unrouted;
-  await env.sql(`INSERT INTO core.tb_entity_change_log (object_type, modification_type, object_id) VALUES ('Invoice', 'DELETE', gen_random_uuid())`);
-  for (const until = Date.now() + 10_000; relay.stats.unrouted === before && Date.now() < until; ) await sleep(20);
+  await env.sql(
+    `INSERT INTO core.tb_entity_change_log (object_type, modification_type, object_id) VALUES ('Invoice', 'DELETE', gen_random_uuid())`,
+  );
+  for (const until = Date.now() + 10_000; relay.stats.unrouted === before && Date.now() < until;) await sleep(20);
   assert.equal(relay.stats.unrouted, before + 1);
   assert.ok(!(await env.readStream()).some((m) => m.body['entity_type'] === 'Invoice'));
 });

@@ -51,8 +51,16 @@ function cliEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
  * exit within `timeoutMs` is SIGKILLed and fails the test instead of hanging the whole file.
  * Checks that neither stream shows the password.
  */
-async function cli(args: string[], e: NodeJS.ProcessEnv, timeoutMs = 30_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd: ROOT, env: { ...e, NO_PRETTY: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+async function cli(
+  args: string[],
+  e: NodeJS.ProcessEnv,
+  timeoutMs = 30_000,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
+    cwd: ROOT,
+    env: { ...e, NO_PRETTY: '1' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
@@ -294,10 +302,7 @@ test('run with [relay.stream] create = false and no stream for the subject: exit
   } finally {
     await nc.close();
   }
-  const file = await writeToml(
-    'nostream.toml',
-    BASE_TOML.replace('subjects = ["fraiseql.>"]', 'create = false'),
-  );
+  const file = await writeToml('nostream.toml', BASE_TOML.replace('subjects = ["fraiseql.>"]', 'create = false'));
   assert.match(await readFile(file, 'utf8'), /create = false/);
   const e = cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') });
   const m = await cli(['migrate', '-c', file], e);

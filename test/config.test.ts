@@ -3,14 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
-import {
-  ConfigError,
-  defaultConsumerName,
-  loadConfig,
-  parseByteSize,
-  parseConfig,
-  parseDuration,
-} from '../src/config/load.js';
+import { ConfigError, defaultConsumerName, loadConfig, parseByteSize, parseConfig, parseDuration } from '../src/config/load.js';
 
 const ENV = {
   DATABASE_URL: 'postgres://app:s3cr3t-pw@db.internal:5432/orders',
@@ -70,8 +63,7 @@ function configError(fn: () => unknown): ConfigError {
   assert.fail('expected a ConfigError');
 }
 
-const minimal = (rest = ''): string =>
-  `[project]\nname = "svc"\n[database]\nurl = "\${DATABASE_URL}"\n${rest}`;
+const minimal = (rest = ''): string => `[project]\nname = "svc"\n[database]\nurl = "\${DATABASE_URL}"\n${rest}`;
 
 describe('parseConfig: a valid file', () => {
   it('reads the design example and fills every default', () => {
@@ -101,9 +93,7 @@ describe('parseConfig: a valid file', () => {
         event: 'INSERT',
         subject: 'fraiseql.order.created',
         before_image: false,
-        actions: [
-          { type: 'webhook', url_env: 'ORDER_WEBHOOK_URL', method: 'POST', headers: {}, timeout: 30_000, max_attempts: 8 },
-        ],
+        actions: [{ type: 'webhook', url_env: 'ORDER_WEBHOOK_URL', method: 'POST', headers: {}, timeout: 30_000, max_attempts: 8 }],
       },
     ]);
     assert.deepEqual(c.relay, {
@@ -300,12 +290,7 @@ max_attempts = 3
       'f.toml',
       ENV, // POOL_SIZE, DB_PASSWORD, PORT, JWT_SECRET unset: settings the relay ignores are not interpolated
     );
-    assert.deepEqual(c.ignoredKeys, [
-      'observers.enabled',
-      'observers.redis_url',
-      'observers.max_concurrency',
-      'observers.rules[0].retry',
-    ]);
+    assert.deepEqual(c.ignoredKeys, ['observers.enabled', 'observers.redis_url', 'observers.max_concurrency', 'observers.rules[0].retry']);
     assert.equal(c.observers.rules[0]?.event, 'DELETE');
   });
 });
@@ -337,10 +322,7 @@ name = "A#\${STREAM}" # a '#' inside a string is not a comment
   it('an unset variable names the variable, the file and the line, with a hint', () => {
     const text = FULL; // url = "${DATABASE_URL}" is on line 7
     const err = configError(() => parseConfig(text, 'fraiseql.toml', { NATS_URL: ENV.NATS_URL }));
-    assert.match(
-      err.message,
-      /^fraiseql\.toml:7: environment variable DATABASE_URL is not set \(used in \$\{DATABASE_URL\}\)/,
-    );
+    assert.match(err.message, /^fraiseql\.toml:7: environment variable DATABASE_URL is not set \(used in \$\{DATABASE_URL\}\)/);
     assert.ok(err.message.includes('export DATABASE_URL='), err.message);
     assert.equal(err.line, 7);
     assert.equal(err.key, 'database.url');
@@ -365,16 +347,12 @@ name = "A#\${STREAM}" # a '#' inside a string is not a comment
     assert.match(quote.message, /DATABASE_URL .*contains a double quote/);
     assert.ok(!quote.message.includes('b"c'), quote.message);
 
-    const bare = configError(() =>
-      parseConfig(minimal('[relay]\nmax_in_flight = ${N}\n'), 'f.toml', { ...ENV, N: '1\nslot = "x"' }),
-    );
+    const bare = configError(() => parseConfig(minimal('[relay]\nmax_in_flight = ${N}\n'), 'f.toml', { ...ENV, N: '1\nslot = "x"' }));
     assert.match(bare.message, /^f\.toml:6: environment variable N /);
   });
 
   it('rejects ${NAME:-default} instead of keeping it literally', () => {
-    const err = configError(() =>
-      parseConfig(minimal('[relay]\nlisten = "${LISTEN:-0.0.0.0:9464}"\n'), 'f.toml', ENV),
-    );
+    const err = configError(() => parseConfig(minimal('[relay]\nlisten = "${LISTEN:-0.0.0.0:9464}"\n'), 'f.toml', ENV));
     assert.match(err.message, /^f\.toml:6: \$\{LISTEN:-0\.0\.0\.0:9464\} in relay\.listen: defaults .* not supported/);
   });
 });
@@ -405,10 +383,7 @@ describe('TOML syntax errors', () => {
 describe('validation errors', () => {
   it('an unknown key names the full path and suggests the closest known key', () => {
     const err = configError(() => parseConfig(minimal('[relay]\nmax_in_flihgt = 10\n'), 'fraiseql.toml', ENV));
-    assert.equal(
-      err.message,
-      'fraiseql.toml:6: relay.max_in_flihgt: unknown key in [relay]; did you mean "max_in_flight"?',
-    );
+    assert.equal(err.message, 'fraiseql.toml:6: relay.max_in_flihgt: unknown key in [relay]; did you mean "max_in_flight"?');
     assert.equal(err.key, 'relay.max_in_flihgt');
     assert.equal(err.line, 6);
   });
@@ -432,10 +407,24 @@ x = 1
     );
     const lines = err.message.split('\n');
     assert.equal(lines.length, 4, err.message);
-    assert.ok(lines.includes('f.toml:9: observers.subscribe[0].handlr: unknown key in the [[observers.subscribe]] entry observers.subscribe[0]; did you mean "handler"?'), err.message);
-    assert.ok(lines.some((l) => l.startsWith('f.toml:7: observers.subscribe[0].handler: is required')), err.message);
-    assert.ok(lines.includes('f.toml:11: relay.stream.duplicate_windw: unknown key in [relay.stream]; did you mean "duplicate_window"?'), err.message);
-    assert.ok(lines.some((l) => l.startsWith('f.toml:12: realy: unknown top-level key; did you mean "relay"?')), err.message);
+    assert.ok(
+      lines.includes(
+        'f.toml:9: observers.subscribe[0].handlr: unknown key in the [[observers.subscribe]] entry observers.subscribe[0]; did you mean "handler"?',
+      ),
+      err.message,
+    );
+    assert.ok(
+      lines.some((l) => l.startsWith('f.toml:7: observers.subscribe[0].handler: is required')),
+      err.message,
+    );
+    assert.ok(
+      lines.includes('f.toml:11: relay.stream.duplicate_windw: unknown key in [relay.stream]; did you mean "duplicate_window"?'),
+      err.message,
+    );
+    assert.ok(
+      lines.some((l) => l.startsWith('f.toml:12: realy: unknown top-level key; did you mean "relay"?')),
+      err.message,
+    );
   });
 
   it('an invalid backend lists the allowed values', () => {
@@ -586,7 +575,11 @@ retention = "forever"
     assert.equal(typo.key, 'relay.nats.creds_fiel');
 
     const err = configError(() =>
-      parseConfig(minimal('[relay.nats]\ncert_file = "client.pem"\npassword_env = "NATS_PASSWORD"\ntoken_env = "NATS-TOKEN"\n'), 'f.toml', ENV),
+      parseConfig(
+        minimal('[relay.nats]\ncert_file = "client.pem"\npassword_env = "NATS_PASSWORD"\ntoken_env = "NATS-TOKEN"\n'),
+        'f.toml',
+        ENV,
+      ),
     );
     assert.match(err.message, /f\.toml:6: relay\.nats\.cert_file: is set without key_file/);
     assert.match(err.message, /f\.toml:7: relay\.nats\.password_env: is set without user_env/);
@@ -620,14 +613,20 @@ subject = "a.b"
 handler = "fn_two"
 `);
     const err = configError(() => parseConfig(text, 'f.toml', ENV));
-    assert.match(err.message, /^f\.toml:11: observers\.subscribe\[1\]: durable consumer "svc-a_b" is also used by observers\.subscribe\[0\]/);
+    assert.match(
+      err.message,
+      /^f\.toml:11: observers\.subscribe\[1\]: durable consumer "svc-a_b" is also used by observers\.subscribe\[0\]/,
+    );
   });
 
   it('backoff needs max_deliver greater than its length', () => {
     const text = minimal(
       '[observers]\nnats_url = "nats://h:4222"\n[[observers.subscribe]]\nsubject = "a.b"\nhandler = "fn"\nmax_deliver = 2\nbackoff = ["1s", "2s"]\n',
     );
-    assert.match(configError(() => parseConfig(text, 'f.toml', ENV)).message, /^f\.toml:10: observers\.subscribe\[0\]\.max_deliver: \(2\) must be greater/);
+    assert.match(
+      configError(() => parseConfig(text, 'f.toml', ENV)).message,
+      /^f\.toml:10: observers\.subscribe\[0\]\.max_deliver: \(2\) must be greater/,
+    );
   });
 });
 
@@ -703,7 +702,10 @@ mutation = "m"
 subject = "c.d"
 `);
     const err = configError(() => parseConfig(text, 'f.toml', { ...ENV }));
-    assert.match(err.message, /^f\.toml:9: observers\[0\]\.publish: unknown key in a table rule\. With a top-level \[\[observers\]\] array/);
+    assert.match(
+      err.message,
+      /^f\.toml:9: observers\[0\]\.publish: unknown key in a table rule\. With a top-level \[\[observers\]\] array/,
+    );
   });
 });
 
@@ -730,11 +732,7 @@ max_in_flihgt = 1
 
   it('a wrongly typed url is named, not shown', () => {
     const err = configError(() =>
-      parseConfig(
-        '[project]\nname = "svc"\n[database]\nurl = ["postgres://app:hunter2@h/db"]\n[observers]\nnats_url = ""\n',
-        'f.toml',
-        {},
-      ),
+      parseConfig('[project]\nname = "svc"\n[database]\nurl = ["postgres://app:hunter2@h/db"]\n[observers]\nnats_url = ""\n', 'f.toml', {}),
     );
     assert.match(err.message, /f\.toml:4: database\.url: must be a PostgreSQL connection URL/);
     assert.match(err.message, /f\.toml:6: observers\.nats_url: must not be empty/);

@@ -43,7 +43,11 @@ function yamlDocs(text: string, what: string): K8s[] {
   const docs = parseAllDocuments(text, { merge: true });
   const out: K8s[] = [];
   for (const d of Array.isArray(docs) ? docs : [docs]) {
-    assert.deepEqual(d.errors.map((e) => e.message), [], `${what}: YAML errors`);
+    assert.deepEqual(
+      d.errors.map((e) => e.message),
+      [],
+      `${what}: YAML errors`,
+    );
     const v: unknown = d.toJS();
     if (v !== null && v !== undefined) out.push(v);
   }
@@ -132,7 +136,10 @@ function checkInvocation(args: unknown, expected: string, what: string): string 
 /** Parses a config the way the relay does, with the environment a workload provides. */
 function checkConfig(toml: string, env: Record<string, string>, what: string): Config {
   for (const name of placeholders(toml)) {
-    assert.ok(name in env, `${what}: the config names \${${name}}, which the workload does not set (it sets ${Object.keys(env).join(', ')})`);
+    assert.ok(
+      name in env,
+      `${what}: the config names \${${name}}, which the workload does not set (it sets ${Object.keys(env).join(', ')})`,
+    );
   }
   try {
     return parseConfig(toml, `${what}/fraiseql.toml`, env);
@@ -204,7 +211,9 @@ function checkPod(objects: K8s[], pod: K8s, command: string, what: string): Work
       const ref = e.valueFrom.secretKeyRef;
       const secret = objects.find((o) => o.kind === 'Secret' && o.metadata?.name === ref.name);
       assert.ok(secret, `${what}: env ${e.name} reads the Secret ${ref.name}, which exists`);
-      const value: unknown = secret.stringData?.[ref.key] ?? (secret.data?.[ref.key] === undefined ? undefined : Buffer.from(secret.data[ref.key], 'base64').toString());
+      const value: unknown =
+        secret.stringData?.[ref.key] ??
+        (secret.data?.[ref.key] === undefined ? undefined : Buffer.from(secret.data[ref.key], 'base64').toString());
       assert.equal(typeof value, 'string', `${what}: the Secret ${ref.name} has the key ${ref.key} (env ${e.name})`);
       env[e.name] = value as string;
     }
@@ -397,9 +406,15 @@ test('helm chart: values and templates agree with the code', () => {
   const config = checkConfig(values.config, env, 'helm values');
   assert.equal(portOf(config.relay.listen), DEFAULT_PORT, 'values.config listens on the default port');
   assert.equal(values.port, portOf(config.relay.listen), 'values.port is the port of [relay] listen in values.config');
-  assert.ok(values.terminationGracePeriodSeconds * 1000 > config.relay.shutdown_timeout, 'values: terminationGracePeriodSeconds > shutdown_timeout');
+  assert.ok(
+    values.terminationGracePeriodSeconds * 1000 > config.relay.shutdown_timeout,
+    'values: terminationGracePeriodSeconds > shutdown_timeout',
+  );
   assert.ok(values.replicaCount >= 2, 'values: at least 2 replicas');
-  assert.ok(maxUnavailable(values.strategy?.rollingUpdate?.maxUnavailable, values.replicaCount) >= values.replicaCount, 'values: maxUnavailable covers every replica');
+  assert.ok(
+    maxUnavailable(values.strategy?.rollingUpdate?.maxUnavailable, values.replicaCount) >= values.replicaCount,
+    'values: maxUnavailable covers every replica',
+  );
   assert.equal(values.serviceMonitor?.enabled, false, 'values: serviceMonitor.enabled exists (off: it needs the CRDs)');
   assert.equal(values.migrationJob?.enabled, true, 'values: migrationJob.enabled exists (on)');
   assert.equal(values.existingSecret, '', 'values: existingSecret exists');
@@ -412,29 +427,61 @@ test('helm chart: values and templates agree with the code', () => {
   const configDir = helmHelper(helpers, 'configDir');
   const configFile = helmHelper(helpers, 'configFile').replace('{{ include "fraiseql-relay.configDir" . }}', configDir);
   assert.equal(configFile, `${configDir}/fraiseql.toml`, 'configFile is fraiseql.toml in configDir');
-  assert.match(t('configmap.yaml'), /^ {2}fraiseql\.toml: \|\n {4}\{\{- \.Values\.config \| nindent 4 \}\}/m, 'the ConfigMap key fraiseql.toml holds values.config');
+  assert.match(
+    t('configmap.yaml'),
+    /^ {2}fraiseql\.toml: \|\n {4}\{\{- \.Values\.config \| nindent 4 \}\}/m,
+    'the ConfigMap key fraiseql.toml holds values.config',
+  );
 
   const deployment = t('deployment.yaml');
   const dargs = /args: \["(\w+)", "-c", \{\{ include "fraiseql-relay\.configFile" \. \| quote \}\}\]/.exec(deployment);
   assert.ok(dargs, 'deployment.yaml: args [<command>, -c, configFile]');
   checkInvocation([dargs[1], '-c', configFile], 'run', 'helm deployment.yaml');
   assert.match(deployment, /mountPath: \{\{ include "fraiseql-relay\.configDir" \. \}\}/, 'deployment.yaml mounts the config at configDir');
-  assert.match(deployment, /- name: metrics\n\s+containerPort: \{\{ \.Values\.port \}\}/, 'deployment.yaml: container port metrics = values.port');
-  assert.match(deployment, /livenessProbe:\n\s+httpGet:\n\s+path: \/livez\n\s+port: metrics\n/, 'deployment.yaml: livenessProbe GET /livez on metrics');
-  assert.match(deployment, /readinessProbe:\n\s+httpGet:\n\s+path: \/readyz\n\s+port: metrics\n/, 'deployment.yaml: readinessProbe GET /readyz on metrics');
-  assert.match(deployment, /terminationGracePeriodSeconds: \{\{ \.Values\.terminationGracePeriodSeconds \}\}/, 'deployment.yaml uses values.terminationGracePeriodSeconds');
+  assert.match(
+    deployment,
+    /- name: metrics\n\s+containerPort: \{\{ \.Values\.port \}\}/,
+    'deployment.yaml: container port metrics = values.port',
+  );
+  assert.match(
+    deployment,
+    /livenessProbe:\n\s+httpGet:\n\s+path: \/livez\n\s+port: metrics\n/,
+    'deployment.yaml: livenessProbe GET /livez on metrics',
+  );
+  assert.match(
+    deployment,
+    /readinessProbe:\n\s+httpGet:\n\s+path: \/readyz\n\s+port: metrics\n/,
+    'deployment.yaml: readinessProbe GET /readyz on metrics',
+  );
+  assert.match(
+    deployment,
+    /terminationGracePeriodSeconds: \{\{ \.Values\.terminationGracePeriodSeconds \}\}/,
+    'deployment.yaml uses values.terminationGracePeriodSeconds',
+  );
 
   const job = t('migrate-job.yaml');
   const jargs = /args: \["(\w+)", "-c", \{\{ include "fraiseql-relay\.configFile" \. \| quote \}\}\]/.exec(job);
   assert.ok(jargs, 'migrate-job.yaml: args [<command>, -c, configFile]');
   checkInvocation([jargs[1], '-c', configFile], 'migrate', 'helm migrate-job.yaml');
   assert.match(job, /^\{\{- if \.Values\.migrationJob\.enabled \}\}/, 'migrate-job.yaml is behind migrationJob.enabled');
-  assert.match(job, /kind: Job\n(?:.*\n)*?\s+helm\.sh\/hook: pre-install,pre-upgrade\n/, 'the migration Job is a pre-install,pre-upgrade hook');
+  assert.match(
+    job,
+    /kind: Job\n(?:.*\n)*?\s+helm\.sh\/hook: pre-install,pre-upgrade\n/,
+    'the migration Job is a pre-install,pre-upgrade hook',
+  );
   assert.match(job, /restartPolicy: OnFailure/, 'the migration Job restarts on failure');
 
-  assert.match(t('servicemonitor.yaml'), /^\{\{- if \.Values\.serviceMonitor\.enabled \}\}\napiVersion: monitoring\.coreos\.com\/v1\nkind: ServiceMonitor/, 'servicemonitor.yaml is behind serviceMonitor.enabled');
+  assert.match(
+    t('servicemonitor.yaml'),
+    /^\{\{- if \.Values\.serviceMonitor\.enabled \}\}\napiVersion: monitoring\.coreos\.com\/v1\nkind: ServiceMonitor/,
+    'servicemonitor.yaml is behind serviceMonitor.enabled',
+  );
   assert.match(t('servicemonitor.yaml'), /- port: metrics\n\s+path: \/metrics\n/, 'the ServiceMonitor scrapes metrics /metrics');
-  assert.match(t('service.yaml'), /- name: metrics\n\s+port: \{\{ \.Values\.port \}\}\n\s+targetPort: metrics/, 'the Service port metrics = values.port');
+  assert.match(
+    t('service.yaml'),
+    /- name: metrics\n\s+port: \{\{ \.Values\.port \}\}\n\s+targetPort: metrics/,
+    'the Service port metrics = values.port',
+  );
   assert.match(t('secret.yaml'), /^\{\{- if not \.Values\.existingSecret \}\}/, 'secret.yaml is skipped with existingSecret');
 });
 
@@ -457,16 +504,28 @@ test('helm chart: `helm template` renders objects that agree with the code (when
   const objects = yamlDocs(r.stdout, 'helm template');
   checkManifests(objects, 'helm template', { serviceMonitor: true, job: true });
   const deployment = one(objects, 'Deployment', 'helm template');
-  assert.equal(deployment.spec.template.spec.containers[0].image, `fraiseql-relay:${PKG.version}`, 'helm: the image tag defaults to appVersion');
+  assert.equal(
+    deployment.spec.template.spec.containers[0].image,
+    `fraiseql-relay:${PKG.version}`,
+    'helm: the image tag defaults to appVersion',
+  );
   const job = one(objects, 'Job', 'helm template');
   assert.equal(job.metadata.annotations?.['helm.sh/hook'], 'pre-install,pre-upgrade', 'helm: the Job is a pre-install,pre-upgrade hook');
   // on install, hooks run before the release's own objects exist: the Job's ConfigMap and Secret are earlier hooks
   const jobSpec = job.spec.template.spec;
   const weight = (o: K8s): number => Number(o.metadata.annotations?.['helm.sh/hook-weight'] ?? 0);
   const cmName = jobSpec.volumes.find((v: K8s) => v.configMap)?.configMap.name;
-  const secretNames = new Set<string>(jobSpec.containers[0].env.filter((e: K8s) => e.valueFrom?.secretKeyRef).map((e: K8s) => e.valueFrom.secretKeyRef.name));
-  for (const o of objects.filter((x) => (x.kind === 'ConfigMap' && x.metadata.name === cmName) || (x.kind === 'Secret' && secretNames.has(x.metadata.name)))) {
-    assert.match(o.metadata.annotations?.['helm.sh/hook'] ?? '', /pre-install/, `helm: the Job's ${o.kind} ${o.metadata.name} is a hook too`);
+  const secretNames = new Set<string>(
+    jobSpec.containers[0].env.filter((e: K8s) => e.valueFrom?.secretKeyRef).map((e: K8s) => e.valueFrom.secretKeyRef.name),
+  );
+  for (const o of objects.filter(
+    (x) => (x.kind === 'ConfigMap' && x.metadata.name === cmName) || (x.kind === 'Secret' && secretNames.has(x.metadata.name)),
+  )) {
+    assert.match(
+      o.metadata.annotations?.['helm.sh/hook'] ?? '',
+      /pre-install/,
+      `helm: the Job's ${o.kind} ${o.metadata.name} is a hook too`,
+    );
     assert.ok(weight(o) < weight(job), `helm: the Job's ${o.kind} ${o.metadata.name} is created before the Job`);
   }
 
@@ -480,18 +539,37 @@ test('helm chart: `helm template` renders objects that agree with the code (when
   assert.equal(ext.status, 0, `helm template (existingSecret): ${ext.stderr}`);
   const extObjects = yamlDocs(ext.stdout, 'helm template (existingSecret)');
   assert.equal(extObjects.filter((o) => o.kind === 'Secret').length, 0, 'helm: existingSecret renders no Secret');
-  const refs = one(extObjects, 'Deployment', 'helm (existingSecret)').spec.template.spec.containers[0].env.filter((e: K8s) => e.valueFrom?.secretKeyRef);
-  assert.ok(refs.length >= 2 && refs.every((e: K8s) => e.valueFrom.secretKeyRef.name === 'orders-relay-env'), 'helm: env reads the existing Secret');
+  const refs = one(extObjects, 'Deployment', 'helm (existingSecret)').spec.template.spec.containers[0].env.filter(
+    (e: K8s) => e.valueFrom?.secretKeyRef,
+  );
+  assert.ok(
+    refs.length >= 2 && refs.every((e: K8s) => e.valueFrom.secretKeyRef.name === 'orders-relay-env'),
+    'helm: env reads the existing Secret',
+  );
   // the operator's Secret, as the static check of the base has the example one
-  const standIn = { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'orders-relay-env' }, stringData: { DATABASE_URL: 'postgres://relay@db/orders', NATS_URL: 'nats://nats:4222' } };
+  const standIn = {
+    apiVersion: 'v1',
+    kind: 'Secret',
+    metadata: { name: 'orders-relay-env' },
+    stringData: { DATABASE_URL: 'postgres://relay@db/orders', NATS_URL: 'nats://nats:4222' },
+  };
   checkManifests([...extObjects, standIn], 'helm template (existingSecret)', { serviceMonitor: false, job: false });
 
   // migrate as the schema owner, the relay as the least-privilege role
-  const owner = helm(['template', 'orders', CHART, '--set', 'migrationJob.databaseUrlKey=MIGRATE_DATABASE_URL', '--set', 'secretValues.MIGRATE_DATABASE_URL=postgres://owner@db/orders']);
+  const owner = helm([
+    'template',
+    'orders',
+    CHART,
+    '--set',
+    'migrationJob.databaseUrlKey=MIGRATE_DATABASE_URL',
+    '--set',
+    'secretValues.MIGRATE_DATABASE_URL=postgres://owner@db/orders',
+  ]);
   assert.equal(owner.status, 0, `helm template (databaseUrlKey): ${owner.stderr}`);
   const ownerObjects = yamlDocs(owner.stdout, 'helm template (databaseUrlKey)');
   const dbKey = (kind: string): unknown =>
-    one(ownerObjects, kind, 'helm (databaseUrlKey)').spec.template.spec.containers[0].env.find((e: K8s) => e.name === 'DATABASE_URL')?.valueFrom?.secretKeyRef?.key;
+    one(ownerObjects, kind, 'helm (databaseUrlKey)').spec.template.spec.containers[0].env.find((e: K8s) => e.name === 'DATABASE_URL')
+      ?.valueFrom?.secretKeyRef?.key;
   assert.equal(dbKey('Job'), 'MIGRATE_DATABASE_URL', 'helm: migrationJob.databaseUrlKey gives migrate its own DATABASE_URL');
   assert.equal(dbKey('Deployment'), 'DATABASE_URL', 'helm: the relay keeps DATABASE_URL');
   checkManifests(ownerObjects, 'helm template (databaseUrlKey)', { serviceMonitor: false, job: true });
@@ -513,10 +591,16 @@ test('compose.yaml: PostgreSQL with logical WAL, NATS with JetStream, migrate th
   assert.match(String(postgres.image), /^postgres:1[5-9]/, 'compose: PostgreSQL 15+');
   assert.ok((postgres.command as string[]).includes('wal_level=logical'), 'compose: PostgreSQL runs with wal_level=logical');
   assert.match(String(nats.image), /^nats:2\.(9|1\d)/, 'compose: nats-server 2.9+');
-  assert.ok((nats.command as string[]).some((a) => a === '-js' || a === '--jetstream'), 'compose: NATS runs with JetStream');
+  assert.ok(
+    (nats.command as string[]).some((a) => a === '-js' || a === '--jetstream'),
+    'compose: NATS runs with JetStream',
+  );
 
   let relayConfig: Config | undefined;
-  for (const [name, command] of [['migrate', 'migrate'], ['relay', 'run']] as const) {
+  for (const [name, command] of [
+    ['migrate', 'migrate'],
+    ['relay', 'run'],
+  ] as const) {
     const svc = services[name];
     const what = `compose ${name}`;
     // the image: built from deploy/Dockerfile with the repository as context
@@ -542,10 +626,16 @@ test('compose.yaml: PostgreSQL with logical WAL, NATS with JetStream, migrate th
   // HTTP: published port and healthcheck on [relay] listen
   const port = portOf(relayConfig.relay.listen);
   assert.equal(port, DEFAULT_PORT, 'compose: the config listens on the default port');
-  assert.ok((relay.ports as string[]).some((p) => p.split(':').at(-1) === String(port)), `compose relay: container port ${port} is published`);
+  assert.ok(
+    (relay.ports as string[]).some((p) => p.split(':').at(-1) === String(port)),
+    `compose relay: container port ${port} is published`,
+  );
   const health = (relay.healthcheck?.test as string[]).join(' ');
   assert.match(health, new RegExp(`:${port}/(readyz|livez)\\b`), 'compose relay: healthcheck on /readyz or /livez at the listen port');
-  assert.ok(parseDuration(relay.stop_grace_period) > relayConfig.relay.shutdown_timeout, 'compose relay: stop_grace_period > shutdown_timeout');
+  assert.ok(
+    parseDuration(relay.stop_grace_period) > relayConfig.relay.shutdown_timeout,
+    'compose relay: stop_grace_period > shutdown_timeout',
+  );
 
   // start order: databases healthy, migrate done, then the relay
   assert.equal(migrate.depends_on?.postgres?.condition, 'service_healthy', 'compose migrate: waits for a healthy PostgreSQL');
@@ -554,7 +644,8 @@ test('compose.yaml: PostgreSQL with logical WAL, NATS with JetStream, migrate th
   assert.equal(relay.depends_on?.migrate?.condition, 'service_completed_successfully', 'compose relay: waits for migrate to succeed');
   for (const [name, svc] of Object.entries(services)) {
     for (const [dep, cond] of Object.entries((svc.depends_on ?? {}) as Record<string, K8s>)) {
-      if (cond.condition === 'service_healthy') assert.ok(services[dep]?.healthcheck?.test, `compose: ${name} waits for ${dep} to be healthy, which has a healthcheck`);
+      if (cond.condition === 'service_healthy')
+        assert.ok(services[dep]?.healthcheck?.test, `compose: ${name} waits for ${dep} to be healthy, which has a healthcheck`);
     }
   }
 });
@@ -595,7 +686,10 @@ test('Dockerfile: non-root, tini, the listen port, the files the runtime reads',
   assert.ok(froms.length >= 2, 'multi-stage');
   for (const f of froms) assert.match(f.args, /^node:20-bookworm-slim\b/, `FROM node:20-bookworm-slim: ${f.args}`);
   const last = froms.length - 1;
-  const build = ins.filter((i) => i.stage < last && i.op === 'RUN').map((i) => i.args).join('\n');
+  const build = ins
+    .filter((i) => i.stage < last && i.op === 'RUN')
+    .map((i) => i.args)
+    .join('\n');
   assert.match(build, /\bnpm ci\b/, 'the build stage runs npm ci');
   assert.match(build, /\bnpm run build\b/, 'the build stage runs npm run build');
   assert.match(build, /\bnpm prune --omit=dev\b/, 'the build stage drops the devDependencies');
@@ -615,7 +709,13 @@ test('Dockerfile: non-root, tini, the listen port, the files the runtime reads',
   assert.equal(entry[0], '/usr/bin/tini', 'ENTRYPOINT starts with tini');
   assert.equal(entry[1], '--', 'tini -- node …');
   assert.equal(entry[2], 'node', 'tini runs node');
-  assert.match(at('RUN').map((i) => i.args).join('\n'), /apt-get install[^\n]*\btini\b/, 'the runtime stage installs tini');
+  assert.match(
+    at('RUN')
+      .map((i) => i.args)
+      .join('\n'),
+    /apt-get install[^\n]*\btini\b/,
+    'the runtime stage installs tini',
+  );
   const script = entry[3]!;
   assert.equal(posix.basename(script), 'fraiseql-relay.js', 'node runs bin/fraiseql-relay.js');
 
@@ -623,12 +723,24 @@ test('Dockerfile: non-root, tini, the listen port, the files the runtime reads',
   const cmd = JSON.parse(at('CMD').at(-1)?.args ?? 'null') as string[] | null;
   const configPath = checkInvocation(cmd, 'run', 'Dockerfile CMD');
   const deployment = kustomizeBaseStatic().objects.find((o) => o.kind === 'Deployment');
-  assert.equal(configPath, checkInvocation(deployment.spec.template.spec.containers[0].args, 'run', 'kustomize Deployment'), 'CMD reads the config where the manifests mount it');
+  assert.equal(
+    configPath,
+    checkInvocation(deployment.spec.template.spec.containers[0].args, 'run', 'kustomize Deployment'),
+    'CMD reads the config where the manifests mount it',
+  );
 
   // EXPOSE the default listen port; production mode
-  const exposed = at('EXPOSE').flatMap((i) => i.args.split(/\s+/)).map((p) => Number(p.split('/')[0]));
+  const exposed = at('EXPOSE')
+    .flatMap((i) => i.args.split(/\s+/))
+    .map((p) => Number(p.split('/')[0]));
   assert.ok(exposed.includes(DEFAULT_PORT), `EXPOSE ${DEFAULT_PORT} (the default [relay] listen port)`);
-  assert.match(at('ENV').map((i) => i.args).join('\n'), /\bNODE_ENV=production\b/, 'ENV NODE_ENV=production');
+  assert.match(
+    at('ENV')
+      .map((i) => i.args)
+      .join('\n'),
+    /\bNODE_ENV=production\b/,
+    'ENV NODE_ENV=production',
+  );
 
   // the runtime layout: bin/ imports ../dist/cli.js, migrate.ts reads ../sql relative to dist/
   let workdir = '/';
@@ -641,15 +753,34 @@ test('Dockerfile: non-root, tini, the listen port, the files the runtime reads',
       for (const src of parts.slice(0, -1)) dest.set(posix.basename(src), parts.length > 2 ? posix.join(to, posix.basename(src)) : to);
     }
   }
-  for (const needed of ['package.json', 'node_modules', 'dist', 'sql', 'bin']) assert.ok(dest.has(needed), `the runtime stage copies ${needed}`);
+  for (const needed of ['package.json', 'node_modules', 'dist', 'sql', 'bin'])
+    assert.ok(dest.has(needed), `the runtime stage copies ${needed}`);
   assert.equal(posix.dirname(script), dest.get('bin'), 'ENTRYPOINT runs the copied bin/');
-  assert.match(read(join(ROOT, 'bin', 'fraiseql-relay.js')), /new URL\('\.\.\/dist\/cli\.js', import\.meta\.url\)/, 'bin/fraiseql-relay.js runs ../dist/cli.js');
+  assert.match(
+    read(join(ROOT, 'bin', 'fraiseql-relay.js')),
+    /new URL\('\.\.\/dist\/cli\.js', import\.meta\.url\)/,
+    'bin/fraiseql-relay.js runs ../dist/cli.js',
+  );
   assert.equal(dest.get('dist'), posix.join(dest.get('bin')!, '..', 'dist'), 'dist/ is where bin/ looks for it');
-  assert.match(read(join(ROOT, 'src', 'schema', 'plan.ts')), /join\(dirname\(fileURLToPath\(import\.meta\.url\)\), '\.\.', '\.\.', 'sql'\)/, 'the migration plan (dist/schema/) reads ../../sql relative to its module');
-  assert.equal(dest.get('sql'), posix.join(dest.get('dist')!, '..', 'sql'), 'sql/ is beside dist/ (migrate reads ../../sql from dist/schema/)');
-  assert.equal(dest.get('package.json'), posix.join(dest.get('dist')!, '..', 'package.json'), 'package.json ("type": "module") is beside dist/');
+  assert.match(
+    read(join(ROOT, 'src', 'schema', 'plan.ts')),
+    /join\(dirname\(fileURLToPath\(import\.meta\.url\)\), '\.\.', '\.\.', 'sql'\)/,
+    'the migration plan (dist/schema/) reads ../../sql relative to its module',
+  );
+  assert.equal(
+    dest.get('sql'),
+    posix.join(dest.get('dist')!, '..', 'sql'),
+    'sql/ is beside dist/ (migrate reads ../../sql from dist/schema/)',
+  );
+  assert.equal(
+    dest.get('package.json'),
+    posix.join(dest.get('dist')!, '..', 'package.json'),
+    'package.json ("type": "module") is beside dist/',
+  );
 
   // .dockerignore keeps the build context small and the host's build out
-  const ignore = read(join(ROOT, '.dockerignore')).split('\n').map((l) => l.trim().replace(/^\/|\/$/g, ''));
+  const ignore = read(join(ROOT, '.dockerignore'))
+    .split('\n')
+    .map((l) => l.trim().replace(/^\/|\/$/g, ''));
   for (const p of ['node_modules', 'dist', '.git']) assert.ok(ignore.includes(p), `.dockerignore lists ${p}`);
 });

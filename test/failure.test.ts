@@ -124,7 +124,11 @@ test('PostgreSQL restarted mid-stream: nothing committed is lost', async () => {
     const outboxIds = new Set((await env.sql<{ id: string }>(`SELECT id::text FROM fraiseql_relay.outbox`)).map((r) => r.id));
     const streamIds = new Set(msgs.map((m) => m.body['event_id'] as string));
     assert.equal(msgs.length, committed, 'one message per committed event');
-    assert.deepEqual([...outboxIds].filter((id) => !streamIds.has(id)), [], 'no committed event missing');
+    assert.deepEqual(
+      [...outboxIds].filter((id) => !streamIds.has(id)),
+      [],
+      'no committed event missing',
+    );
   } finally {
     await relay.stop();
     await env.destroy();

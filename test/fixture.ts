@@ -176,7 +176,11 @@ export class RelayProcess {
   readonly child: ChildProcess;
   readonly exited: Promise<number | null>;
 
-  constructor(readonly logFile: string, args: string[], env: NodeJS.ProcessEnv) {
+  constructor(
+    readonly logFile: string,
+    args: string[],
+    env: NodeJS.ProcessEnv,
+  ) {
     this.child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
       cwd: ROOT,
       env: { ...env, LOG_LEVEL: env['LOG_LEVEL'] ?? 'info', NO_PRETTY: '1' },
@@ -200,7 +204,8 @@ export class RelayProcess {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       if (this.output().includes(text)) return;
-      if (this.child.exitCode !== null) throw new Error(`relay exited (${this.child.exitCode}) before logging "${text}":\n${this.output()}`);
+      if (this.child.exitCode !== null)
+        throw new Error(`relay exited (${this.child.exitCode}) before logging "${text}":\n${this.output()}`);
       await sleep(50);
     }
     throw new Error(`timed out waiting for "${text}" in the relay log:\n${this.output().slice(-4000)}`);
@@ -213,9 +218,17 @@ export class RelayProcess {
 }
 
 /** Runs the CLI to completion. */
-export function runCli(args: string[], env: NodeJS.ProcessEnv = process.env, cwd = ROOT): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function runCli(
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+  cwd = ROOT,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolvePromise) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { cwd, env: { ...env, NO_PRETTY: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
+      cwd,
+      env: { ...env, NO_PRETTY: '1' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));

@@ -91,12 +91,17 @@ test('the handler runs once per event, even when the event is delivered again', 
   const nc = await env.natsClient();
   const h = natsHeaders();
   h.set('Fraiseql-Event-Id', 'e-1');
-  await jetstream(nc).publish('fraiseql.order.created', JSON.stringify({ event_id: 'e-1', id: 'order-1' }), { headers: h, msgID: 'other-id' });
+  await jetstream(nc).publish('fraiseql.order.created', JSON.stringify({ event_id: 'e-1', id: 'order-1' }), {
+    headers: h,
+    msgID: 'other-id',
+  });
   await nc.close();
   const before = relay.inboundStats.duplicates;
-  for (const until = Date.now() + 10_000; relay.inboundStats.duplicates === before && Date.now() < until; ) await sleep(20);
+  for (const until = Date.now() + 10_000; relay.inboundStats.duplicates === before && Date.now() < until;) await sleep(20);
   assert.equal(relay.inboundStats.duplicates, before + 1);
-  const [r] = await env.sql<{ n: number; payload: { metadata: unknown } }>(`SELECT n, payload FROM app.reserved WHERE order_id = 'order-1'`);
+  const [r] = await env.sql<{ n: number; payload: { metadata: unknown } }>(
+    `SELECT n, payload FROM app.reserved WHERE order_id = 'order-1'`,
+  );
   assert.equal(r!.n, 1, 'applied once');
   assert.deepEqual(r!.payload.metadata, { item_ids: ['SKU-1'] }, 'the handler receives the message body as jsonb');
   const inbox = await env.sql(`SELECT consumer, event_id, subject FROM fraiseql_relay.inbox WHERE event_id = 'e-1'`);
@@ -108,9 +113,16 @@ test('a failing handler is retried up to max_deliver, then dead-lettered; others
   await publish('fraiseql.order.created', JSON.stringify({ event_id: 'e-bad', id: 'order-bad' }), 'e-bad');
   await publish('fraiseql.order.created', JSON.stringify({ event_id: 'e-2', id: 'order-2' }), 'e-2');
   const dl = await waitForRows(
-    () => env.sql<{ direction: string; consumer: string; handler: string; attempts: number; error: string; body: string; headers: Record<string, string> }>(
-      `SELECT direction, consumer, handler, attempts, error, body, headers FROM fraiseql_relay.dead_letter WHERE event_id = 'e-bad'`,
-    ),
+    () =>
+      env.sql<{
+        direction: string;
+        consumer: string;
+        handler: string;
+        attempts: number;
+        error: string;
+        body: string;
+        headers: Record<string, string>;
+      }>(`SELECT direction, consumer, handler, attempts, error, body, headers FROM fraiseql_relay.dead_letter WHERE event_id = 'e-bad'`),
     20_000,
   );
   assert.equal(dl.length, 1);
@@ -124,14 +136,20 @@ test('a failing handler is retried up to max_deliver, then dead-lettered; others
   assert.equal(calls[0]!.n, '0', 'failed calls rolled back with their transaction');
   assert.equal((await waitForRows(() => env.sql(`SELECT 1 FROM app.reserved WHERE order_id = 'order-2'`))).length, 1);
   await sleep(500);
-  assert.equal((await env.sql(`SELECT 1 FROM fraiseql_relay.dead_letter WHERE event_id = 'e-bad'`)).length, 1, 'terminated: not delivered again');
+  assert.equal(
+    (await env.sql(`SELECT 1 FROM fraiseql_relay.dead_letter WHERE event_id = 'e-bad'`)).length,
+    1,
+    'terminated: not delivered again',
+  );
 
   // fix the handler's input, re-drive it: applied exactly once, dead letter gone
   await env.sql(`DELETE FROM app.poison`);
   const list = await runCli(['dlq', 'list', '-c', env.configFile], env.env);
   assert.equal(list.code, 0);
   assert.match(list.stdout, /app\.fn_reserve/);
-  const [{ id }] = (await env.sql<{ id: string }>(`SELECT id::text FROM fraiseql_relay.dead_letter WHERE event_id = 'e-bad'`)) as [{ id: string }];
+  const [{ id }] = (await env.sql<{ id: string }>(`SELECT id::text FROM fraiseql_relay.dead_letter WHERE event_id = 'e-bad'`)) as [
+    { id: string },
+  ];
   const retry = await runCli(['dlq', 'retry', id, '-c', env.configFile], env.env);
   assert.equal(retry.code, 0, retry.stderr + retry.stdout);
   assert.match(retry.stdout, /1 succeeded/);
@@ -143,7 +161,9 @@ test('a failing handler is retried up to max_deliver, then dead-lettered; others
 
 test('a body that is not JSON is dead-lettered at once', async () => {
   await publish('fraiseql.order.created', '{not json', 'e-garbage');
-  const dl = await waitForRows(() => env.sql<{ attempts: number; error: string }>(`SELECT attempts, error FROM fraiseql_relay.dead_letter WHERE event_id = 'e-garbage'`));
+  const dl = await waitForRows(() =>
+    env.sql<{ attempts: number; error: string }>(`SELECT attempts, error FROM fraiseql_relay.dead_letter WHERE event_id = 'e-garbage'`),
+  );
   assert.equal(dl.length, 1);
   assert.equal(dl[0]!.attempts, 1);
   assert.match(dl[0]!.error, /not JSON/);

@@ -41,7 +41,10 @@ const rel = (p: string) => relative(SRC, p).split(sep).join('/');
 const folderOf = (p: string) => (rel(p).includes('/') ? rel(p).split('/')[0]! : '');
 
 test('src/ has no loose pipeline modules: only the entry points sit at the top', () => {
-  const top = readdirSync(SRC, { withFileTypes: true }).filter((e) => e.isFile()).map((e) => e.name).sort();
+  const top = readdirSync(SRC, { withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => e.name)
+    .sort();
   assert.deepEqual(top, ['cli.ts', 'daemon.ts', 'index.ts']);
 });
 
@@ -76,7 +79,12 @@ test('the folders import each other one way (no cycle between folders)', () => {
     for (const m of edges.get(n) ?? []) {
       if (state.get(m) === 'open') {
         const loop = [...path.slice(path.indexOf(m)), m];
-        cycles.push(loop.slice(1).map((to, k) => where.get(`${loop[k]}>${to}`)).join('; '));
+        cycles.push(
+          loop
+            .slice(1)
+            .map((to, k) => where.get(`${loop[k]}>${to}`))
+            .join('; '),
+        );
       } else if (!state.has(m)) visit(m);
     }
     path.pop();

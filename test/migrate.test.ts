@@ -85,7 +85,10 @@ test('migrate twice: the second run changes nothing', async () => {
   assert.equal(second.slotCreated, false);
 
   const m = await rows<{ id: number; name: string }>(url, `SELECT id, name FROM fraiseql_relay.migrations ORDER BY id`);
-  assert.deepEqual(m.map((r) => r.name), ALL);
+  assert.deepEqual(
+    m.map((r) => r.name),
+    ALL,
+  );
 });
 
 test('concurrent migrate() calls on a fresh database all succeed and apply everything once', async () => {
@@ -96,8 +99,14 @@ test('concurrent migrate() calls on a fresh database all succeed and apply every
   assert.equal(results.filter((r) => r.slotCreated).length, 1);
   assert.equal(results.filter((r) => r.publicationCreated).length, 1);
 
-  const perId = await rows<{ id: number; n: number }>(url, `SELECT id, count(*)::int AS n FROM fraiseql_relay.migrations GROUP BY id ORDER BY id`);
-  assert.deepEqual(perId, loadMigrations('fraiseql_relay').map((m) => ({ id: m.id, n: 1 })));
+  const perId = await rows<{ id: number; n: number }>(
+    url,
+    `SELECT id, count(*)::int AS n FROM fraiseql_relay.migrations GROUP BY id ORDER BY id`,
+  );
+  assert.deepEqual(
+    perId,
+    loadMigrations('fraiseql_relay').map((m) => ({ id: m.id, n: 1 })),
+  );
   const slots = await rows(url, `SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1`, [config.relay.slot]);
   assert.equal(slots.length, 1);
   const pubs = await rows(url, `SELECT pubname FROM pg_publication`);
@@ -139,7 +148,10 @@ test('a custom schema, slot and publication are honoured', async () => {
   const r = await migrate(config, log);
   assert.deepEqual(r.applied, ALL);
 
-  const schemas = await rows<{ nspname: string }>(url, `SELECT nspname FROM pg_namespace WHERE nspname IN ('relay_x', 'fraiseql_relay') ORDER BY 1`);
+  const schemas = await rows<{ nspname: string }>(
+    url,
+    `SELECT nspname FROM pg_namespace WHERE nspname IN ('relay_x', 'fraiseql_relay') ORDER BY 1`,
+  );
   assert.deepEqual(schemas, [{ nspname: 'relay_x' }], 'everything lives in relay_x, nothing in fraiseql_relay');
   const tables = await rows<{ relname: string }>(
     url,
@@ -147,10 +159,13 @@ test('a custom schema, slot and publication are honoured', async () => {
       WHERE n.nspname = 'relay_x' AND c.relkind = 'r' ORDER BY 1`,
   );
   const names = tables.map((t) => t.relname);
-  for (const t of ['dead_letter', 'inbox', 'migrations', 'outbox']) assert.ok(names.includes(t), `relay_x.${t} exists (have ${names.join(', ')})`);
+  for (const t of ['dead_letter', 'inbox', 'migrations', 'outbox'])
+    assert.ok(names.includes(t), `relay_x.${t} exists (have ${names.join(', ')})`);
 
   const slots = await rows(url, `SELECT slot_name, plugin, slot_type, database FROM pg_replication_slots WHERE slot_name LIKE 'relay_x%'`);
-  assert.deepEqual(slots, [{ slot_name: 'relay_x_slot', plugin: 'pgoutput', slot_type: 'logical', database: config.database.url.split('/').pop() }]);
+  assert.deepEqual(slots, [
+    { slot_name: 'relay_x_slot', plugin: 'pgoutput', slot_type: 'logical', database: config.database.url.split('/').pop() },
+  ]);
   const pubs = await rows(url, `SELECT pubname, schemaname, tablename FROM pg_publication_tables`);
   assert.deepEqual(pubs, [{ pubname: 'relay_x_pub_outbox', schemaname: 'relay_x', tablename: 'outbox' }]);
 
@@ -207,7 +222,9 @@ test('emit and emit_mutation record fraiseql.tenant_id and fraiseql.user_id from
     await c.query(`SELECT fraiseql_relay.emit('fraiseql.ctx.none', '{"k":2}')`);
     // session-level settings count too
     await c.query(`SET fraiseql.tenant_id = 'tenant-2'`);
-    await c.query(`SELECT fraiseql_relay.emit_mutation('update_order', ROW('updated', 'ok', '43', 'Order', '{"id":43}', NULL, NULL, NULL)::mutation_response)`);
+    await c.query(
+      `SELECT fraiseql_relay.emit_mutation('update_order', ROW('updated', 'ok', '43', 'Order', '{"id":43}', NULL, NULL, NULL)::mutation_response)`,
+    );
   });
   const out = await rows(
     url,
@@ -267,7 +284,12 @@ test('the dry run shows exactly the statements migrate runs, in order, and chang
   assert.deepEqual(planned, [
     `CREATE SCHEMA IF NOT EXISTS "fraiseql_relay"`,
     `CREATE TABLE IF NOT EXISTS "fraiseql_relay".migrations (id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
-    ...migrations.flatMap((m) => ['BEGIN', m.sql.trim(), `INSERT INTO "fraiseql_relay".migrations (id, name) VALUES (${m.id}, '${m.name}')`, 'COMMIT']),
+    ...migrations.flatMap((m) => [
+      'BEGIN',
+      m.sql.trim(),
+      `INSERT INTO "fraiseql_relay".migrations (id, name) VALUES (${m.id}, '${m.name}')`,
+      'COMMIT',
+    ]),
     `CREATE PUBLICATION "fraiseql_relay_outbox" FOR TABLE "fraiseql_relay".outbox, "core"."tb_entity_change_log" WITH (publish = 'insert')`,
     `ALTER TABLE "public"."tb_order" REPLICA IDENTITY FULL`,
     `CREATE PUBLICATION "fraiseql_relay_tables" FOR TABLE "public"."tb_order" WITH (publish = 'insert, update')`,
@@ -275,7 +297,10 @@ test('the dry run shows exactly the statements migrate runs, in order, and chang
   ]);
   // the printed dry run: the lock in the header, every statement, each step explained
   const text = formatPlan(plan);
-  assert.match(text, /^-- .*\n-- .*advisory lock.*\n-- {3}SELECT pg_advisory_lock\(hashtext\('fraiseql-relay\/migrate'\), hashtext\('fraiseql_relay'\)\);\n/);
+  assert.match(
+    text,
+    /^-- .*\n-- .*advisory lock.*\n-- {3}SELECT pg_advisory_lock\(hashtext\('fraiseql-relay\/migrate'\), hashtext\('fraiseql_relay'\)\);\n/,
+  );
   for (const sql of planned) assert.ok(text.includes(sql.endsWith(';') ? sql : `${sql};`), `printed: ${sql.slice(0, 80)}`);
   assert.match(text, /-- migration 001_core\.sql/);
   assert.match(text, /-- before_image = true on public\.tb_order/);

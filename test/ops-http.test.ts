@@ -188,8 +188,14 @@ describe('ops HTTP: /metrics', () => {
     assert.equal(sample(text, 'fraiseql_relay_heartbeat_age_seconds'), 7.5);
     assert.equal(sample(text, 'fraiseql_relay_active'), 1);
     assert.equal(sample(text, 'fraiseql_relay_up{target="nats"}'), 0);
-    for (const name of ['events_unrouted_total', 'in_flight_messages', 'in_flight_bytes', 'slot_lag_bytes',
-      'slot_retained_bytes', 'heartbeat_lag_seconds']) {
+    for (const name of [
+      'events_unrouted_total',
+      'in_flight_messages',
+      'in_flight_bytes',
+      'slot_lag_bytes',
+      'slot_retained_bytes',
+      'heartbeat_lag_seconds',
+    ]) {
       assert.ok(sample(text, `fraiseql_relay_${name}`) !== undefined, name);
     }
 
@@ -245,7 +251,7 @@ describe('ops HTTP: server', () => {
     const { base } = await serve();
     let r = await fetch(`${base}/nope`);
     assert.equal(r.status, 404);
-    assert.equal((await r.json() as { status: string }).status, 'not found');
+    assert.equal(((await r.json()) as { status: string }).status, 'not found');
     r = await fetch(`${base}/`);
     assert.equal(r.status, 404);
     await r.arrayBuffer();
@@ -273,7 +279,10 @@ describe('ops HTTP: server', () => {
     const { srv } = await serve();
     const { log } = captureLog();
     const err = await startHttp(`127.0.0.1:${srv.port}`, { metrics: new RelayMetrics(), health: new Health(), log }).then(
-      (s) => { servers.push(s); return undefined; },
+      (s) => {
+        servers.push(s);
+        return undefined;
+      },
       (e: unknown) => e,
     );
     assert.ok(err instanceof UsageError, 'a UsageError (exit code 2)');

@@ -37,14 +37,18 @@ async function produce(url: string, first: number, n: number, perTxn = 10): Prom
   await c.connect();
   try {
     for (let i = first; i < first + n; i += perTxn) {
-      await c.query(`SELECT fraiseql_relay.emit('fraiseql.order.ha', jsonb_build_object('n', g)) FROM generate_series($1::int, $2::int) g`, [i, i + perTxn - 1]);
+      await c.query(
+        `SELECT fraiseql_relay.emit('fraiseql.order.ha', jsonb_build_object('n', g)) FROM generate_series($1::int, $2::int) g`,
+        [i, i + perTxn - 1],
+      );
     }
   } finally {
     await c.end();
   }
 }
 
-const withHeartbeat = (toml: string, hb = '1s', timeout = '5s') => toml.replace('retention = "24h"', `retention = "24h"\nheartbeat = "${hb}"\nheartbeat_timeout = "${timeout}"`);
+const withHeartbeat = (toml: string, hb = '1s', timeout = '5s') =>
+  toml.replace('retention = "24h"', `retention = "24h"\nheartbeat = "${hb}"\nheartbeat_timeout = "${timeout}"`);
 
 test('readiness follows NATS down and back; /metrics shows the relay', async () => {
   const env = await TestEnv.create({ toml: withHeartbeat(BASE_TOML) });
@@ -88,7 +92,9 @@ test('the heartbeat keeps the slot moving on an idle database while another data
       await c.query(`CREATE TABLE noise (id serial, pad text)`);
       const until = Date.now() + 6000;
       while (Date.now() < until) await c.query(`INSERT INTO noise (pad) SELECT repeat('x', 1000) FROM generate_series(1, 2000)`);
-      const [{ written }] = (await c.query<{ written: string }>(`SELECT pg_current_wal_lsn()::text AS written`)).rows as [{ written: string }];
+      const [{ written }] = (await c.query<{ written: string }>(`SELECT pg_current_wal_lsn()::text AS written`)).rows as [
+        { written: string },
+      ];
       await c.end();
       let lag = Infinity;
       let retained = Infinity;
@@ -149,7 +155,9 @@ test('HA: SIGKILL the active relay under load; the standby takes over within 10 
 });
 
 test('slot invalidated → the relay refuses with the way out → reconcile → the stream is complete', async () => {
-  const env = await TestEnv.create({ pg: { settings: { max_slot_wal_keep_size: '1MB', wal_keep_size: '0', max_wal_size: '32MB', min_wal_size: '32MB' } } });
+  const env = await TestEnv.create({
+    pg: { settings: { max_slot_wal_keep_size: '1MB', wal_keep_size: '0', max_wal_size: '32MB', min_wal_size: '32MB' } },
+  });
   try {
     await env.migrate();
     let relay = env.spawnRelay('before');
@@ -166,11 +174,15 @@ test('slot invalidated → the relay refuses with the way out → reconcile → 
     // while no relay runs: events, then enough WAL and checkpoints to invalidate the slot
     await produce(env.dbUrl, 500, 300);
     for (let i = 0; i < 6; i++) {
-      await env.sql(`CREATE TABLE IF NOT EXISTS filler (pad text); INSERT INTO filler SELECT repeat(md5(g::text), 64) FROM generate_series(1, 4000) g`);
+      await env.sql(
+        `CREATE TABLE IF NOT EXISTS filler (pad text); INSERT INTO filler SELECT repeat(md5(g::text), 64) FROM generate_series(1, 4000) g`,
+      );
       await env.sql(`SELECT pg_switch_wal()`);
       await env.sql(`CHECKPOINT`);
     }
-    const [{ wal_status }] = (await env.sql<{ wal_status: string }>(`SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'fraiseql_relay'`)) as [{ wal_status: string }];
+    const [{ wal_status }] = (await env.sql<{ wal_status: string }>(
+      `SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'fraiseql_relay'`,
+    )) as [{ wal_status: string }];
     assert.equal(wal_status, 'lost');
 
     relay = env.spawnRelay('refused');
@@ -198,7 +210,10 @@ test('slot invalidated → the relay refuses with the way out → reconcile → 
 
 test('status --json describes the relay; no secret reaches a log line', async () => {
   const env = await TestEnv.create({
-    toml: withHeartbeat(BASE_TOML).replace('[relay]\n', '[[observers.subscribe]]\nsubject = "fraiseql.order.created"\nhandler = "fn_noop"\n\n[relay]\n'),
+    toml: withHeartbeat(BASE_TOML).replace(
+      '[relay]\n',
+      '[[observers.subscribe]]\nsubject = "fraiseql.order.created"\nhandler = "fn_noop"\n\n[relay]\n',
+    ),
   });
   try {
     await env.migrate();

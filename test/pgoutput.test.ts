@@ -3,15 +3,7 @@ import assert from 'node:assert/strict';
 // not re-exported from the package entry point; the package has no "exports" map, so a deep import works
 import { PgoutputParser } from 'pg-logical-replication/dist/output-plugins/pgoutput/pgoutput-parser.js';
 
-import {
-  MAX_LSN,
-  PG_EPOCH_OFFSET_MS,
-  formatLsn,
-  parseLsn,
-  pgMicrosToIso,
-  pgTimeToDate,
-  unixMsToPgMicros,
-} from '../src/source/lsn.js';
+import { MAX_LSN, PG_EPOCH_OFFSET_MS, formatLsn, parseLsn, pgMicrosToIso, pgTimeToDate, unixMsToPgMicros } from '../src/source/lsn.js';
 import { FrameDecodeError, parseFrame, standbyStatus } from '../src/source/frames.js';
 import { PgoutputDecodeError, PgoutputDecoder } from '../src/source/pgoutput.js';
 import type { PgoutputMessage, TupleValue } from '../src/source/types.js';
@@ -103,11 +95,26 @@ const relation = () =>
     .str('outbox')
     .byte('d')
     .i16(5)
-    .byte(1).str('id').u32(OID_INT4).i32(-1)
-    .byte(0).str('topic').u32(OID_TEXT).i32(-1)
-    .byte(0).str('payload').u32(OID_JSONB).i32(-1)
-    .byte(0).str('note').u32(OID_TEXT).i32(-1)
-    .byte(0).str('created_at').u32(OID_TIMESTAMPTZ).i32(-1)
+    .byte(1)
+    .str('id')
+    .u32(OID_INT4)
+    .i32(-1)
+    .byte(0)
+    .str('topic')
+    .u32(OID_TEXT)
+    .i32(-1)
+    .byte(0)
+    .str('payload')
+    .u32(OID_JSONB)
+    .i32(-1)
+    .byte(0)
+    .str('note')
+    .u32(OID_TEXT)
+    .i32(-1)
+    .byte(0)
+    .str('created_at')
+    .u32(OID_TIMESTAMPTZ)
+    .i32(-1)
     .done();
 const PAYLOAD = '{"a": 1, "ü": "☃", "n": [1, 2.50, null]}';
 const insert = () =>
@@ -169,7 +176,12 @@ describe('PgoutputDecoder', () => {
 
   it('decodes Insert with text (utf8), null, unchanged-toast and binary values', () => {
     const d = new PgoutputDecoder();
-    const buf = new Enc().byte('I').u32(REL_ID).byte('N').tuple(['42', null, undefined, '', 'ünïcødé ☃ 😀', Buffer.from('raw')]).done();
+    const buf = new Enc()
+      .byte('I')
+      .u32(REL_ID)
+      .byte('N')
+      .tuple(['42', null, undefined, '', 'ünïcødé ☃ 😀', Buffer.from('raw')])
+      .done();
     const m = narrow(d.decode(buf), 'insert');
     assert.equal(m.relationId, REL_ID);
     assert.deepEqual(m.newTuple, ['42', null, undefined, '', 'ünïcødé ☃ 😀', 'raw']);
@@ -183,7 +195,14 @@ describe('PgoutputDecoder', () => {
     const long = 'a'.repeat(200); // length 0xC8: a non-ASCII byte in the message header area
     const longU = 'ä'.repeat(150); // 300 bytes
     const vals = ['x', longU, long, '', 'é', '{"k":"v"}', long + 'ß', '1'];
-    const buf = new Enc().byte('U').u32(0x8080_8080).byte('O').tuple(vals).byte('N').tuple([...vals].reverse()).done();
+    const buf = new Enc()
+      .byte('U')
+      .u32(0x8080_8080)
+      .byte('O')
+      .tuple(vals)
+      .byte('N')
+      .tuple([...vals].reverse())
+      .done();
     const m = narrow(new PgoutputDecoder().decode(buf), 'update');
     assert.equal(m.relationId, 0x8080_8080);
     assert.deepEqual(m.oldTuple, vals);
@@ -201,10 +220,7 @@ describe('PgoutputDecoder', () => {
     const plain = narrow(d.decode(new Enc().byte('U').u32(REL_ID).byte('N').tuple(['1', 'b']).done()), 'update');
     assert.deepEqual(plain, { tag: 'update', relationId: REL_ID, keyTuple: null, oldTuple: null, newTuple: ['1', 'b'] });
 
-    const k = narrow(
-      d.decode(new Enc().byte('U').u32(REL_ID).byte('K').tuple(['1', null]).byte('N').tuple(['2', 'b']).done()),
-      'update',
-    );
+    const k = narrow(d.decode(new Enc().byte('U').u32(REL_ID).byte('K').tuple(['1', null]).byte('N').tuple(['2', 'b']).done()), 'update');
     assert.deepEqual(k, { tag: 'update', relationId: REL_ID, keyTuple: ['1', null], oldTuple: null, newTuple: ['2', 'b'] });
 
     const o = narrow(
@@ -343,7 +359,14 @@ describe('cross-check with pg-logical-replication PgoutputParser', () => {
       relation(),
       insert(),
       new Enc().byte('I').u32(REL_ID).byte('N').tuple(['43', null, '{}', 'x', null]).done(),
-      new Enc().byte('U').u32(REL_ID).byte('O').tuple(['43', 'a', '[]', 'old', null]).byte('N').tuple(['43', 'b', '[1]', 'new', null]).done(),
+      new Enc()
+        .byte('U')
+        .u32(REL_ID)
+        .byte('O')
+        .tuple(['43', 'a', '[]', 'old', null])
+        .byte('N')
+        .tuple(['43', 'b', '[1]', 'new', null])
+        .done(),
       new Enc().byte('D').u32(REL_ID).byte('K').tuple(['43', null, null, null, null]).done(),
       new Enc().byte('M').byte(1).u64(0x1_0000_0000n).str('pfx').i32(3).raw(Buffer.from('abc')).done(),
       commit(),
@@ -425,7 +448,11 @@ describe('cross-check with pg-logical-replication PgoutputParser', () => {
     const rel = new Enc().byte('R').u32(99).str('public').str('wide').byte('i').i16(15);
     const values: (string | null)[] = [];
     for (let i = 0; i < 15; i++) {
-      rel.byte(i === 0 ? 1 : 0).str(`c${i}`).u32(OID_TEXT).i32(-1);
+      rel
+        .byte(i === 0 ? 1 : 0)
+        .str(`c${i}`)
+        .u32(OID_TEXT)
+        .i32(-1);
       values.push(i % 5 === 4 ? null : `v${i} ✓ ${'x'.repeat(i * 7)}`);
     }
     const bufs = [rel.done(), new Enc().byte('I').u32(99).byte('N').tuple(values).done()];
@@ -467,7 +494,23 @@ describe('lsn', () => {
   });
 
   it('rejects garbage', () => {
-    for (const s of ['', '/', '0/', '/0', '0', '0/0/0', 'G/0', '0/-1', '-1/0', ' 0/0', '0/0 ', '100000000/0', '0/100000000', '0x1/0', '1.5/0']) {
+    for (const s of [
+      '',
+      '/',
+      '0/',
+      '/0',
+      '0',
+      '0/0/0',
+      'G/0',
+      '0/-1',
+      '-1/0',
+      ' 0/0',
+      '0/0 ',
+      '100000000/0',
+      '0/100000000',
+      '0x1/0',
+      '1.5/0',
+    ]) {
       assert.throws(() => parseLsn(s), RangeError, JSON.stringify(s));
     }
     assert.throws(() => formatLsn(-1n), RangeError);

@@ -56,18 +56,23 @@ test('a burst of publishes is acknowledged in full, each callback once', async (
   try {
     const n = 3000;
     const seen = new Map<number, number>();
-    const all = Array.from({ length: n }, (_, i) =>
-      new Promise<Error | undefined>((resolve) =>
-        p.publish('b.x', Buffer.from(`{"i":${i}}`), '', `b-${i}`, (err) => {
-          seen.set(i, (seen.get(i) ?? 0) + 1);
-          resolve(err);
-        }),
-      ),
+    const all = Array.from(
+      { length: n },
+      (_, i) =>
+        new Promise<Error | undefined>((resolve) =>
+          p.publish('b.x', Buffer.from(`{"i":${i}}`), '', `b-${i}`, (err) => {
+            seen.set(i, (seen.get(i) ?? 0) + 1);
+            resolve(err);
+          }),
+        ),
     );
     const errors = (await Promise.all(all)).filter((e) => e !== undefined);
     assert.deepEqual(errors, []);
     assert.equal(seen.size, n);
-    assert.ok([...seen.values()].every((c) => c === 1), 'each callback exactly once');
+    assert.ok(
+      [...seen.values()].every((c) => c === 1),
+      'each callback exactly once',
+    );
     assert.equal((await jsm.streams.info('B')).state.messages, n);
   } finally {
     p.close();

@@ -107,10 +107,18 @@ test('failed and no-op mutations record nothing; both mutation_response shapes a
     )
     SELECT (SELECT count(*) FROM fraiseql_relay.outbox WHERE mutation = 'update_order')::text AS n FROM v2`);
   assert.equal(rows[0]!.n, '0');
-  await env.sql(`CREATE TYPE mutation_response AS (status text, message text, entity_id text, entity_type text, entity jsonb, updated_fields text[], cascade jsonb, metadata jsonb)`);
-  await env.sql(`SELECT fraiseql_relay.emit_mutation('delete_item', ROW('noop:not_found', 'x', '1', 'Item', NULL, NULL, NULL, NULL)::mutation_response)`);
-  await env.sql(`SELECT fraiseql_relay.emit_mutation('delete_item', ROW('failed:validation', 'x', '1', 'Item', NULL, NULL, NULL, NULL)::mutation_response)`);
-  await env.sql(`SELECT fraiseql_relay.emit_mutation('legacy_thing', ROW('updated', 'ok', '42', 'Item', '{"id":42}', ARRAY['name','price'], NULL, '{"k":1}')::mutation_response)`);
+  await env.sql(
+    `CREATE TYPE mutation_response AS (status text, message text, entity_id text, entity_type text, entity jsonb, updated_fields text[], cascade jsonb, metadata jsonb)`,
+  );
+  await env.sql(
+    `SELECT fraiseql_relay.emit_mutation('delete_item', ROW('noop:not_found', 'x', '1', 'Item', NULL, NULL, NULL, NULL)::mutation_response)`,
+  );
+  await env.sql(
+    `SELECT fraiseql_relay.emit_mutation('delete_item', ROW('failed:validation', 'x', '1', 'Item', NULL, NULL, NULL, NULL)::mutation_response)`,
+  );
+  await env.sql(
+    `SELECT fraiseql_relay.emit_mutation('legacy_thing', ROW('updated', 'ok', '42', 'Item', '{"id":42}', ARRAY['name','price'], NULL, '{"k":1}')::mutation_response)`,
+  );
   const out = await env.sql<{ mutation: string; operation: string; entity_id: string; updated_fields: string[] }>(
     `SELECT mutation, operation, entity_id, updated_fields FROM fraiseql_relay.outbox WHERE mutation IN ('delete_item', 'legacy_thing')`,
   );
@@ -120,7 +128,9 @@ test('failed and no-op mutations record nothing; both mutation_response shapes a
 test('an event no rule routes is acknowledged and counted, not published', async () => {
   const before = await env.streamCount();
   const unroutedBefore = relay.stats.unrouted;
-  await env.sql(`SELECT fraiseql_relay.emit_mutation('archive_order', ROW(true, true, NULL, NULL, 200, 'ok', gen_random_uuid(), 'Order', '{}'::jsonb, NULL, NULL, NULL, NULL)::app.mutation_response)`);
+  await env.sql(
+    `SELECT fraiseql_relay.emit_mutation('archive_order', ROW(true, true, NULL, NULL, 200, 'ok', gen_random_uuid(), 'Order', '{}'::jsonb, NULL, NULL, NULL, NULL)::app.mutation_response)`,
+  );
   await env.sql(`SELECT fraiseql_relay.emit('fraiseql.marker', '{"after":"unrouted"}')`);
   await env.waitForStreamCount(before + 1);
   const msgs = await env.readStream();
@@ -173,7 +183,9 @@ test('an emit() subject no stream captures is dead-lettered', async () => {
   await env.sql(`SELECT fraiseql_relay.emit('elsewhere.nothing', '{"a":1}')`);
   await env.sql(`SELECT fraiseql_relay.emit('fraiseql.marker', '{"after":"uncaptured"}')`);
   await env.waitForStreamCount(before + 1);
-  const dl = await waitForRows(() => env.sql<{ error: string }>(`SELECT error FROM fraiseql_relay.dead_letter WHERE subject = 'elsewhere.nothing'`));
+  const dl = await waitForRows(() =>
+    env.sql<{ error: string }>(`SELECT error FROM fraiseql_relay.dead_letter WHERE subject = 'elsewhere.nothing'`),
+  );
   assert.equal(dl.length, 1);
   assert.match(dl[0]!.error, /no JetStream stream captures subject elsewhere\.nothing/);
 });

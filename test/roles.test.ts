@@ -24,7 +24,9 @@ test('the relay runs as the documented least-privilege role (LOGIN REPLICATION, 
     const appEnv = { ...env.env, DATABASE_URL: env.dbUrl.replace('postgres@', 'fraiseql_relay_app@') };
     const relay = new RelayProcess(join(env.dir, 'role.log'), ['run', '-c', env.configFile], appEnv);
     await relay.waitForLog('relay running');
-    await env.sql(`SELECT fraiseql_relay.emit('fraiseql.order.created', jsonb_build_object('id', 'o-' || g)) FROM generate_series(1, 50) g`);
+    await env.sql(
+      `SELECT fraiseql_relay.emit('fraiseql.order.created', jsonb_build_object('id', 'o-' || g)) FROM generate_series(1, 50) g`,
+    );
     await env.waitForStreamCount(50);
     // the handler ran as the role (exactly once each), and retention deleted the published rows
     let seen = 0;

@@ -85,9 +85,13 @@ ${RELAY}`,
 const inventoryHandler = (poison: boolean) => `
 CREATE OR REPLACE FUNCTION fn_reserve_inventory(p_event jsonb) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-  ${poison ? `IF p_event->'entity'->>'customer' = 'poison' THEN
+  ${
+    poison
+      ? `IF p_event->'entity'->>'customer' = 'poison' THEN
     RAISE EXCEPTION 'cannot reserve order %: customer is blocked', p_event->>'id';
-  END IF;` : '-- fixed: no customer is refused any more'}
+  END IF;`
+      : '-- fixed: no customer is refused any more'
+  }
   INSERT INTO handler_calls (order_id) VALUES ((p_event->>'id')::uuid)
     ON CONFLICT (order_id) DO UPDATE SET calls = handler_calls.calls + 1;
   PERFORM pg_sleep(0.002);  -- a little work, so that a SIGKILL lands while events are in flight
@@ -122,7 +126,12 @@ class Service {
   relay: RelayProcess | null = null;
   private generation = 0;
 
-  constructor(readonly name: string, readonly file: string, readonly env: NodeJS.ProcessEnv, url: string) {
+  constructor(
+    readonly name: string,
+    readonly file: string,
+    readonly env: NodeJS.ProcessEnv,
+    url: string,
+  ) {
     this.pool = new pg.Pool({ connectionString: url, max: 16 });
   }
 
@@ -148,7 +157,12 @@ let env: TestEnv;
 let svc: Record<'order' | 'inventory' | 'notification' | 'analytics', Service>;
 
 /** Polls until `fn` returns true; fails with `what` and the last `detail()` when it does not. */
-async function until(what: string, fn: () => Promise<boolean>, detail: () => Promise<unknown> = () => Promise.resolve(''), timeoutMs = 30_000): Promise<void> {
+async function until(
+  what: string,
+  fn: () => Promise<boolean>,
+  detail: () => Promise<unknown> = () => Promise.resolve(''),
+  timeoutMs = 30_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     if (await fn()) return;
@@ -165,7 +179,10 @@ async function createOrders(orders: { customer: string; items: string[] }[], par
     Array.from({ length: parallel }, async () => {
       while (next < orders.length) {
         const i = next++;
-        const [r] = await svc.order.sql<{ id: string }>(`SELECT (app.fn_create_order($1, $2::text[])).entity_id::text AS id`, [orders[i]!.customer, orders[i]!.items]);
+        const [r] = await svc.order.sql<{ id: string }>(`SELECT (app.fn_create_order($1, $2::text[])).entity_id::text AS id`, [
+          orders[i]!.customer,
+          orders[i]!.items,
+        ]);
         ids[i] = r!.id;
       }
     }),
@@ -183,7 +200,9 @@ function itemsOf(i: number): string[] {
 
 /** What the order service committed: every created order with its items, every event id. */
 async function committed(): Promise<{ orders: Map<string, string[]>; created: string[]; updated: string[] }> {
-  const orders = new Map((await svc.order.sql<{ id: string; item_ids: string[] }>(`SELECT id::text, item_ids FROM app.tb_order`)).map((r) => [r.id, r.item_ids]));
+  const orders = new Map(
+    (await svc.order.sql<{ id: string; item_ids: string[] }>(`SELECT id::text, item_ids FROM app.tb_order`)).map((r) => [r.id, r.item_ids]),
+  );
   const events = await svc.order.sql<{ id: string; mutation: string }>(`SELECT id::text, mutation FROM fraiseql_relay.outbox`);
   return {
     orders,
@@ -210,24 +229,61 @@ async function assertInventoryExact(orders: Map<string, string[]>, excluded: Set
   const got = (await svc.inventory.sql<{ r: string }>(`SELECT order_id::text || ' ' || sku AS r FROM tb_reservation`)).map((x) => x.r);
   assert.deepEqual(got.sort(), want.sort(), 'each order reserved each of its items once');
   const stock = await svc.inventory.sql<{ sku: string; used: number }>(`SELECT sku, initial - on_hand AS used FROM tb_stock ORDER BY sku`);
-  assert.deepEqual(stock, SKUS.map((sku) => ({ sku, used: perSku.get(sku) })), 'stock decremented exactly by the number of orders containing the SKU');
+  assert.deepEqual(
+    stock,
+    SKUS.map((sku) => ({ sku, used: perSku.get(sku) })),
+    'stock decremented exactly by the number of orders containing the SKU',
+  );
   const calls = await svc.inventory.sql<{ order_id: string; calls: number }>(`SELECT order_id::text, calls FROM handler_calls`);
   assert.equal(calls.length, orders.size - excluded.size, 'one committed handler call per order');
-  assert.deepEqual(calls.filter((c) => c.calls !== 1), [], 'no order applied twice');
-  assert.equal(await svc.inventory.count(`SELECT count(*) FROM fraiseql_relay.inbox WHERE consumer = $1`, [INVENTORY_CONSUMER]), orders.size - excluded.size);
+  assert.deepEqual(
+    calls.filter((c) => c.calls !== 1),
+    [],
+    'no order applied twice',
+  );
+  assert.equal(
+    await svc.inventory.count(`SELECT count(*) FROM fraiseql_relay.inbox WHERE consumer = $1`, [INVENTORY_CONSUMER]),
+    orders.size - excluded.size,
+  );
 }
 
 /** Notification saw every created order once; analytics saw every created and updated event once. */
 async function assertFanOut(orders: Map<string, string[]>, created: string[], updated: string[]): Promise<void> {
-  const notes = await svc.notification.sql<{ order_id: string; event_id: string; calls: number }>(`SELECT order_id::text, event_id::text, calls FROM tb_notification`);
+  const notes = await svc.notification.sql<{ order_id: string; event_id: string; calls: number }>(
+    `SELECT order_id::text, event_id::text, calls FROM tb_notification`,
+  );
   assert.deepEqual(notes.map((n) => n.order_id).sort(), [...orders.keys()].sort(), 'the notification service saw every order');
   assert.deepEqual(notes.map((n) => n.event_id).sort(), [...created].sort(), 'the notification service saw every create_order event');
-  assert.deepEqual(notes.filter((n) => n.calls !== 1), [], 'the notification service applied each event once');
-  const seen = await svc.analytics.sql<{ event_id: string; operation: string; calls: number }>(`SELECT event_id::text, operation, calls FROM tb_order_event`);
-  assert.deepEqual(seen.filter((e) => e.operation === 'CREATE').map((e) => e.event_id).sort(), [...created].sort(), 'analytics saw every created event');
-  assert.deepEqual(seen.filter((e) => e.operation === 'UPDATE').map((e) => e.event_id).sort(), [...updated].sort(), 'analytics saw every updated event');
+  assert.deepEqual(
+    notes.filter((n) => n.calls !== 1),
+    [],
+    'the notification service applied each event once',
+  );
+  const seen = await svc.analytics.sql<{ event_id: string; operation: string; calls: number }>(
+    `SELECT event_id::text, operation, calls FROM tb_order_event`,
+  );
+  assert.deepEqual(
+    seen
+      .filter((e) => e.operation === 'CREATE')
+      .map((e) => e.event_id)
+      .sort(),
+    [...created].sort(),
+    'analytics saw every created event',
+  );
+  assert.deepEqual(
+    seen
+      .filter((e) => e.operation === 'UPDATE')
+      .map((e) => e.event_id)
+      .sort(),
+    [...updated].sort(),
+    'analytics saw every updated event',
+  );
   assert.equal(seen.length, created.length + updated.length);
-  assert.deepEqual(seen.filter((e) => e.calls !== 1), [], 'analytics applied each event once');
+  assert.deepEqual(
+    seen.filter((e) => e.calls !== 1),
+    [],
+    'analytics applied each event once',
+  );
 }
 
 /** Waits until every service has processed everything the order service committed. */
@@ -239,10 +295,15 @@ async function waitForAll(excluded: Set<string> = new Set()): Promise<Awaited<Re
     analytics: await svc.analytics.count(`SELECT count(*) FROM fraiseql_relay.inbox`),
     want: { inventory: c.created.length - excluded.size, notification: c.created.length, analytics: c.created.length + c.updated.length },
   });
-  await until('every service to process every event', async () => {
-    const n = await counts();
-    return n.inventory >= n.want.inventory && n.notification >= n.want.notification && n.analytics >= n.want.analytics;
-  }, counts, 45_000);
+  await until(
+    'every service to process every event',
+    async () => {
+      const n = await counts();
+      return n.inventory >= n.want.inventory && n.notification >= n.want.notification && n.analytics >= n.want.analytics;
+    },
+    counts,
+    45_000,
+  );
   return c;
 }
 
@@ -291,7 +352,10 @@ test('only the order service holds a replication slot', async () => {
 test('fan-out: each service sees every event once; each order reserves each item once', async () => {
   const ids = await createOrders(Array.from({ length: 30 }, (_, i) => ({ customer: `customer-${i}`, items: itemsOf(i) })));
   for (const id of ids.filter((_, i) => i % 3 === 0)) {
-    const [r] = await svc.order.sql<{ succeeded: boolean; state_changed: boolean }>(`SELECT (r).succeeded, (r).state_changed FROM app.fn_update_order($1, 'shipped') r`, [id]);
+    const [r] = await svc.order.sql<{ succeeded: boolean; state_changed: boolean }>(
+      `SELECT (r).succeeded, (r).state_changed FROM app.fn_update_order($1, 'shipped') r`,
+      [id],
+    );
     assert.deepEqual(r, { succeeded: true, state_changed: true });
   }
   const c = await waitForAll();
@@ -301,7 +365,11 @@ test('fan-out: each service sees every event once; each order reserves each item
   await assertInventoryExact(c.orders);
   await assertFanOut(c.orders, c.created, c.updated);
   // fan-out is by durable consumer: one per service and subject
-  for (const name of ['inventory-service-fraiseql_order_created', 'notification-service-fraiseql_order_created', 'analytics-service-fraiseql_order_created']) {
+  for (const name of [
+    'inventory-service-fraiseql_order_created',
+    'notification-service-fraiseql_order_created',
+    'analytics-service-fraiseql_order_created',
+  ]) {
     assert.equal((await consumerInfo(name)).delivered.stream_seq > 0, true, `${name} exists and delivered`);
   }
   assert.equal((await consumerInfo('analytics-service-fraiseql_order_updated')).config.filter_subject, 'fraiseql.order.updated');
@@ -315,7 +383,10 @@ test('the inventory relay SIGKILLed twice while 360 orders are created concurren
   for (let k = 1; k <= 2; k++) {
     // kill while the inventory service is partway through the new orders
     const target = before.orders.size + k * 90;
-    await until(`the inventory service to apply ${target} orders`, async () => (await svc.inventory.count(`SELECT count(*) FROM handler_calls`)) >= target);
+    await until(
+      `the inventory service to apply ${target} orders`,
+      async () => (await svc.inventory.count(`SELECT count(*) FROM handler_calls`)) >= target,
+    );
     const inFlight = (await committed()).created.length - (await svc.inventory.count(`SELECT count(*) FROM handler_calls`));
     assert.ok(inFlight > 0, `orders are still waiting for the inventory service when it is killed (${inFlight})`);
     assert.equal(await svc.inventory.relay!.kill('SIGKILL'), null, 'killed, not exited');
@@ -329,7 +400,10 @@ test('the inventory relay SIGKILLed twice while 360 orders are created concurren
   await assertFanOut(c.orders, c.created, c.updated);
   // the kills left delivered-but-unacknowledged messages behind, and JetStream delivered them again
   const info = await consumerInfo(INVENTORY_CONSUMER);
-  assert.ok(info.delivered.consumer_seq - deliveredBefore > total, `redeliveries after the kills (${info.delivered.consumer_seq - deliveredBefore} deliveries of ${total} messages)`);
+  assert.ok(
+    info.delivered.consumer_seq - deliveredBefore > total,
+    `redeliveries after the kills (${info.delivered.consumer_seq - deliveredBefore} deliveries of ${total} messages)`,
+  );
   assert.ok(!svc.inventory.relay!.output().includes('updated durable consumer'), 'a restart finds the consumer as configured (no drift)');
 });
 
@@ -338,10 +412,21 @@ test('a handler that raises for one order dead-letters it after max_deliver; the
   const ids = await createOrders(batch, 1); // in order: the poison order sits in the middle
   const poisonId = ids[10]!;
   const dl = await (async () => {
-    type Row = { id: string; direction: string; consumer: string; handler: string; attempts: number; error: string; body: string; event_id: string };
+    type Row = {
+      id: string;
+      direction: string;
+      consumer: string;
+      handler: string;
+      attempts: number;
+      error: string;
+      body: string;
+      event_id: string;
+    };
     let rows: Row[] = [];
     await until('the poison order to be dead-lettered', async () => {
-      rows = await svc.inventory.sql<Row>(`SELECT id::text, direction, consumer, handler, attempts, error, body, event_id FROM fraiseql_relay.dead_letter`);
+      rows = await svc.inventory.sql<Row>(
+        `SELECT id::text, direction, consumer, handler, attempts, error, body, event_id FROM fraiseql_relay.dead_letter`,
+      );
       return rows.length > 0;
     });
     return rows;
@@ -355,17 +440,26 @@ test('a handler that raises for one order dead-letters it after max_deliver; the
   assert.equal(JSON.parse(dl[0]!.body).id, poisonId);
   const c = await waitForAll(new Set([poisonId]));
   // terminated: the consumer has nothing pending or in flight, and the dead letter is still the only one
-  await until('the inventory consumer to settle', async () => {
-    const info = await consumerInfo(INVENTORY_CONSUMER);
-    return info.num_pending === 0 && info.num_ack_pending === 0 && info.num_redelivered === 0;
-  }, async () => consumerInfo(INVENTORY_CONSUMER).then((i) => [i.num_pending, i.num_ack_pending, i.num_redelivered]));
+  await until(
+    'the inventory consumer to settle',
+    async () => {
+      const info = await consumerInfo(INVENTORY_CONSUMER);
+      return info.num_pending === 0 && info.num_ack_pending === 0 && info.num_redelivered === 0;
+    },
+    async () => consumerInfo(INVENTORY_CONSUMER).then((i) => [i.num_pending, i.num_ack_pending, i.num_redelivered]),
+  );
   assert.equal(await svc.inventory.count(`SELECT count(*) FROM fraiseql_relay.dead_letter`), 1);
-  assert.equal(await svc.inventory.count(`SELECT count(*) FROM handler_calls WHERE order_id = $1`, [poisonId]), 0, 'the failed calls rolled back');
+  assert.equal(
+    await svc.inventory.count(`SELECT count(*) FROM handler_calls WHERE order_id = $1`, [poisonId]),
+    0,
+    'the failed calls rolled back',
+  );
   assert.equal(await svc.inventory.count(`SELECT count(*) FROM fraiseql_relay.inbox WHERE event_id = $1`, [dl[0]!.event_id]), 0);
   // every other order, before and after the poison one, was reserved; the other services saw it too
   await assertInventoryExact(c.orders, new Set([poisonId]));
   await assertFanOut(c.orders, c.created, c.updated);
-  for (const s of [svc.order, svc.notification, svc.analytics]) assert.equal(await s.count(`SELECT count(*) FROM fraiseql_relay.dead_letter`), 0, `${s.name}: no dead letters`);
+  for (const s of [svc.order, svc.notification, svc.analytics])
+    assert.equal(await s.count(`SELECT count(*) FROM fraiseql_relay.dead_letter`), 0, `${s.name}: no dead letters`);
 
   // fix the handler, re-drive the dead letter: applied exactly once, the dead letter gone
   await svc.inventory.sql(inventoryHandler(false));

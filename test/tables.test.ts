@@ -109,14 +109,21 @@ test('migrate publishes the rule tables with the operations the rules need, and 
     `SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = 'fraiseql_relay_tables'`,
   );
   assert.deepEqual(pub, [{ pubinsert: true, pubupdate: true, pubdelete: true, pubtruncate: false }]);
-  const tables = (await env.sql<{ t: string }>(`SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = 'fraiseql_relay_tables' ORDER BY 1`)).map((r) => r.t);
+  const tables = (
+    await env.sql<{ t: string }>(
+      `SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = 'fraiseql_relay_tables' ORDER BY 1`,
+    )
+  ).map((r) => r.t);
   assert.deepEqual(tables, ['app.tb_item', 'public.tb_doc', 'public.tb_doc_full', 'public.tb_order']);
   assert.equal(problems.length, 1);
   assert.match(problems[0]!, /tb_nokey has no replica identity.*REPLICA IDENTITY FULL/s);
   const ident = await env.sql<{ relname: string; relreplident: string }>(
     `SELECT relname, relreplident FROM pg_class WHERE relname IN ('tb_order', 'tb_doc', 'tb_doc_full', 'tb_nokey') ORDER BY relname`,
   );
-  assert.deepEqual(ident.map((r) => `${r.relname}:${r.relreplident}`), ['tb_doc:d', 'tb_doc_full:f', 'tb_nokey:d', 'tb_order:f']);
+  assert.deepEqual(
+    ident.map((r) => `${r.relname}:${r.relreplident}`),
+    ['tb_doc:d', 'tb_doc_full:f', 'tb_nokey:d', 'tb_order:f'],
+  );
   // the application's own writes to the table left out still work
   await env.sql(`UPDATE tb_nokey SET b = 'y'`);
 });
@@ -135,8 +142,15 @@ test('INSERT: the new row as a typed JSON entity', async () => {
   assert.match(b['event_id'] as string, /^[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-8[0-9a-f]{3}-[0-9a-f]{12}$/);
   assert.equal(m.headers['Nats-Msg-Id'], `${String(b['event_id'])}:fraiseql.order.inserted`);
   assert.deepEqual(b['entity'], {
-    id: '00000000-0000-0000-0000-0000000000a1', customer: 'ada', total: 10.5, qty: 3, paid: true, items: ['SKU-1', 'SKU 2'],
-    data: { x: 1 }, big: 9007199254740992, created_at: '2026-11-22 10:00:00.123456+00',
+    id: '00000000-0000-0000-0000-0000000000a1',
+    customer: 'ada',
+    total: 10.5,
+    qty: 3,
+    paid: true,
+    items: ['SKU-1', 'SKU 2'],
+    data: { x: 1 },
+    big: 9007199254740992,
+    created_at: '2026-11-22 10:00:00.123456+00',
   });
   const raw = JSON.stringify(b);
   void raw;
@@ -197,7 +211,9 @@ test('an unchanged TOASTed value is never published as a placeholder', async () 
 });
 
 test('table changes and outbox events share one stream in commit order', async () => {
-  await env.sql(`BEGIN; INSERT INTO tb_order (customer) VALUES ('x1'); SELECT fraiseql_relay.emit('fraiseql.mixed', '{"k":1}'); INSERT INTO tb_order (customer) VALUES ('x2'); COMMIT;`);
+  await env.sql(
+    `BEGIN; INSERT INTO tb_order (customer) VALUES ('x1'); SELECT fraiseql_relay.emit('fraiseql.mixed', '{"k":1}'); INSERT INTO tb_order (customer) VALUES ('x2'); COMMIT;`,
+  );
   const msgs = await next('fraiseql.mixed');
   const all = await env.readStream();
   const idx = all.findIndex((m) => m.seq === msgs[0]!.seq);

@@ -30,15 +30,42 @@ async function makeCerts(): Promise<Certs> {
   const ssl = (args: string[]) => execFileP(OPENSSL, args, { cwd: dir });
   const newKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
   await ssl([
-    'req', '-x509', ...newKey, '-keyout', f('ca.key'), '-out', f('ca.pem'), '-days', '2', '-subj', '/CN=fraiseql-relay test CA',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+    'req',
+    '-x509',
+    ...newKey,
+    '-keyout',
+    f('ca.key'),
+    '-out',
+    f('ca.pem'),
+    '-days',
+    '2',
+    '-subj',
+    '/CN=fraiseql-relay test CA',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
   ]);
   const leaf = async (name: string, cn: string, ext: string, serial: string) => {
     await writeFile(f(`${name}.ext`), `basicConstraints=CA:FALSE\n${ext}\n`);
     await ssl(['req', '-new', ...newKey, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`), '-subj', `/CN=${cn}`]);
     await ssl([
-      'x509', '-req', '-in', f(`${name}.csr`), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-set_serial', serial,
-      '-days', '2', '-extfile', f(`${name}.ext`), '-out', f(`${name}.pem`),
+      'x509',
+      '-req',
+      '-in',
+      f(`${name}.csr`),
+      '-CA',
+      f('ca.pem'),
+      '-CAkey',
+      f('ca.key'),
+      '-set_serial',
+      serial,
+      '-days',
+      '2',
+      '-extfile',
+      f(`${name}.ext`),
+      '-out',
+      f(`${name}.pem`),
     ]);
   };
   await leaf('server', 'localhost', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth', '2');
@@ -106,8 +133,11 @@ test('migrate, check and run over TLS: an emitted event reaches JetStream and th
   try {
     const jsm = await jetstreamManager(nc);
     let messages = 0;
-    for (const deadline = Date.now() + 20_000; messages < 1 && Date.now() < deadline; ) {
-      messages = await jsm.streams.info('FRAISEQL').then((i) => i.state.messages, () => 0);
+    for (const deadline = Date.now() + 20_000; messages < 1 && Date.now() < deadline;) {
+      messages = await jsm.streams.info('FRAISEQL').then(
+        (i) => i.state.messages,
+        () => 0,
+      );
       if (messages < 1) await sleep(50);
     }
     assert.equal(messages, 1, `the event did not reach the stream:\n${relay.output().slice(-4000)}`);
@@ -129,7 +159,10 @@ test('migrate, check and run over TLS: an emitted event reaches JetStream and th
   assert.equal(walsenders.length, 1, JSON.stringify(rows));
   assert.equal(walsenders[0]!.ssl, true, 'the replication connection is not encrypted');
   const relayRows = rows.filter((r) => !r.me);
-  assert.ok(relayRows.every((r) => r.ssl), `a relay connection without TLS: ${JSON.stringify(relayRows)}`);
+  assert.ok(
+    relayRows.every((r) => r.ssl),
+    `a relay connection without TLS: ${JSON.stringify(relayRows)}`,
+  );
   assert.equal(rows.find((r) => r.me)?.ssl, false, 'the plain test connection reports ssl');
 
   relay.child.kill('SIGTERM');

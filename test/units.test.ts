@@ -115,19 +115,42 @@ describe('OutboxRouter', () => {
   test('fans a mutation out to every configured subject with the same body and stable ids', () => {
     const r = router.route(
       change({
-        id: '5b0c0000-0000-0000-0000-000000000001', subject: null, mutation: 'create_order', operation: 'CREATE',
-        entity_type: 'Order', entity_id: 'e1', entity: '{"id": "e1", "total": 10.50}', entity_before: null,
-        updated_fields: '{total}', metadata: '{"item_ids": ["SKU-1"]}', headers: null, tenant_id: null, user_id: 'u1',
-        traceparent: '00-abc-def-01', created_at: '2026-11-22 10:00:00.123456+00',
+        id: '5b0c0000-0000-0000-0000-000000000001',
+        subject: null,
+        mutation: 'create_order',
+        operation: 'CREATE',
+        entity_type: 'Order',
+        entity_id: 'e1',
+        entity: '{"id": "e1", "total": 10.50}',
+        entity_before: null,
+        updated_fields: '{total}',
+        metadata: '{"item_ids": ["SKU-1"]}',
+        headers: null,
+        tenant_id: null,
+        user_id: 'u1',
+        traceparent: '00-abc-def-01',
+        created_at: '2026-11-22 10:00:00.123456+00',
       }),
     );
     assert.equal(r.unrouted, false);
-    assert.deepEqual(r.messages.map((m) => m.subject), ['fraiseql.order.created', 'audit.order', 'fraiseql.subscription.order_created']);
+    assert.deepEqual(
+      r.messages.map((m) => m.subject),
+      ['fraiseql.order.created', 'audit.order', 'fraiseql.subscription.order_created'],
+    );
     const body = JSON.parse(r.messages[0]!.body.toString()) as Record<string, unknown>;
     assert.deepEqual(body, {
-      event_id: '5b0c0000-0000-0000-0000-000000000001', id: 'e1', entity_type: 'Order', operation: 'CREATE',
-      mutation: 'create_order', entity: { id: 'e1', total: 10.5 }, entity_before: null, updated_fields: ['total'],
-      metadata: { item_ids: ['SKU-1'] }, tenant_id: null, user_id: 'u1', occurred_at: '2026-11-22T10:00:00.123456Z',
+      event_id: '5b0c0000-0000-0000-0000-000000000001',
+      id: 'e1',
+      entity_type: 'Order',
+      operation: 'CREATE',
+      mutation: 'create_order',
+      entity: { id: 'e1', total: 10.5 },
+      entity_before: null,
+      updated_fields: ['total'],
+      metadata: { item_ids: ['SKU-1'] },
+      tenant_id: null,
+      user_id: 'u1',
+      occurred_at: '2026-11-22T10:00:00.123456Z',
       source: { database: 'orders', schema: 'fraiseql_relay', table: 'outbox', lsn: '0/16B3748', xid: 731 },
     });
     assert.ok(r.messages[0]!.body.toString().includes('"total": 10.50'), 'jsonb text forwarded verbatim');
@@ -141,8 +164,13 @@ describe('OutboxRouter', () => {
 
   test('an unknown mutation is unrouted; an explicit subject wins', () => {
     assert.equal(router.route(change({ id: 'x', subject: null, mutation: 'other' })).unrouted, true);
-    const r = router.route(change({ id: 'y', subject: 'raw.subject', mutation: null, headers: '{"X-A": "1", "Fraiseql-Event-Id": "spoof"}' }));
-    assert.deepEqual(r.messages.map((m) => m.subject), ['raw.subject']);
+    const r = router.route(
+      change({ id: 'y', subject: 'raw.subject', mutation: null, headers: '{"X-A": "1", "Fraiseql-Event-Id": "spoof"}' }),
+    );
+    assert.deepEqual(
+      r.messages.map((m) => m.subject),
+      ['raw.subject'],
+    );
     assert.equal(r.messages[0]!.headers['X-A'], '1');
     assert.equal(r.messages[0]!.headers['Fraiseql-Event-Id'], 'y', 'user headers cannot override the relay headers');
   });
@@ -163,7 +191,10 @@ test('a row change event id is a stable, well-formed UUID of its WAL position', 
 test('a database CA file becomes sslrootcert with verify-full, unless the URL says otherwise', async () => {
   const { withCaFile } = await import('../src/util/db.js');
   assert.equal(withCaFile('postgres://u@h/db', '/etc/ca.pem'), 'postgres://u@h/db?sslrootcert=%2Fetc%2Fca.pem&sslmode=verify-full');
-  assert.equal(withCaFile('postgres://u@h/db?sslmode=verify-ca', '/etc/ca.pem'), 'postgres://u@h/db?sslmode=verify-ca&sslrootcert=%2Fetc%2Fca.pem');
+  assert.equal(
+    withCaFile('postgres://u@h/db?sslmode=verify-ca', '/etc/ca.pem'),
+    'postgres://u@h/db?sslmode=verify-ca&sslrootcert=%2Fetc%2Fca.pem',
+  );
   assert.equal(withCaFile('postgres://u@h/db', undefined), 'postgres://u@h/db');
 });
 
@@ -175,13 +206,22 @@ test('NATS authentication comes from files and the environment, never the config
   assert.equal(typeof natsAuthOptions({ ...base, token_env: 'NATS_TOKEN' }, { NATS_TOKEN: 't' }).authenticator, 'function');
   assert.throws(() => natsAuthOptions({ ...base, token_env: 'NATS_TOKEN' }, {}), /token_env: environment variable NATS_TOKEN is not set/);
   assert.equal(typeof natsAuthOptions({ ...base, user_env: 'U', password_env: 'P' }, { U: 'u', P: 'p' }).authenticator, 'function');
-  assert.throws(() => natsAuthOptions({ ...base, creds_file: '/nonexistent/x.creds' }, {}), /creds_file \/nonexistent\/x\.creds: cannot read it/);
+  assert.throws(
+    () => natsAuthOptions({ ...base, creds_file: '/nonexistent/x.creds' }, {}),
+    /creds_file \/nonexistent\/x\.creds: cannot read it/,
+  );
 });
 
 test('a certificate the client cannot verify gets a hint naming the key to set; other errors none', async () => {
   const { tlsHint } = await import('../src/util/errors.js');
-  assert.match(tlsHint(new Error('unable to verify the first certificate'), '[relay] database_ca_file'), /set \[relay\] database_ca_file to the CA bundle/);
-  assert.match(tlsHint(new Error('connect failed', { cause: new Error('self-signed certificate in certificate chain') }), '[relay.nats] ca_file'), /\[relay\.nats\] ca_file/);
+  assert.match(
+    tlsHint(new Error('unable to verify the first certificate'), '[relay] database_ca_file'),
+    /set \[relay\] database_ca_file to the CA bundle/,
+  );
+  assert.match(
+    tlsHint(new Error('connect failed', { cause: new Error('self-signed certificate in certificate chain') }), '[relay.nats] ca_file'),
+    /\[relay\.nats\] ca_file/,
+  );
   assert.match(tlsHint(new Error("Hostname/IP does not match certificate's altnames"), 'k'), /does not match the host name/);
   assert.equal(tlsHint(new Error('connection refused'), 'k'), '');
   assert.equal(tlsHint(undefined, 'k'), '');

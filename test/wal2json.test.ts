@@ -33,8 +33,17 @@ const enc = (o: unknown) => Buffer.from(typeof o === 'string' ? o : JSON.stringi
 
 describe('wal2json decoder', () => {
   test('numbers keep every digit; strings that look like numbers are untouched', () => {
-    const v = parseJsonKeepingNumbers('{"a":12345678901234567890123,"b":-0.1000000000000000055511151231257827,"c":1.5e-07,"d":"12","e":"x\\"1,2\\"","f":[1,true,null]}');
-    assert.deepEqual(v, { a: '12345678901234567890123', b: '-0.1000000000000000055511151231257827', c: '1.5e-07', d: '12', e: 'x"1,2"', f: ['1', true, null] });
+    const v = parseJsonKeepingNumbers(
+      '{"a":12345678901234567890123,"b":-0.1000000000000000055511151231257827,"c":1.5e-07,"d":"12","e":"x\\"1,2\\"","f":[1,true,null]}',
+    );
+    assert.deepEqual(v, {
+      a: '12345678901234567890123',
+      b: '-0.1000000000000000055511151231257827',
+      c: '1.5e-07',
+      d: '12',
+      e: 'x"1,2"',
+      f: ['1', true, null],
+    });
   });
 
   test('commit timestamps become µs since 2000-01-01, whatever the offset', () => {
@@ -49,10 +58,23 @@ describe('wal2json decoder', () => {
 
   test('B and C: xid, commit time, and the commit end LSN (nextlsn) to acknowledge', () => {
     const d = new Wal2JsonDecoder();
-    const b = d.decode(enc({ action: 'B', xid: 4294967295, timestamp: '2026-11-22 05:22:37.429022+00', lsn: '0/19518B8', nextlsn: '0/1951920' }));
-    assert.deepEqual(b, { tag: 'begin', finalLsn: 0x19518b8n, commitTime: parsePgTimestamp('2026-11-22 05:22:37.429022+00'), xid: 4294967295 });
+    const b = d.decode(
+      enc({ action: 'B', xid: 4294967295, timestamp: '2026-11-22 05:22:37.429022+00', lsn: '0/19518B8', nextlsn: '0/1951920' }),
+    );
+    assert.deepEqual(b, {
+      tag: 'begin',
+      finalLsn: 0x19518b8n,
+      commitTime: parsePgTimestamp('2026-11-22 05:22:37.429022+00'),
+      xid: 4294967295,
+    });
     const c = d.decode(enc({ action: 'C', xid: 727, timestamp: '2026-11-22 05:22:37.429022+00', lsn: '0/19518B8', nextlsn: 'A/1951920' }));
-    assert.deepEqual(c, { tag: 'commit', flags: 0, commitLsn: 0x19518b8n, endLsn: 0xa01951920n, commitTime: parsePgTimestamp('2026-11-22 05:22:37.429022+00') });
+    assert.deepEqual(c, {
+      tag: 'commit',
+      flags: 0,
+      commitLsn: 0x19518b8n,
+      endLsn: 0xa01951920n,
+      commitTime: parsePgTimestamp('2026-11-22 05:22:37.429022+00'),
+    });
   });
 
   test('I: values as pgoutput text, one stable relation per column list, pk flagged', () => {
@@ -71,32 +93,100 @@ describe('wal2json decoder', () => {
     const rel = d.relation(m.relationId)!;
     assert.equal(rel.schema, 'public');
     assert.equal(rel.name, 't');
-    assert.deepEqual(rel.columns.map((c) => [c.name, c.typeOid, c.flags]), [['id', 23, 1], ['ok', 16, 0], ['n', 1700, 0], ['big', 20, 0], ['j', 3802, 0], ['b', 17, 0], ['s', 25, 0]]);
+    assert.deepEqual(
+      rel.columns.map((c) => [c.name, c.typeOid, c.flags]),
+      [
+        ['id', 23, 1],
+        ['ok', 16, 0],
+        ['n', 1700, 0],
+        ['big', 20, 0],
+        ['j', 3802, 0],
+        ['b', 17, 0],
+        ['s', 25, 0],
+      ],
+    );
     const again = d.decode(row(2));
     assert.ok(again.tag === 'insert');
     assert.equal(again.relationId, m.relationId, 'same columns, same relation');
-    const other = d.decode(enc({ action: 'I', xid: 7, lsn: '0/2', schema: 'public', table: 't', columns: [{ name: 'id', typeoid: 23, value: 3 }], pk: [{ name: 'id', typeoid: 23 }] }));
+    const other = d.decode(
+      enc({
+        action: 'I',
+        xid: 7,
+        lsn: '0/2',
+        schema: 'public',
+        table: 't',
+        columns: [{ name: 'id', typeoid: 23, value: 3 }],
+        pk: [{ name: 'id', typeoid: 23 }],
+      }),
+    );
     assert.ok(other.tag === 'insert');
     assert.notEqual(other.relationId, m.relationId, 'another column list, another relation');
   });
 
   test('U (default identity): an unchanged TOAST column is undefined; no old key unless the key changed', () => {
     const d = new Wal2JsonDecoder();
-    const ins = d.decode(enc({ action: 'I', schema: 's', table: 'doc', columns: [{ name: 'id', typeoid: 23, value: '1' }, { name: 'title', typeoid: 25, value: 'a' }, { name: 'body', typeoid: 25, value: 'x'.repeat(10) }], pk: [{ name: 'id', typeoid: 23 }] }));
-    const upd = d.decode(enc({ action: 'U', schema: 's', table: 'doc', columns: [{ name: 'id', typeoid: 23, value: '1' }, { name: 'title', typeoid: 25, value: 'b' }], identity: [{ name: 'id', typeoid: 23, value: '1' }], pk: [{ name: 'id', typeoid: 23 }] }));
+    const ins = d.decode(
+      enc({
+        action: 'I',
+        schema: 's',
+        table: 'doc',
+        columns: [
+          { name: 'id', typeoid: 23, value: '1' },
+          { name: 'title', typeoid: 25, value: 'a' },
+          { name: 'body', typeoid: 25, value: 'x'.repeat(10) },
+        ],
+        pk: [{ name: 'id', typeoid: 23 }],
+      }),
+    );
+    const upd = d.decode(
+      enc({
+        action: 'U',
+        schema: 's',
+        table: 'doc',
+        columns: [
+          { name: 'id', typeoid: 23, value: '1' },
+          { name: 'title', typeoid: 25, value: 'b' },
+        ],
+        identity: [{ name: 'id', typeoid: 23, value: '1' }],
+        pk: [{ name: 'id', typeoid: 23 }],
+      }),
+    );
     assert.ok(ins.tag === 'insert' && upd.tag === 'update');
     assert.equal(upd.relationId, ins.relationId, 'the whole table, as learned from the insert');
     assert.deepEqual(upd.newTuple, ['1', 'b', undefined]);
     assert.equal(upd.keyTuple, null);
     assert.equal(upd.oldTuple, null);
-    const moved = d.decode(enc({ action: 'U', schema: 's', table: 'doc', columns: [{ name: 'id', typeoid: 23, value: '2' }, { name: 'title', typeoid: 25, value: 'b' }], identity: [{ name: 'id', typeoid: 23, value: '1' }], pk: [{ name: 'id', typeoid: 23 }] }));
+    const moved = d.decode(
+      enc({
+        action: 'U',
+        schema: 's',
+        table: 'doc',
+        columns: [
+          { name: 'id', typeoid: 23, value: '2' },
+          { name: 'title', typeoid: 25, value: 'b' },
+        ],
+        identity: [{ name: 'id', typeoid: 23, value: '1' }],
+        pk: [{ name: 'id', typeoid: 23 }],
+      }),
+    );
     assert.ok(moved.tag === 'update');
-    assert.deepEqual(moved.keyTuple, ['1', null, null], 'the old key, like pgoutput\'s K tuple');
-    const del = d.decode(enc({ action: 'D', schema: 's', table: 'doc', identity: [{ name: 'id', typeoid: 23, value: '2' }], pk: [{ name: 'id', typeoid: 23 }] }));
+    assert.deepEqual(moved.keyTuple, ['1', null, null], "the old key, like pgoutput's K tuple");
+    const del = d.decode(
+      enc({
+        action: 'D',
+        schema: 's',
+        table: 'doc',
+        identity: [{ name: 'id', typeoid: 23, value: '2' }],
+        pk: [{ name: 'id', typeoid: 23 }],
+      }),
+    );
     assert.ok(del.tag === 'delete');
     assert.deepEqual(del.keyTuple, ['2', null, null]);
     assert.equal(del.oldTuple, null);
-    assert.deepEqual(d.relation(del.relationId)!.columns.map((c) => c.flags), [1, 0, 0]);
+    assert.deepEqual(
+      d.relation(del.relationId)!.columns.map((c) => c.flags),
+      [1, 0, 0],
+    );
   });
 
   test('U and D with REPLICA IDENTITY FULL: the whole old row, every column flagged', () => {
@@ -106,14 +196,19 @@ describe('wal2json decoder', () => {
       { name: 'title', typeoid: 25, value: t },
       ...(body === undefined ? [] : [{ name: 'body', typeoid: 25, value: body }]),
     ];
-    const upd = d.decode(enc({ action: 'U', schema: 's', table: 'full', columns: cols('b'), identity: cols('a', 'BIG'), pk: [{ name: 'id', typeoid: 23 }] }));
+    const upd = d.decode(
+      enc({ action: 'U', schema: 's', table: 'full', columns: cols('b'), identity: cols('a', 'BIG'), pk: [{ name: 'id', typeoid: 23 }] }),
+    );
     assert.ok(upd.tag === 'update');
     assert.deepEqual(upd.newTuple, ['1', 'b', undefined]);
     assert.deepEqual(upd.oldTuple, ['1', 'a', 'BIG']);
     assert.equal(upd.keyTuple, null);
     const rel = d.relation(upd.relationId)!;
     assert.equal(rel.replicaIdentity, 'f');
-    assert.deepEqual(rel.columns.map((c) => `${c.name}:${c.flags}`), ['id:1', 'title:1', 'body:1']);
+    assert.deepEqual(
+      rel.columns.map((c) => `${c.name}:${c.flags}`),
+      ['id:1', 'title:1', 'body:1'],
+    );
     const del = d.decode(enc({ action: 'D', schema: 's', table: 'full', identity: cols('b', 'BIG'), pk: [{ name: 'id', typeoid: 23 }] }));
     assert.ok(del.tag === 'delete');
     assert.deepEqual(del.oldTuple, ['1', 'b', 'BIG']);
@@ -126,19 +221,63 @@ describe('wal2json decoder', () => {
       { schema: 's', name: 'i', replicaIdentity: 'i', keys: ['code'], generated: [] },
     ];
     const d = new Wal2JsonDecoder(facts);
-    const f = d.decode(enc({ action: 'I', schema: 's', table: 'f', columns: [{ name: 'a', typeoid: 25, value: 'x' }, { name: 'g', typeoid: 23, value: 2 }], pk: [] }));
+    const f = d.decode(
+      enc({
+        action: 'I',
+        schema: 's',
+        table: 'f',
+        columns: [
+          { name: 'a', typeoid: 25, value: 'x' },
+          { name: 'g', typeoid: 23, value: 2 },
+        ],
+        pk: [],
+      }),
+    );
     assert.ok(f.tag === 'insert');
     assert.deepEqual(f.newTuple, ['x']);
-    assert.deepEqual(d.relation(f.relationId)!.columns.map((c) => `${c.name}:${c.flags}`), ['a:1']);
-    const i = d.decode(enc({ action: 'I', schema: 's', table: 'i', columns: [{ name: 'id', typeoid: 23, value: 1 }, { name: 'code', typeoid: 25, value: 'c' }], pk: [{ name: 'id', typeoid: 23 }] }));
+    assert.deepEqual(
+      d.relation(f.relationId)!.columns.map((c) => `${c.name}:${c.flags}`),
+      ['a:1'],
+    );
+    const i = d.decode(
+      enc({
+        action: 'I',
+        schema: 's',
+        table: 'i',
+        columns: [
+          { name: 'id', typeoid: 23, value: 1 },
+          { name: 'code', typeoid: 25, value: 'c' },
+        ],
+        pk: [{ name: 'id', typeoid: 23 }],
+      }),
+    );
     assert.ok(i.tag === 'insert');
-    assert.deepEqual(d.relation(i.relationId)!.columns.map((c) => `${c.name}:${c.flags}`), ['id:0', 'code:1']);
+    assert.deepEqual(
+      d.relation(i.relationId)!.columns.map((c) => `${c.name}:${c.flags}`),
+      ['id:0', 'code:1'],
+    );
   });
 
   test('M, T and unknown actions; malformed input throws a typed error', () => {
     const d = new Wal2JsonDecoder();
-    const m = d.decode(enc({ action: 'M', xid: null, timestamp: null, lsn: '0/19B35A8', transactional: false, prefix: 'fraiseql-relay/heartbeat', content: 'héllo' }));
-    assert.deepEqual(m, { tag: 'message', transactional: false, lsn: 0x19b35a8n, prefix: 'fraiseql-relay/heartbeat', content: Buffer.from('héllo') });
+    const m = d.decode(
+      enc({
+        action: 'M',
+        xid: null,
+        timestamp: null,
+        lsn: '0/19B35A8',
+        transactional: false,
+        prefix: 'fraiseql-relay/heartbeat',
+        content: 'héllo',
+      }),
+    );
+    assert.deepEqual(m, {
+      tag: 'message',
+      transactional: false,
+      lsn: 0x19b35a8n,
+      prefix: 'fraiseql-relay/heartbeat',
+      content: Buffer.from('héllo'),
+    });
     const t = d.decode(enc({ action: 'T', xid: 1, lsn: '0/1', schema: 'public', table: 't2' }));
     assert.ok(t.tag === 'truncate');
     assert.equal(d.relation(t.relationIds[0]!)!.name, 't2');
@@ -147,7 +286,10 @@ describe('wal2json decoder', () => {
     assert.throws(() => d.decode(enc('[1,2]')), Wal2JsonDecodeError);
     assert.throws(() => d.decode(enc({ action: 'C', xid: 1, timestamp: '2026-11-22 05:22:37+00', lsn: '0/1' })), /nextlsn/);
     assert.throws(() => d.decode(enc({ action: 'B', xid: 1, lsn: '0/1', nextlsn: '0/2' })), /timestamp/);
-    assert.throws(() => d.decode(enc({ action: 'I', schema: 's', table: 't', columns: [{ name: 'a', value: { x: 1 } }] })), /unexpected value/);
+    assert.throws(
+      () => d.decode(enc({ action: 'I', schema: 's', table: 't', columns: [{ name: 'a', value: { x: 1 } }] })),
+      /unexpected value/,
+    );
   });
 
   test('START_REPLICATION options: publications for pgoutput, escaped add-tables for wal2json', () => {
@@ -171,7 +313,10 @@ describe('wal2json decoder', () => {
         `"include-timestamp" 'true', "include-types" 'false', "include-type-oids" 'true', "include-pk" 'true', "actions" 'insert,update', ` +
         `"add-tables" 'fraiseql_relay.outbox,we\\.ird.t\\,a\\*b\\ c\\''')`,
     );
-    assert.match(startReplicationSql('s', { plugin: 'wal2json', tables: [], actions: ['insert'], numericAsString: true }), /"numeric-data-types-as-string" 'true'/);
+    assert.match(
+      startReplicationSql('s', { plugin: 'wal2json', tables: [], actions: ['insert'], numericAsString: true }),
+      /"numeric-data-types-as-string" 'true'/,
+    );
   });
 });
 
@@ -184,7 +329,8 @@ const wal2jsonLib = (() => {
     return null;
   }
 })();
-const SKIP = wal2jsonLib && existsSync(wal2jsonLib) ? false : 'the wal2json plugin is not installed (apt-get install postgresql-<version>-wal2json)';
+const SKIP =
+  wal2jsonLib && existsSync(wal2jsonLib) ? false : 'the wal2json plugin is not installed (apt-get install postgresql-<version>-wal2json)';
 
 /** PostgreSQL 15.19+ only decodes with plugins listed in output_plugin_libraries. */
 async function allowWal2json(url: string): Promise<void> {
@@ -211,7 +357,8 @@ async function allowWal2json(url: string): Promise<void> {
 function normalize(d: Decoder, msgs: PgoutputMessage[]): unknown[] {
   const out: unknown[] = [];
   let txn: unknown[] = [];
-  const rec = (rel: Relation, t: Tuple | null) => t && Object.fromEntries(rel.columns.map((c, i) => [c.name, t[i] === undefined ? '<unchanged toast>' : t[i]]));
+  const rec = (rel: Relation, t: Tuple | null) =>
+    t && Object.fromEntries(rel.columns.map((c, i) => [c.name, t[i] === undefined ? '<unchanged toast>' : t[i]]));
   for (const m of msgs) {
     if (m.tag === 'begin') txn = [`B final=${formatLsn(m.finalLsn)} xid=${m.xid} time=${m.commitTime}`];
     else if (m.tag === 'commit') {
@@ -246,7 +393,9 @@ test('the decoder gives what pgoutput gives on the same WAL, commit end LSNs inc
     await c.connect();
     try {
       // the session settings the relay's replication connection uses
-      await c.query(`SET TimeZone = UTC; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3; SET IntervalStyle = iso_8601; SET bytea_output = hex`);
+      await c.query(
+        `SET TimeZone = UTC; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3; SET IntervalStyle = iso_8601; SET bytea_output = hex`,
+      );
       await c.query(`
         CREATE SCHEMA "we.ird";
         CREATE TABLE "we.ird"."t,a*b c" (id int PRIMARY KEY, v text);
@@ -274,36 +423,54 @@ test('the decoder gives what pgoutput gives on the same WAL, commit end LSNs inc
       await c.query(`DELETE FROM typed`);
       await c.query(`BEGIN; INSERT INTO doc VALUES (1, 'a', big_text()); UPDATE doc SET title = 'b'; COMMIT`);
       await c.query(`UPDATE doc SET id = 2; DELETE FROM doc`);
-      await c.query(`INSERT INTO docfull VALUES ('x', 1, big_text()); UPDATE docfull SET a = 'y'; UPDATE docfull SET id = 2; DELETE FROM docfull`);
+      await c.query(
+        `INSERT INTO docfull VALUES ('x', 1, big_text()); UPDATE docfull SET a = 'y'; UPDATE docfull SET id = 2; DELETE FROM docfull`,
+      );
       await c.query(`INSERT INTO byidx VALUES (1, 'c1', 'v'); UPDATE byidx SET v = 'w'; UPDATE byidx SET code = 'c2'; DELETE FROM byidx`);
       await c.query(`INSERT INTO nopk VALUES (1, 'x'); UPDATE nopk SET b = 'y'; DELETE FROM nopk`);
       await c.query(`INSERT INTO "we.ird"."t,a*b c" VALUES (1, 'w')`);
       await c.query(`INSERT INTO ignored VALUES (1)`); // in no publication: neither plugin streams it
-      await c.query(`BEGIN; SELECT pg_logical_emit_message(true, 'fraiseql-relay/heartbeat', 'beat'); INSERT INTO nopk VALUES (2, 'z'); COMMIT`);
+      await c.query(
+        `BEGIN; SELECT pg_logical_emit_message(true, 'fraiseql-relay/heartbeat', 'beat'); INSERT INTO nopk VALUES (2, 'z'); COMMIT`,
+      );
       await c.query(`SELECT pg_logical_emit_message(false, 'other', 'non-transactional')`);
       await c.query(`INSERT INTO typed (f, n) VALUES ('NaN', 'Infinity')`);
 
       const { tables, actions } = await publishedTables(c, ['pub']);
-      assert.deepEqual(tables.map((t) => `${t.schema}.${t.name}:${t.replicaIdentity}:${t.keys.join('+')}:${t.generated.join('+')}`), [
-        'public.byidx:i:code:',
-        'public.doc:d:id:',
-        'public.docfull:f::',
-        'public.nopk:f::',
-        'public.typed:d:id:g',
-        'we.ird.t,a*b c:d:id:',
-      ]);
+      assert.deepEqual(
+        tables.map((t) => `${t.schema}.${t.name}:${t.replicaIdentity}:${t.keys.join('+')}:${t.generated.join('+')}`),
+        [
+          'public.byidx:i:code:',
+          'public.doc:d:id:',
+          'public.docfull:f::',
+          'public.nopk:f::',
+          'public.typed:d:id:g',
+          'we.ird.t,a*b c:d:id:',
+        ],
+      );
       assert.deepEqual(actions, ['insert', 'update', 'delete']);
       const p = await c.query<{ data: Buffer }>(
         `SELECT data FROM pg_logical_slot_peek_binary_changes('via_pgoutput', NULL, NULL, 'proto_version', '1', 'publication_names', 'pub', 'messages', 'true')`,
       );
       let numericAsString = true;
-      await c.query(`SELECT count(*) FROM pg_logical_slot_peek_changes('via_wal2json', '0/1', NULL, 'numeric-data-types-as-string', 'true')`).catch(() => (numericAsString = false));
+      await c
+        .query(`SELECT count(*) FROM pg_logical_slot_peek_changes('via_wal2json', '0/1', NULL, 'numeric-data-types-as-string', 'true')`)
+        .catch(() => (numericAsString = false));
       const opts = wal2jsonOptions({ tables, actions, numericAsString }).flat();
-      const w = await c.query<{ data: string }>(`SELECT data FROM pg_logical_slot_peek_changes('via_wal2json', NULL, NULL, ${opts.map((_, i) => `$${i + 1}`).join(', ')})`, opts);
+      const w = await c.query<{ data: string }>(
+        `SELECT data FROM pg_logical_slot_peek_changes('via_wal2json', NULL, NULL, ${opts.map((_, i) => `$${i + 1}`).join(', ')})`,
+        opts,
+      );
       const pd = new PgoutputDecoder();
       const wd = new Wal2JsonDecoder(tables);
-      const fromPgoutput = normalize(pd, p.rows.map((r) => pd.decode(r.data)));
-      const fromWal2json = normalize(wd, w.rows.map((r) => wd.decode(Buffer.from(r.data))));
+      const fromPgoutput = normalize(
+        pd,
+        p.rows.map((r) => pd.decode(r.data)),
+      );
+      const fromWal2json = normalize(
+        wd,
+        w.rows.map((r) => wd.decode(Buffer.from(r.data))),
+      );
       // NaN/±Infinity: wal2json < 2.6 can only write null (the one loss it has, documented)
       const special = fromWal2json.findLast((x) => typeof x === 'object') as { new: Record<string, unknown> };
       assert.deepEqual([special.new['f'], special.new['n']], numericAsString ? ['NaN', 'Infinity'] : [null, null]);
@@ -312,7 +479,8 @@ test('the decoder gives what pgoutput gives on the same WAL, commit end LSNs inc
       assert.ok(fromPgoutput.length > 40, `${fromPgoutput.length} lines`);
       assert.deepEqual(fromWal2json, fromPgoutput);
       // and the positions acknowledged are the same, transaction by transaction
-      const ends = (lines: unknown[]) => lines.filter((l): l is string => typeof l === 'string' && l.startsWith('C ')).map((l) => l.split(' ')[2]);
+      const ends = (lines: unknown[]) =>
+        lines.filter((l): l is string => typeof l === 'string' && l.startsWith('C ')).map((l) => l.split(' ')[2]);
       assert.equal(ends(fromWal2json).length, 11);
       assert.deepEqual(ends(fromWal2json), ends(fromPgoutput));
       // wal2json also sends the empty transactions (DDL, the slot creation, the ignored table's insert)
@@ -466,7 +634,11 @@ async function produce(url: string, subject: string, first: number, txns: number
   try {
     for (let t = 0; t < txns; t++) {
       const from = first + t * perTxn;
-      await c.query(`SELECT fraiseql_relay.emit($3, jsonb_build_object('n', g)) FROM generate_series($1::int, $2::int) g`, [from, from + perTxn - 1, subject]);
+      await c.query(`SELECT fraiseql_relay.emit($3, jsonb_build_object('n', g)) FROM generate_series($1::int, $2::int) g`, [
+        from,
+        from + perTxn - 1,
+        subject,
+      ]);
       if (pauseMs > 0) await sleep(pauseMs);
     }
   } finally {
@@ -520,17 +692,23 @@ describe('the relay with plugin = "wal2json"', { skip: SKIP }, () => {
 
   test('migrate created each slot with its plugin and refuses a slot whose plugin differs', async () => {
     const slots = await env.sql<{ slot_name: string; plugin: string }>(`SELECT slot_name, plugin FROM pg_replication_slots ORDER BY 1`);
-    assert.deepEqual(slots, [{ slot_name: 'via_pgoutput', plugin: 'pgoutput' }, { slot_name: 'via_wal2json', plugin: 'wal2json' }]);
+    assert.deepEqual(slots, [
+      { slot_name: 'via_pgoutput', plugin: 'pgoutput' },
+      { slot_name: 'via_wal2json', plugin: 'wal2json' },
+    ]);
     await writeFile(join(env.dir, 'mismatch.toml'), TOML(`slot = "via_pgoutput"\nplugin = "wal2json"`));
-    await assert.rejects(migrate(loadConfig(join(env.dir, 'mismatch.toml'), env.env), createLogger('silent')), (err: Error & { exitCode?: number }) => {
-      assert.equal(err.name, 'UsageError');
-      assert.equal(err.exitCode, 2);
-      assert.match(err.message, /slot "via_pgoutput" uses plugin pgoutput, but \[relay\] plugin = "wal2json"/);
-      return true;
-    });
+    await assert.rejects(
+      migrate(loadConfig(join(env.dir, 'mismatch.toml'), env.env), createLogger('silent')),
+      (err: Error & { exitCode?: number }) => {
+        assert.equal(err.name, 'UsageError');
+        assert.equal(err.exitCode, 2);
+        assert.match(err.message, /slot "via_pgoutput" uses plugin pgoutput, but \[relay\] plugin = "wal2json"/);
+        return true;
+      },
+    );
   });
 
-  test('every message equals the pgoutput relay\'s for the same rows: subjects, headers and bodies byte for byte', async () => {
+  test("every message equals the pgoutput relay's for the same rows: subjects, headers and bodies byte for byte", async () => {
     const before = await streamCount(env.nats.url);
     assert.equal(await streamCount(natsW.url), before);
     await env.sql(`INSERT INTO tb_doc VALUES (1, 'first', big_text()), (2, 'second', 'short')`);
@@ -564,9 +742,18 @@ describe('the relay with plugin = "wal2json"', { skip: SKIP }, () => {
     assert.deepEqual(
       viaW.slice(before).map((m) => m.subject),
       [
-        'fraiseql.doc.inserted', 'fraiseql.doc.inserted', 'fraiseql.order.created', 'fraiseql.subscription.order_created',
-        'fraiseql.doc.updated', 'fraiseql.note.updated', 'fraiseql.doc.updated', 'fraiseql.doc.deleted', 'fraiseql.note.deleted',
-        'fraiseql.typed.inserted', 'fraiseql.order.changed', 'fraiseql.marker',
+        'fraiseql.doc.inserted',
+        'fraiseql.doc.inserted',
+        'fraiseql.order.created',
+        'fraiseql.subscription.order_created',
+        'fraiseql.doc.updated',
+        'fraiseql.note.updated',
+        'fraiseql.doc.updated',
+        'fraiseql.doc.deleted',
+        'fraiseql.note.deleted',
+        'fraiseql.typed.inserted',
+        'fraiseql.order.changed',
+        'fraiseql.marker',
       ],
     );
     // the table rule UPDATE with before_image and an unchanged TOASTed column
@@ -613,12 +800,16 @@ describe('the relay with plugin = "wal2json"', { skip: SKIP }, () => {
     const start = await streamCount(natsW.url);
     await produce(env.dbUrl, 'fraiseql.order.seq', 0, 200, 10);
     await waitForCount(natsW.url, start + 2000);
-    const ns = (await readRaw(natsW.url)).filter((m) => m.subject === 'fraiseql.order.seq').map((m) => (JSON.parse(m.body) as { entity: { n: number } }).entity.n);
+    const ns = (await readRaw(natsW.url))
+      .filter((m) => m.subject === 'fraiseql.order.seq')
+      .map((m) => (JSON.parse(m.body) as { entity: { n: number } }).entity.n);
     assert.equal(ns.length, 2000);
     for (let i = 0; i < ns.length; i++) assert.equal(ns[i], i, `event ${i} out of order`);
     let lag = -1;
     for (const until = Date.now() + 10_000; Date.now() < until; await sleep(100)) {
-      const [r] = await env.sql<{ lag: string }>(`SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots WHERE slot_name = 'via_wal2json'`);
+      const [r] = await env.sql<{ lag: string }>(
+        `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots WHERE slot_name = 'via_wal2json'`,
+      );
       lag = Number(r!.lag);
       if (lag < 1024) break;
     }
@@ -651,7 +842,10 @@ describe('wal2json under failure', { skip: SKIP }, () => {
       await sleep(500); // a duplicate would show up now
       const msgs = (await readRaw(env.nats.url)).filter((m) => m.subject === 'fraiseql.outage');
       assert.equal(msgs.length, 1100);
-      assertExactlyOnce(msgs.map((m) => m.body), 1100);
+      assertExactlyOnce(
+        msgs.map((m) => m.body),
+        1100,
+      );
     } finally {
       await relay.stop();
     }
@@ -673,7 +867,10 @@ describe('wal2json under failure', { skip: SKIP }, () => {
     await waitForCount(env.nats.url, base + 5000, 60_000);
     await sleep(500);
     const msgs = (await readRaw(env.nats.url)).filter((m) => m.subject === 'fraiseql.killed');
-    assertExactlyOnce(msgs.map((m) => m.body), 5000);
+    assertExactlyOnce(
+      msgs.map((m) => m.body),
+      5000,
+    );
     relay.child.kill('SIGTERM');
     assert.equal(await relay.exited, 0);
   });

@@ -20,7 +20,9 @@ interface Received {
 }
 
 /** A local endpoint: `mode(path)` decides each answer; every request is recorded. */
-async function endpoint(mode: (path: string, req: IncomingMessage) => number): Promise<{ server: Server; url: string; got: Received[]; all: Received[] }> {
+async function endpoint(
+  mode: (path: string, req: IncomingMessage) => number,
+): Promise<{ server: Server; url: string; got: Received[]; all: Received[] }> {
   const got: Received[] = [];
   const all: Received[] = [];
   const server = createServer((req, res) => {
@@ -97,7 +99,9 @@ listen = "127.0.0.1:0"
     await env.waitForStreamCount(40, 15_000); // the subject and the webhook queue
     let lag = Infinity;
     for (const until = Date.now() + 10_000; Date.now() < until && lag > 4096; await sleep(100)) {
-      const [r] = await env.sql<{ lag: string }>(`SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots`);
+      const [r] = await env.sql<{ lag: string }>(
+        `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots`,
+      );
       lag = Number(r!.lag);
     }
     assert.ok(lag <= 4096, `slot confirmed while the endpoint is down (lag ${lag})`);
@@ -106,7 +110,13 @@ listen = "127.0.0.1:0"
 
     // 410: dead-lettered at once, one attempt
     await env.sql(`UPDATE tb_order SET note = 'x' WHERE n = 0`);
-    const dl = await waitForRows(() => env.sql<{ direction: string; attempts: number; error: string }>(`SELECT direction, attempts, error FROM fraiseql_relay.dead_letter`), 15_000);
+    const dl = await waitForRows(
+      () =>
+        env.sql<{ direction: string; attempts: number; error: string }>(
+          `SELECT direction, attempts, error FROM fraiseql_relay.dead_letter`,
+        ),
+      15_000,
+    );
     assert.equal(dl.length, 1);
     assert.equal(dl[0]!.direction, 'webhook');
     assert.equal(dl[0]!.attempts, 1);
@@ -114,14 +124,21 @@ listen = "127.0.0.1:0"
     assert.ok(!dl[0]!.error.includes('GONE'), 'no URL secret in the error');
     assert.equal(ep.all.filter((r) => r.path === '/gone').length, 1);
 
-    for (const until = Date.now() + 60_000; ep.got.length < 20 && Date.now() < until; ) await sleep(100);
+    for (const until = Date.now() + 60_000; ep.got.length < 20 && Date.now() < until;) await sleep(100);
     await sleep(300);
     const orders = ep.got.filter((r) => r.path === '/orders');
     assert.equal(orders.length, 20, 'each event delivered once');
-    assert.deepEqual(orders.map((r) => (JSON.parse(r.body) as { entity: { n: number } }).entity.n), [...Array(20).keys()], 'in commit order');
+    assert.deepEqual(
+      orders.map((r) => (JSON.parse(r.body) as { entity: { n: number } }).entity.n),
+      [...Array(20).keys()],
+      'in commit order',
+    );
     assert.equal(new Set(orders.map((r) => r.id)).size, 20);
     assert.ok(orders.every(verifies), 'every signature verifies');
-    assert.ok(orders.every((r) => r.custom === 'yes'), 'configured headers are sent');
+    assert.ok(
+      orders.every((r) => r.custom === 'yes'),
+      'configured headers are sent',
+    );
     assert.equal(JSON.parse(orders[0]!.body).event_id, orders[0]!.id, 'webhook-id is the event id');
   } finally {
     await relay?.stop();
@@ -177,16 +194,24 @@ listen = "127.0.0.1:0"
     await relay.start();
     for (let i = 0; i < 10; i++) await env.sql(`INSERT INTO tb_order (n) VALUES ($1)`, [i]);
     await env.sql(`DELETE FROM tb_order WHERE n = 9`);
-    for (const until = Date.now() + 30_000; ep.got.length < 10 && Date.now() < until; ) await sleep(50);
-    assert.deepEqual(ep.got.map((r) => (JSON.parse(r.body) as { entity: { n: number } }).entity.n), [...Array(10).keys()]);
+    for (const until = Date.now() + 30_000; ep.got.length < 10 && Date.now() < until;) await sleep(50);
+    assert.deepEqual(
+      ep.got.map((r) => (JSON.parse(r.body) as { entity: { n: number } }).entity.n),
+      [...Array(10).keys()],
+    );
     assert.ok(ep.got.every(verifies));
     assert.equal(ep.all.filter((r) => r.path === '/hook').length, 12, 'two 500s retried');
-    const dl = await waitForRows(() => env.sql<{ direction: string; error: string }>(`SELECT direction, error FROM fraiseql_relay.dead_letter`), 10_000);
+    const dl = await waitForRows(
+      () => env.sql<{ direction: string; error: string }>(`SELECT direction, error FROM fraiseql_relay.dead_letter`),
+      10_000,
+    );
     assert.equal(dl.length, 1);
     assert.match(dl[0]!.error, /404/);
     let lag = Infinity;
     for (const until = Date.now() + 10_000; Date.now() < until && lag > 4096; await sleep(100)) {
-      const [r] = await env.sql<{ lag: string }>(`SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots`);
+      const [r] = await env.sql<{ lag: string }>(
+        `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots`,
+      );
       lag = Number(r!.lag);
     }
     assert.ok(lag <= 4096, `slot confirmed after delivery (lag ${lag})`);

@@ -77,7 +77,9 @@ function action(over: Partial<RuleAction> = {}): RuleAction {
 function verifies(secret: Buffer, h: http.IncomingHttpHeaders, body: Buffer): boolean {
   const id = String(h['webhook-id']);
   const ts = String(h['webhook-timestamp']);
-  const expected = createHmac('sha256', secret).update(`${id}.${ts}.${body.toString('utf8')}`).digest();
+  const expected = createHmac('sha256', secret)
+    .update(`${id}.${ts}.${body.toString('utf8')}`)
+    .digest();
   return String(h['webhook-signature'] ?? '')
     .split(' ')
     .some((entry) => {
@@ -91,7 +93,7 @@ function verifies(secret: Buffer, h: http.IncomingHttpHeaders, body: Buffer): bo
 /** A sleep that records the requested delay and returns at once. */
 function recordingSleep(): { delays: number[]; sleep: (ms: number) => Promise<void> } {
   const delays: number[] = [];
-  return { delays, sleep: (ms) => ((delays.push(ms), Promise.resolve())) };
+  return { delays, sleep: (ms) => (delays.push(ms), Promise.resolve()) };
 }
 
 const body = Buffer.from(JSON.stringify({ id: 'e1', entity: { name: 'Zoë ✓' } }));
@@ -344,10 +346,9 @@ describe('retryDelayMs', () => {
 
 describe('resolveWebhookTarget', () => {
   test('url from url_env; fields mapped', () => {
-    const t = resolveWebhookTarget(
-      action({ url_env: 'ORDER_WEBHOOK_URL', timeout: 1234, max_attempts: 2, headers: { a: 'b' } }),
-      { ORDER_WEBHOOK_URL: 'https://hooks.example.com/x' },
-    );
+    const t = resolveWebhookTarget(action({ url_env: 'ORDER_WEBHOOK_URL', timeout: 1234, max_attempts: 2, headers: { a: 'b' } }), {
+      ORDER_WEBHOOK_URL: 'https://hooks.example.com/x',
+    });
     assert.deepEqual(t, {
       url: 'https://hooks.example.com/x',
       method: 'POST',
@@ -359,17 +360,11 @@ describe('resolveWebhookTarget', () => {
 
   test('an unset or empty url_env variable is an error naming it', () => {
     assert.throws(() => resolveWebhookTarget(action({ url_env: 'ORDER_WEBHOOK_URL' }), {}), /ORDER_WEBHOOK_URL/);
-    assert.throws(
-      () => resolveWebhookTarget(action({ url_env: 'ORDER_WEBHOOK_URL' }), { ORDER_WEBHOOK_URL: '' }),
-      /ORDER_WEBHOOK_URL/,
-    );
+    assert.throws(() => resolveWebhookTarget(action({ url_env: 'ORDER_WEBHOOK_URL' }), { ORDER_WEBHOOK_URL: '' }), /ORDER_WEBHOOK_URL/);
   });
 
   test('an unset signing secret variable, or a broken whsec_ value, is an error naming it and not quoting it', () => {
-    assert.throws(
-      () => resolveWebhookTarget(action({ url: base, signing_secret_env: 'HOOK_SECRET' }), {}),
-      /HOOK_SECRET/,
-    );
+    assert.throws(() => resolveWebhookTarget(action({ url: base, signing_secret_env: 'HOOK_SECRET' }), {}), /HOOK_SECRET/);
     assert.throws(
       () => resolveWebhookTarget(action({ url: base, signing_secret_env: 'HOOK_SECRET' }), { HOOK_SECRET: 'whsec_!!not*base64' }),
       (e: Error) => /HOOK_SECRET/.test(e.message) && !e.message.includes('not*base64'),
@@ -430,20 +425,12 @@ describe('secrets never appear in errors', () => {
 
   test('timeout and connection-refused errors are clean too', async () => {
     replies = [(_req, res) => void held.push(res)];
-    const t1 = await deliverOnce(
-      secretTarget(`http://alice:${pass}@${base.slice(7)}/hook?${query}`, { timeoutMs: 100 }),
-      'msg_s',
-      body,
-    );
+    const t1 = await deliverOnce(secretTarget(`http://alice:${pass}@${base.slice(7)}/hook?${query}`, { timeoutMs: 100 }), 'msg_s', body);
     assert.equal(t1.ok, false);
     if (!t1.ok) assertClean(t1.error);
 
     const port = await freePort();
-    const res = await deliverWithRetries(
-      secretTarget(`http://alice:${pass}@127.0.0.1:${port}/hook?${query}`),
-      'msg_s',
-      body,
-    );
+    const res = await deliverWithRetries(secretTarget(`http://alice:${pass}@127.0.0.1:${port}/hook?${query}`), 'msg_s', body);
     assert.equal(res.delivered, false);
     if (!res.last.ok) assertClean(res.last.error);
     else assert.fail('expected a failure');

@@ -43,7 +43,9 @@ runMain(async () => {
           await sleep(a.idleMs ?? 100);
           continue;
         }
-        await Promise.all(r.rows.map((row) => js.publish(row.subject, minimalBody(row.id, row.subject, row.p, row.created), { msgID: row.id })));
+        await Promise.all(
+          r.rows.map((row) => js.publish(row.subject, minimalBody(row.id, row.subject, row.p, row.created), { msgID: row.id })),
+        );
         await c.query(`DELETE FROM ${a.table} WHERE id = ANY($1::bigint[])`, [r.rows.map((row) => row.id)]);
         await c.query('COMMIT');
       }

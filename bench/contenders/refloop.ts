@@ -97,7 +97,12 @@ runMain(async () => {
         if (!c) {
           const rel = dec.relation(m.relationId);
           const names = rel?.columns.map((col) => col.name) ?? [];
-          c = { id: names.indexOf('id'), subject: names.indexOf('subject'), entity: names.indexOf('entity'), created: names.indexOf('created_at') };
+          c = {
+            id: names.indexOf('id'),
+            subject: names.indexOf('subject'),
+            entity: names.indexOf('entity'),
+            created: names.indexOf('created_at'),
+          };
           columns.set(m.relationId, c);
         }
         const t = m.newTuple;

@@ -124,7 +124,9 @@ export class BenchEnv {
   async dropSlot(name: string, timeoutMs = 15_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const rows = await this.sql<{ active_pid: number | null }>(`SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, [name]);
+      const rows = await this.sql<{ active_pid: number | null }>(`SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, [
+        name,
+      ]);
       const row = rows[0];
       if (!row) return;
       if (row.active_pid !== null) {
@@ -143,7 +145,9 @@ export class BenchEnv {
   }
 
   async dropSlotsLike(prefix: string): Promise<void> {
-    const rows = await this.sql<{ slot_name: string }>(`SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE $1`, [`${prefix}%`]);
+    const rows = await this.sql<{ slot_name: string }>(`SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE $1`, [
+      `${prefix}%`,
+    ]);
     for (const r of rows) await this.dropSlot(r.slot_name);
   }
 

@@ -40,7 +40,9 @@ export interface RunOptions {
 
 export async function walsenderPid(env: BenchEnv, slot: string | undefined): Promise<number | undefined> {
   if (!slot) return undefined;
-  const rows = await env.sql<{ active_pid: number | null }>(`SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, [slot]).catch(() => []);
+  const rows = await env
+    .sql<{ active_pid: number | null }>(`SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, [slot])
+    .catch(() => []);
   return rows[0]?.active_pid ?? undefined;
 }
 
@@ -143,7 +145,9 @@ export async function attempt(s: Series, what: string, fn: () => Promise<void>):
   try {
     await fn();
     const i = s.values.length - 1;
-    log(`  ${what}: ${fmtInt(s.values[i]!)} ev/s (excl. start-up ${fmtInt(s.excl[i] ?? Number.NaN)}, start-up ${(s.startup[i] ?? 0).toFixed(2)} s, peak RSS ${fmtMB(s.rss[i] ?? 0)})`);
+    log(
+      `  ${what}: ${fmtInt(s.values[i]!)} ev/s (excl. start-up ${fmtInt(s.excl[i] ?? Number.NaN)}, start-up ${(s.startup[i] ?? 0).toFixed(2)} s, peak RSS ${fmtMB(s.rss[i] ?? 0)})`,
+    );
   } catch (err) {
     s.errors.push(errMsg(err));
     log(`  ${what}: failed: ${errMsg(err)}`);

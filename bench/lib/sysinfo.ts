@@ -48,7 +48,9 @@ function cpuModel(): string {
 
 function natsVersion(): string {
   try {
-    return execFileSync(findNatsServer(), ['--version'], { encoding: 'utf8' }).trim().replace(/^nats-server:\s*/, '');
+    return execFileSync(findNatsServer(), ['--version'], { encoding: 'utf8' })
+      .trim()
+      .replace(/^nats-server:\s*/, '');
   } catch {
     return 'unknown';
   }

@@ -85,7 +85,10 @@ function readMem(pid: number): { rss: number; hwm: number } | undefined {
 export class RssSampler {
   peakKb = 0;
   private timer: NodeJS.Timeout;
-  constructor(private readonly pid: number, everyMs = 100) {
+  constructor(
+    private readonly pid: number,
+    everyMs = 100,
+  ) {
     this.timer = setInterval(() => this.sample(), everyMs);
     this.timer.unref();
   }
@@ -194,7 +197,13 @@ export class Child {
       if (m) return Promise.resolve(m);
     }
     return new Promise((resolve, reject) => {
-      const w = { re, resolve: (m: RegExpExecArray) => { clearTimeout(timer); resolve(m); } };
+      const w = {
+        re,
+        resolve: (m: RegExpExecArray) => {
+          clearTimeout(timer);
+          resolve(m);
+        },
+      };
       const timer = setTimeout(() => {
         this.waiters.splice(this.waiters.indexOf(w), 1);
         reject(new Error(`timed out after ${Math.round(timeoutMs / 1000)} s waiting for ${re} (output: ${this.tail()})`));

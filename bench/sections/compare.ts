@@ -19,7 +19,15 @@ export async function sectionCompare(env: BenchEnv, res: CompareResults): Promis
   // created before its backlog of N single-row transactions)
   try {
     log(`(f) pg-transactional-outbox: preparing its outbox and a backlog of ${fmtInt(N)} single-row transactions`);
-    const cfg = { outboxOrInbox: 'outbox' as const, database: 'bench', schema: 'pto', table: 'outbox', listenerRole: 'postgres', publication: 'pto_pub', replicationSlot: 'pto_unused' };
+    const cfg = {
+      outboxOrInbox: 'outbox' as const,
+      database: 'bench',
+      schema: 'pto',
+      table: 'outbox',
+      listenerRole: 'postgres',
+      publication: 'pto_pub',
+      replicationSlot: 'pto_unused',
+    };
     await env.sql(DatabaseSetup.dropAndCreateTable(cfg));
     await env.sql(DatabaseSetup.setupReplicationCore(cfg));
     await env.sql(`CREATE OR REPLACE PROCEDURE bench.pto_backlog(n int) LANGUAGE plpgsql AS $$
@@ -36,7 +44,9 @@ export async function sectionCompare(env: BenchEnv, res: CompareResults): Promis
     log(`  backlog committed in ${((nowMs() - t) / 1000).toFixed(1)} s`);
     for (let rep = 1; rep <= REPS; rep++) {
       // the listener marks rows processed (UPDATEs, not published): undo that between repetitions
-      await env.sql(`UPDATE pto.outbox SET processed_at = NULL, abandoned_at = NULL, started_attempts = 0, finished_attempts = 0 WHERE started_attempts > 0 OR processed_at IS NOT NULL`);
+      await env.sql(
+        `UPDATE pto.outbox SET processed_at = NULL, abandoned_at = NULL, started_attempts = 0, finished_attempts = 0 WHERE started_attempts > 0 OR processed_at IS NOT NULL`,
+      );
       await attempt(res.pto, `pg-transactional-outbox rep ${rep}`, () =>
         streamRun(
           env,
@@ -74,14 +84,18 @@ export async function sectionCompare(env: BenchEnv, res: CompareResults): Promis
                                               created_at timestamptz NOT NULL DEFAULT clock_timestamp())`);
     for (let rep = 1; rep <= REPS; rep++) {
       await env.sql(`TRUNCATE poll.outbox RESTART IDENTITY`);
-      await env.sql(`INSERT INTO poll.outbox (subject, payload) SELECT 'bench.poll', bench.payload(i) FROM generate_series(1, $1::bigint) i`, [N]);
+      await env.sql(
+        `INSERT INTO poll.outbox (subject, payload) SELECT 'bench.poll', bench.payload(i) FROM generate_series(1, $1::bigint) i`,
+        [N],
+      );
       await env.sql(`VACUUM ANALYZE poll.outbox`);
       await attempt(res.poll, `polling relay rep ${rep}`, () =>
         streamRun(
           env,
           res.poll,
           N,
-          () => spawnContender('poll', { dbUrl: env.dbUrl, natsUrl: env.nats.url, table: 'poll.outbox', batch: 500, workers: 1, idleMs: 100 }),
+          () =>
+            spawnContender('poll', { dbUrl: env.dbUrl, natsUrl: env.nats.url, table: 'poll.outbox', batch: 500, workers: 1, idleMs: 100 }),
           { capS: COMPARE_SECS, allowPartial: true },
         ),
       );

@@ -83,16 +83,30 @@ export async function sectionDrain(env: BenchEnv, res: DrainResults): Promise<vo
             env,
             r.ref,
             N,
-            () => spawnContender('refloop', { dbUrl: env.dbUrl, natsUrl: env.nats.url, slot: refSlot, publication: PUBLICATION, window: WINDOW }),
+            () =>
+              spawnContender('refloop', {
+                dbUrl: env.dbUrl,
+                natsUrl: env.nats.url,
+                slot: refSlot,
+                publication: PUBLICATION,
+                window: WINDOW,
+              }),
             { slot: refSlot },
           ),
         );
         await env.dropSlot(refSlot).catch(() => {});
         const decSlot = `b_${shape.key}_dec_${rep}`;
         await attempt(r.decode, `decode only rep ${rep}`, async () => {
-          await doneRun(env, r.decode, N, () => spawnContender('decode', { dbUrl: env.dbUrl, slot: decSlot, publication: PUBLICATION, n: N }), (d) => d['inserts']!, {
-            slot: decSlot,
-          });
+          await doneRun(
+            env,
+            r.decode,
+            N,
+            () => spawnContender('decode', { dbUrl: env.dbUrl, slot: decSlot, publication: PUBLICATION, n: N }),
+            (d) => d['inserts']!,
+            {
+              slot: decSlot,
+            },
+          );
         });
         await env.dropSlot(decSlot).catch(() => {});
       }

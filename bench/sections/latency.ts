@@ -163,7 +163,9 @@ async function latencyStep(env: BenchEnv, sink: { c: LatencyCollector | null }, 
 /** Autovacuum runs on the outbox so far (they compete for the 2 cores during a step). */
 async function vacuumNote(env: BenchEnv): Promise<string> {
   const r = await env
-    .sql<{ v: string; a: string }>(`SELECT autovacuum_count::text AS v, autoanalyze_count::text AS a FROM pg_stat_user_tables WHERE schemaname = 'fraiseql_relay' AND relname = 'outbox'`)
+    .sql<{ v: string; a: string }>(
+      `SELECT autovacuum_count::text AS v, autoanalyze_count::text AS a FROM pg_stat_user_tables WHERE schemaname = 'fraiseql_relay' AND relname = 'outbox'`,
+    )
     .catch(() => []);
   return r[0] ? `, outbox autovacuums ${r[0].v}, autoanalyzes ${r[0].a}` : '';
 }
@@ -210,7 +212,9 @@ async function latencyRuns(env: BenchEnv, who: 'relay' | 'ref', rep: number, lad
     while (!probe) {
       if (!child.alive) throw new Error(`relay exited: ${child.tail()}`);
       if (nowMs() > deadline) throw new Error(`no event came through within 60 s: ${child.tail()}`);
-      await env.sql(`SELECT fraiseql_relay.emit('bench.lat', jsonb_build_object('bench_t', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint))`);
+      await env.sql(
+        `SELECT fraiseql_relay.emit('bench.lat', jsonb_build_object('bench_t', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint))`,
+      );
       await sleep(200);
     }
     await sleep(500);
@@ -271,7 +275,9 @@ async function latencyRuns(env: BenchEnv, who: 'relay' | 'ref', rep: number, lad
         const run = await latencyStep(env, sink, rate, child, slot);
         const p = latPasses(run);
         res.ladder.push({ run, rate, pass: p.pass, why: p.why });
-        log(`  ladder offered ${fmtInt(rate)} ev/s: achieved ${fmtInt(run.achieved)}, p99 ${fmtMs(run.p99)} ms → ${p.pass ? 'sustained' : `not sustained (${p.why})`}`);
+        log(
+          `  ladder offered ${fmtInt(rate)} ev/s: achieved ${fmtInt(run.achieved)}, p99 ${fmtMs(run.p99)} ms → ${p.pass ? 'sustained' : `not sustained (${p.why})`}`,
+        );
         passAt.set(rate, p.pass);
         if (!p.pass) {
           limitedBy = p.why;
@@ -284,7 +290,10 @@ async function latencyRuns(env: BenchEnv, who: 'relay' | 'ref', rep: number, lad
         break;
       }
     }
-    res.sustained = best > 0 ? `${fmtInt(best)} ev/s${limitedBy ? ` (next step: ${limitedBy})` : ''}` : `none of the offered rates${limitedBy ? ` (${limitedBy})` : ''}`;
+    res.sustained =
+      best > 0
+        ? `${fmtInt(best)} ev/s${limitedBy ? ` (next step: ${limitedBy})` : ''}`
+        : `none of the offered rates${limitedBy ? ` (${limitedBy})` : ''}`;
   } catch (err) {
     res.error = errMsg(err);
     log(`  failed: ${res.error}`);

@@ -23,7 +23,10 @@ export async function sectionPublish(env: BenchEnv, res: PublishResults & { temp
     res.template = { bytes: Buffer.byteLength(body), headers, source: payloadB64 };
   }
   for (let rep = 1; rep <= REPS; rep++) {
-    for (const [mode, s] of [['js', res.jsJs], ['core', res.jsCore]] as const) {
+    for (const [mode, s] of [
+      ['js', res.jsJs],
+      ['core', res.jsCore],
+    ] as const) {
       await attempt(s, `(e) JetStream publish (${mode}) rep ${rep}`, async () => {
         await env.freshStream();
         await doneRun(

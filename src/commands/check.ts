@@ -24,7 +24,11 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
   try {
     client = await connect(config.database.url, { connectionTimeoutMillis: 5000 });
   } catch (err) {
-    out.push({ what: 'postgres', status: 'fail', detail: `cannot connect ([database] url): ${errorMessage(err)}${tlsHint(err, '[relay] database_ca_file')}` });
+    out.push({
+      what: 'postgres',
+      status: 'fail',
+      detail: `cannot connect ([database] url): ${errorMessage(err)}${tlsHint(err, '[relay] database_ca_file')}`,
+    });
     return;
   }
   try {
@@ -37,14 +41,14 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
     );
     const s = config.relay.schema;
     const latest = Math.max(...loadMigrations(s).map((m) => m.id));
-    const m = await client.query<{ max: number | null }>(
-      `SELECT CASE WHEN to_regclass($1) IS NULL THEN NULL ELSE 0 END AS max`,
-      [`${quoteIdent(s)}.migrations`],
-    );
+    const m = await client.query<{ max: number | null }>(`SELECT CASE WHEN to_regclass($1) IS NULL THEN NULL ELSE 0 END AS max`, [
+      `${quoteIdent(s)}.migrations`,
+    ]);
     if (m.rows[0]?.max === null) {
       out.push({ what: 'schema', status: 'fail', detail: `schema ${s} is not migrated: run fraiseql-relay migrate` });
     } else {
-      const applied = (await client.query<{ max: number | null }>(`SELECT max(id) AS max FROM ${quoteIdent(s)}.migrations`)).rows[0]?.max ?? 0;
+      const applied =
+        (await client.query<{ max: number | null }>(`SELECT max(id) AS max FROM ${quoteIdent(s)}.migrations`)).rows[0]?.max ?? 0;
       out.push(
         applied >= latest
           ? { what: 'schema', status: 'ok', detail: `${s} at migration ${applied}` }
@@ -85,8 +89,8 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
           status: 'fail',
           detail: `${slot} uses plugin ${row.plugin}, but [relay] plugin = "${config.relay.plugin}": set plugin = "${row.plugin}" or recreate the slot`,
         });
-      }
-      else if (row.walStatus === 'lost') out.push({ what: 'slot', status: 'fail', detail: `${slot} was invalidated (wal_status = lost)` });
+      } else if (row.walStatus === 'lost')
+        out.push({ what: 'slot', status: 'fail', detail: `${slot} was invalidated (wal_status = lost)` });
       else {
         out.push({
           what: 'slot',
@@ -99,13 +103,22 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
       try {
         const { tables } = await resolveRuleTables(client, config);
         const pubTables = new Set(
-          (await client.query<{ t: string }>(`SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = $1`, [tablesPublication(config)])).rows.map((r) => r.t),
+          (
+            await client.query<{ t: string }>(`SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = $1`, [
+              tablesPublication(config),
+            ])
+          ).rows.map((r) => r.t),
         );
         for (const t of tables) {
           const name = `${t.schema}.${t.name}`;
           const problem = identityProblem(t);
           if (problem) out.push({ what: `rule table ${name}`, status: 'fail', detail: problem });
-          else if (!pubTables.has(name)) out.push({ what: `rule table ${name}`, status: 'fail', detail: `not in publication ${tablesPublication(config)}: run fraiseql-relay migrate` });
+          else if (!pubTables.has(name))
+            out.push({
+              what: `rule table ${name}`,
+              status: 'fail',
+              detail: `not in publication ${tablesPublication(config)}: run fraiseql-relay migrate`,
+            });
           else out.push({ what: `rule table ${name}`, status: 'ok', detail: `${[...t.events].join('/')} published` });
         }
       } catch (err) {
@@ -137,7 +150,11 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
       out.push(
         problem
           ? { what: `handler ${sub.handler}`, status: 'fail', detail: problem }
-          : { what: `handler ${sub.handler}`, status: 'ok', detail: `${sub.handler}(jsonb) exists; consumer ${sub.consumer} on ${sub.subject}` },
+          : {
+              what: `handler ${sub.handler}`,
+              status: 'ok',
+              detail: `${sub.handler}(jsonb) exists; consumer ${sub.consumer} on ${sub.subject}`,
+            },
       );
     }
   } catch (err) {
@@ -158,16 +175,28 @@ async function probeNats(config: Config, out: Probe[]): Promise<void> {
   try {
     nc = await connectOnce(config, 'check');
   } catch (err) {
-    out.push({ what: 'nats', status: 'fail', detail: `cannot connect ([observers] nats_url): ${errorMessage(err)}${tlsHint(err, '[relay.nats] ca_file')}` });
+    out.push({
+      what: 'nats',
+      status: 'fail',
+      detail: `cannot connect ([observers] nats_url): ${errorMessage(err)}${tlsHint(err, '[relay.nats] ca_file')}`,
+    });
     return;
   }
   try {
-    out.push({ what: 'nats', status: 'ok', detail: `connected, server ${nc.info?.version ?? '?'}, max_payload ${nc.info?.max_payload ?? '?'}` });
+    out.push({
+      what: 'nats',
+      status: 'ok',
+      detail: `connected, server ${nc.info?.version ?? '?'}, max_payload ${nc.info?.max_payload ?? '?'}`,
+    });
     let jsm;
     try {
       jsm = await jetstreamManager(nc, { timeout: 5000 });
     } catch (err) {
-      out.push({ what: 'jetstream', status: 'fail', detail: `JetStream is not enabled on the server (start nats-server with -js): ${errorMessage(err)}` });
+      out.push({
+        what: 'jetstream',
+        status: 'fail',
+        detail: `JetStream is not enabled on the server (start nats-server with -js): ${errorMessage(err)}`,
+      });
       return;
     }
     const cfg = config.relay.stream;
@@ -190,7 +219,8 @@ async function probeNats(config: Config, out: Probe[]): Promise<void> {
         other = null;
       }
       if (other) out.push({ what: `subject ${subject}`, status: 'ok', detail: `captured by stream ${other}` });
-      else if (cfg.create) out.push({ what: `subject ${subject}`, status: 'warn', detail: `not captured yet; run will add it to stream ${cfg.name}` });
+      else if (cfg.create)
+        out.push({ what: `subject ${subject}`, status: 'warn', detail: `not captured yet; run will add it to stream ${cfg.name}` });
       else out.push({ what: `subject ${subject}`, status: 'fail', detail: `no stream captures it and [relay.stream] create = false` });
     }
   } finally {

@@ -274,27 +274,39 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       const arrived = p.orders.filter((o) => (counts.get(o.id) ?? 0) > 0).length;
       const once = p.orders.filter((o) => counts.get(o.id) === 1).length;
       if (once !== p.orders.length) ok = false;
-      out(`  ${p.name.padEnd(11)}  ${String(p.orders.length).padStart(9)}   ${String(arrived).padStart(12)}   ${String(once).padStart(12)}`);
+      out(
+        `  ${p.name.padEnd(11)}  ${String(p.orders.length).padStart(9)}   ${String(arrived).padStart(12)}   ${String(once).padStart(12)}`,
+      );
     }
     const once = all.filter((o) => counts.get(o.id) === 1).length;
-    out(`  ${'total'.padEnd(11)}  ${String(total).padStart(9)}   ${String(all.filter((o) => counts.has(o.id)).length).padStart(12)}   ${String(once).padStart(12)}`);
+    out(
+      `  ${'total'.padEnd(11)}  ${String(total).padStart(9)}   ${String(all.filter((o) => counts.has(o.id)).length).padStart(12)}   ${String(once).padStart(12)}`,
+    );
     out('');
-    out(ok ? `  ✔ every committed order arrived in JetStream exactly once, including the ${n} committed while NATS was down`
-           : `  ✘ some orders are missing from JetStream or duplicated`);
+    out(
+      ok
+        ? `  ✔ every committed order arrived in JetStream exactly once, including the ${n} committed while NATS was down`
+        : `  ✘ some orders are missing from JetStream or duplicated`,
+    );
 
     // the inventory service: wait until its consumer has processed every order, then compare
     const consumerName = inventoryConfig.observers.subscribe[0]!.consumer;
     const processed = async () =>
       withClient(inventoryUrl, async (c) =>
-        Number((await c.query<{ n: string }>(`SELECT count(*)::text AS n FROM fraiseql_relay.inbox WHERE consumer = $1`, [consumerName])).rows[0]!.n),
+        Number(
+          (await c.query<{ n: string }>(`SELECT count(*)::text AS n FROM fraiseql_relay.inbox WHERE consumer = $1`, [consumerName]))
+            .rows[0]!.n,
+        ),
       );
     let seen = 0;
     await waitFor('the inventory service to process every order', 30_000, async () => (seen = await processed()) >= total).catch(() => {});
     const inv = await withClient(inventoryUrl, async (c) => ({
-      stock: (await c.query<{ sku: string; initial: number; on_hand: number; reserved: string }>(
-        `SELECT s.sku, s.initial, s.on_hand, (SELECT count(*) FROM tb_reservation r WHERE r.sku = s.sku)::text AS reserved
+      stock: (
+        await c.query<{ sku: string; initial: number; on_hand: number; reserved: string }>(
+          `SELECT s.sku, s.initial, s.on_hand, (SELECT count(*) FROM tb_reservation r WHERE r.sku = s.sku)::text AS reserved
            FROM tb_stock s ORDER BY s.sku`,
-      )).rows,
+        )
+      ).rows,
       reservations: (await c.query<{ order_id: string; sku: string }>(`SELECT order_id::text, sku FROM tb_reservation`)).rows,
       deadLetters: Number((await c.query<{ n: string }>(`SELECT count(*)::text AS n FROM fraiseql_relay.dead_letter`)).rows[0]!.n),
     }));
@@ -318,12 +330,19 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       if (reserved !== (expected.get(s.sku) ?? 0) || s.initial - reserved !== s.on_hand) stockOk = false;
       out(`  ${s.sku.padEnd(7)}  ${String(s.initial).padStart(7)}   ${String(reserved).padStart(8)}   ${String(s.on_hand).padStart(3)}`);
     }
-    const reservedOk = seen === total && exact === total && inv.reservations.length === [...expected.values()].reduce((a, b) => a + b, 0) && stockOk && inv.deadLetters === 0;
+    const reservedOk =
+      seen === total &&
+      exact === total &&
+      inv.reservations.length === [...expected.values()].reduce((a, b) => a + b, 0) &&
+      stockOk &&
+      inv.deadLetters === 0;
     out('');
-    out(reservedOk
-      ? `  ✔ every order reserved its items exactly once in the inventory service (${total} orders, ${inv.reservations.length} reservations), including those committed while NATS was down`
-      : `  ✘ inventory mismatch: ${seen} of ${total} orders processed, ${exact} reserved exactly their items, ` +
-        `stock ${stockOk ? 'matches' : 'does not match'} the reservations, ${inv.deadLetters} dead letters`);
+    out(
+      reservedOk
+        ? `  ✔ every order reserved its items exactly once in the inventory service (${total} orders, ${inv.reservations.length} reservations), including those committed while NATS was down`
+        : `  ✘ inventory mismatch: ${seen} of ${total} orders processed, ${exact} reserved exactly their items, ` +
+            `stock ${stockOk ? 'matches' : 'does not match'} the reservations, ${inv.deadLetters} dead letters`,
+    );
     return ok && reservedOk ? 0 : 1;
   } finally {
     for (const r of relays.reverse()) await r.stop().catch(() => {});

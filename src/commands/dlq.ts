@@ -25,11 +25,24 @@ interface DeadLetterRow {
 const table = (config: Config) => `${quoteIdent(config.relay.schema)}.dead_letter`;
 
 export async function dlqList(config: Config, opts: { json: boolean; limit: number }): Promise<number> {
-  const rows = await withClient(config.database.url, async (c) =>
-    (await c.query<DeadLetterRow>(`SELECT id::text, direction, event_id, subject, consumer, handler, headers, body, error, attempts, created_at FROM ${table(config)} ORDER BY id LIMIT $1`, [opts.limit])).rows,
+  const rows = await withClient(
+    config.database.url,
+    async (c) =>
+      (
+        await c.query<DeadLetterRow>(
+          `SELECT id::text, direction, event_id, subject, consumer, handler, headers, body, error, attempts, created_at FROM ${table(config)} ORDER BY id LIMIT $1`,
+          [opts.limit],
+        )
+      ).rows,
   );
   if (opts.json) {
-    process.stdout.write(JSON.stringify(rows.map((r) => ({ ...r, id: Number(r.id), created_at: r.created_at.toISOString() })), null, 2) + '\n');
+    process.stdout.write(
+      JSON.stringify(
+        rows.map((r) => ({ ...r, id: Number(r.id), created_at: r.created_at.toISOString() })),
+        null,
+        2,
+      ) + '\n',
+    );
     return 0;
   }
   if (rows.length === 0) {
@@ -37,7 +50,15 @@ export async function dlqList(config: Config, opts: { json: boolean; limit: numb
     return 0;
   }
   const cols = ['id', 'direction', 'subject', 'handler', 'attempts', 'time', 'error'];
-  const data = rows.map((r) => [r.id, r.direction, r.subject ?? '', r.handler ?? '', String(r.attempts), r.created_at.toISOString(), r.error.replace(/\s+/g, ' ').slice(0, 120)]);
+  const data = rows.map((r) => [
+    r.id,
+    r.direction,
+    r.subject ?? '',
+    r.handler ?? '',
+    String(r.attempts),
+    r.created_at.toISOString(),
+    r.error.replace(/\s+/g, ' ').slice(0, 120),
+  ]);
   const widths = cols.map((c, i) => Math.max(c.length, ...data.map((d) => d[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ') + '\n';
   process.stdout.write(line(cols));
@@ -56,12 +77,16 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
     if (!/^\d+$/.test(s)) throw new UsageError(`dlq retry: "${s}" is not a dead-letter id (a number from \`dlq list\`)`);
     return s;
   });
-  const rows = await withClient(config.database.url, async (c) =>
-    (await c.query<DeadLetterRow>(
-      `SELECT id::text, direction, event_id, subject, consumer, handler, headers, body, error, attempts, created_at FROM ${table(config)}
+  const rows = await withClient(
+    config.database.url,
+    async (c) =>
+      (
+        await c.query<DeadLetterRow>(
+          `SELECT id::text, direction, event_id, subject, consumer, handler, headers, body, error, attempts, created_at FROM ${table(config)}
         WHERE $1::boolean OR id = ANY($2::bigint[]) ORDER BY id`,
-      [opts.all, ids],
-    )).rows,
+          [opts.all, ids],
+        )
+      ).rows,
   );
   const missing = ids.filter((id) => !rows.some((r) => r.id === id));
   if (missing.length > 0) throw new UsageError(`dlq retry: no dead letter with id ${missing.join(', ')}`);
@@ -76,7 +101,14 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
           const sub = config.observers.subscribe.find((s) => s.consumer === r.consumer);
           const handler = sub?.handler ?? r.handler;
           if (!handler || !r.consumer) throw new Error('no handler recorded for this dead letter');
-          const outcome = await inbox.process(r.consumer, r.event_id ?? `dead-letter:${r.id}`, r.subject ?? '', handler, r.body, Number(r.id));
+          const outcome = await inbox.process(
+            r.consumer,
+            r.event_id ?? `dead-letter:${r.id}`,
+            r.subject ?? '',
+            handler,
+            r.body,
+            Number(r.id),
+          );
           log.info({ id: r.id, handler, outcome }, 'dead letter re-driven');
         } else if (r.direction === 'outbound') {
           if (!config.observers.nats_url) throw new Error('[observers] nats_url is needed to re-publish');
@@ -94,7 +126,9 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
         failed++;
         const msg = errorMessage(err);
         await withClient(config.database.url, (c) =>
-          c.query(`UPDATE ${table(config)} SET attempts = attempts + 1, error = $2, updated_at = now() WHERE id = $1`, [r.id, msg]).then(() => undefined),
+          c
+            .query(`UPDATE ${table(config)} SET attempts = attempts + 1, error = $2, updated_at = now() WHERE id = $1`, [r.id, msg])
+            .then(() => undefined),
         );
         log.warn({ id: r.id, err: msg }, 'dead letter still failing');
       }
@@ -116,8 +150,15 @@ export async function dlqPurge(config: Config, opts: { olderThan?: string }): Pr
       throw new UsageError(`dlq purge --older-than: ${(err as Error).message}`);
     }
   }
-  const n = await withClient(config.database.url, async (c) =>
-    (await c.query(`DELETE FROM ${table(config)} WHERE $1::bigint IS NULL OR created_at < now() - make_interval(secs => $1::bigint / 1000.0)`, [ms])).rowCount ?? 0,
+  const n = await withClient(
+    config.database.url,
+    async (c) =>
+      (
+        await c.query(
+          `DELETE FROM ${table(config)} WHERE $1::bigint IS NULL OR created_at < now() - make_interval(secs => $1::bigint / 1000.0)`,
+          [ms],
+        )
+      ).rowCount ?? 0,
   );
   process.stdout.write(`purged ${n} dead letter${n === 1 ? '' : 's'}\n`);
   return 0;

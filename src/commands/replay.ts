@@ -11,7 +11,8 @@ import { readSlot } from '../schema/slot.js';
 function parseSince(s: string, now = Date.now()): Date {
   if (/^\d+(ms|s|m|h|d)/.test(s)) return new Date(now - parseDuration(s));
   const t = Date.parse(s);
-  if (Number.isNaN(t)) throw new UsageError(`--since ${JSON.stringify(s)} is neither a time (2026-11-22T10:00:00Z) nor a duration (2h, 30m, 7d)`);
+  if (Number.isNaN(t))
+    throw new UsageError(`--since ${JSON.stringify(s)} is neither a time (2026-11-22T10:00:00Z) nor a duration (2h, 30m, 7d)`);
   return new Date(t);
 }
 
@@ -27,7 +28,9 @@ export async function runReplay(config: Config, log: Logger, opts: { since: stri
   try {
     const r = await republishOutbox(config, nc, since);
     log.info({ since: since.toISOString(), ...r }, 'replay done');
-    process.stdout.write(`replayed ${r.rows} outbox rows since ${since.toISOString()}: ${r.published} published, ${r.duplicates} already in the stream, ${r.unrouted} unrouted\n`);
+    process.stdout.write(
+      `replayed ${r.rows} outbox rows since ${since.toISOString()}: ${r.published} published, ${r.duplicates} already in the stream, ${r.unrouted} unrouted\n`,
+    );
     return 0;
   } finally {
     await nc.close();
@@ -60,7 +63,8 @@ export async function runReconcile(config: Config, log: Logger, opts: { yes: boo
         `Use --force to recreate it anyway, or \`replay --since\` to re-publish without touching the slot.`,
     );
   }
-  if (plan.stats.active) throw new UsageError(`replication slot "${slot}" is in use by process ${plan.stats.activePid}; stop the relay first`);
+  if (plan.stats.active)
+    throw new UsageError(`replication slot "${slot}" is in use by process ${plan.stats.activePid}; stop the relay first`);
   const anchor = plan.state?.created_at ?? plan.state?.last_published_at ?? null;
   const since = anchor ? new Date(anchor.getTime() - marginMs) : new Date(0);
   if (!opts.yes) {

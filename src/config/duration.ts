@@ -33,9 +33,7 @@ export function parseDuration(s: string): number {
     if (!m) {
       const bare = /^\d+(?:\.\d+)?$/.test(text);
       throw new Error(
-        bare
-          ? `"${text}" has no unit; expected ${DURATION_HINT}`
-          : `"${text}" is not a valid duration; expected ${DURATION_HINT}`,
+        bare ? `"${text}" has no unit; expected ${DURATION_HINT}` : `"${text}" is not a valid duration; expected ${DURATION_HINT}`,
       );
     }
     const [, amount, unit] = m;
@@ -52,7 +50,13 @@ export function formatDuration(ms: number): string {
   if (ms === 0) return '0s';
   let rest = ms;
   let out = '';
-  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1_000], ['ms', 1]] as const) {
+  for (const [unit, size] of [
+    ['d', 86_400_000],
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1_000],
+    ['ms', 1],
+  ] as const) {
     const n = Math.floor(rest / size);
     if (n > 0) {
       out += `${n}${unit}`;

@@ -94,8 +94,7 @@ export const duration = () =>
     });
 
 /** A duration of at least 1 ms. */
-export const positiveDuration = () =>
-  duration().refine((ms) => ms > 0, { error: `must be longer than zero; expected ${DURATION_HINT}` });
+export const positiveDuration = () => duration().refine((ms) => ms > 0, { error: `must be longer than zero; expected ${DURATION_HINT}` });
 
 export const byteSize = () =>
   z.unknown().transform((v, ctx) => {
@@ -114,13 +113,10 @@ export const byteSize = () =>
   });
 
 export const subject = (wildcards: boolean) =>
-  checked(
-    'a NATS subject such as "fraiseql.order.created"',
-    (s) => {
-      const p = checkSubject(s, wildcards);
-      return p && `is not a valid NATS subject: it ${p}`;
-    },
-  );
+  checked('a NATS subject such as "fraiseql.order.created"', (s) => {
+    const p = checkSubject(s, wildcards);
+    return p && `is not a valid NATS subject: it ${p}`;
+  });
 
 export const qualifiedName = (what: string, example: string) =>
   checked(`${what} such as ${example}`, (s) =>
@@ -135,8 +131,7 @@ export const envName = () =>
     isEnvName(s) ? undefined : 'is not an environment variable name (letters, digits and "_", not starting with a digit)',
   );
 
-export const pgName = (max = 63) =>
-  checked('a PostgreSQL name such as "fraiseql_relay"', (s) => checkPgName(s, max));
+export const pgName = (max = 63) => checked('a PostgreSQL name such as "fraiseql_relay"', (s) => checkPgName(s, max));
 
 /** Entries that are accepted and ignored (FraiseQL's own settings). */
 export function ignored<const K extends readonly string[]>(keys: K): { [P in K[number]]: z.ZodOptional<z.ZodUnknown> } {

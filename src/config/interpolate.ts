@@ -138,4 +138,3 @@ function unsafeCharacter(value: string, context: ValueContext): string | undefin
     }
   }
 }
-

@@ -3,16 +3,51 @@ import type { KeyPath } from './scan.js';
 
 /** FraiseQL's own top-level tables: the relay accepts and ignores them. */
 export const FRAISEQL_SECTIONS = [
-  'fraiseql', 'server', 'schema', 'security', 'auth', 'changelog', 'cdc_outbound', 'cache',
-  'federation', 'subscriptions', 'rate_limiting', 'cors', 'telemetry', 'tracing', 'logging',
-  'query', 'mutations', 'types', 'queries', 'caching', 'analytics', 'observability', 'websocket',
-  'graphql', 'build', 'compile', 'inventory', 'audit', 'mcp', 'webhooks', 'storage',
+  'fraiseql',
+  'server',
+  'schema',
+  'security',
+  'auth',
+  'changelog',
+  'cdc_outbound',
+  'cache',
+  'federation',
+  'subscriptions',
+  'rate_limiting',
+  'cors',
+  'telemetry',
+  'tracing',
+  'logging',
+  'query',
+  'mutations',
+  'types',
+  'queries',
+  'caching',
+  'analytics',
+  'observability',
+  'websocket',
+  'graphql',
+  'build',
+  'compile',
+  'inventory',
+  'audit',
+  'mcp',
+  'webhooks',
+  'storage',
 ] as const;
 
 /** FraiseQL's own `[observers]` keys: accepted, ignored, reported in `Config.ignoredKeys`. */
 export const OBSERVERS_IGNORED_KEYS = [
-  'enabled', 'redis_url', 'handlers', 'runtime', 'max_concurrency', 'channel_capacity',
-  'max_dlq_size', 'checkpoint_strategy', 'idempotency_table', 'retry',
+  'enabled',
+  'redis_url',
+  'handlers',
+  'runtime',
+  'max_concurrency',
+  'channel_capacity',
+  'max_dlq_size',
+  'checkpoint_strategy',
+  'idempotency_table',
+  'retry',
 ] as const;
 
 const SECTIONS = new Set<string | number>(FRAISEQL_SECTIONS);

@@ -62,9 +62,7 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
               : String(e);
     throw new ConfigError(path, [
       {
-        message:
-          `cannot read the configuration file: ${why}; ` +
-          'pass the right file with -c/--config or set FRAISEQL_RELAY_CONFIG',
+        message: `cannot read the configuration file: ${why}; ` + 'pass the right file with -c/--config or set FRAISEQL_RELAY_CONFIG',
       },
     ]);
   }

@@ -16,11 +16,7 @@ const REQUIRED_HINTS: Record<string, string> = {
   'database.url': 'add url = "${DATABASE_URL}" under [database]',
 };
 
-export function issuesToProblems(
-  issues: readonly z.core.$ZodIssue[],
-  scan: ScanResult,
-  legacy: boolean,
-): ConfigProblem[] {
+export function issuesToProblems(issues: readonly z.core.$ZodIssue[], scan: ScanResult, legacy: boolean): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
   for (const issue of issues) {
     if (issue.code === 'unrecognized_keys') {
@@ -50,7 +46,10 @@ export function sortByLine(problems: ConfigProblem[]): ConfigProblem[] {
 
 function at(scan: ScanResult, path: readonly PropertyKey[], message: string, key?: string): ConfigProblem {
   const problem: ConfigProblem = { message };
-  const line = findLine(scan, path.filter((p): p is string | number => typeof p !== 'symbol'));
+  const line = findLine(
+    scan,
+    path.filter((p): p is string | number => typeof p !== 'symbol'),
+  );
   if (line !== undefined) problem.line = line;
   if (key) problem.key = key;
   return problem;
@@ -79,7 +78,7 @@ function unknownKey(path: readonly PropertyKey[], scan: ScanResult, legacy: bool
     hint = `did you mean "${suggestion}"?`;
   } else if (parent.length === 0) {
     hint =
-      'the relay reads [project], [database], [observers] and [relay], and ignores FraiseQL\'s own sections ' +
+      "the relay reads [project], [database], [observers] and [relay], and ignores FraiseQL's own sections " +
       `(${FRAISEQL_SECTIONS.join(', ')}); remove it or fix its name`;
   } else {
     const listed = known.filter((k) => !IGNORED_KEY_NAMES.has(k));

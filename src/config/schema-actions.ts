@@ -1,18 +1,6 @@
 /** `[[….actions]]`: the webhook actions of a publish entry or a table rule. */
 import { z } from 'zod';
-import {
-  arrayOfTables,
-  checked,
-  describeValue,
-  duration,
-  envName,
-  expected,
-  int,
-  MISSING,
-  type RawIssue,
-  str,
-  table,
-} from './fields.js';
+import { arrayOfTables, checked, describeValue, duration, envName, expected, int, MISSING, type RawIssue, str, table } from './fields.js';
 import { isHeaderName } from './names.js';
 
 const HTTP_URL = 'an http:// or https:// URL';
@@ -50,33 +38,30 @@ function isHttpUrl(s: string): boolean {
   }
 }
 
-const actionSchema = z
-  .strictObject(actionShape, table('[[….actions]] with type = "webhook"'))
-  .superRefine((a, ctx) => {
-    if (a.url !== undefined && a.url_env !== undefined) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['url'],
-        message: 'is set together with url_env; keep exactly one of them (url_env keeps the URL out of the file)',
-        input: a,
-      });
-    } else if (a.url === undefined && a.url_env === undefined) {
-      ctx.addIssue({
-        code: 'custom',
-        message:
-          'a webhook action needs a URL: add url_env = "ORDER_WEBHOOK_URL" (the URL then stays in the environment) ' +
-          'or url = "https://…"',
-        input: a,
-      });
+const actionSchema = z.strictObject(actionShape, table('[[….actions]] with type = "webhook"')).superRefine((a, ctx) => {
+  if (a.url !== undefined && a.url_env !== undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['url'],
+      message: 'is set together with url_env; keep exactly one of them (url_env keeps the URL out of the file)',
+      input: a,
+    });
+  } else if (a.url === undefined && a.url_env === undefined) {
+    ctx.addIssue({
+      code: 'custom',
+      message:
+        'a webhook action needs a URL: add url_env = "ORDER_WEBHOOK_URL" (the URL then stays in the environment) ' + 'or url = "https://…"',
+      input: a,
+    });
+  }
+  for (const [name, value] of Object.entries(a.headers)) {
+    if (!isHeaderName(name)) {
+      ctx.addIssue({ code: 'custom', path: ['headers', name], message: 'is not a valid HTTP header name', input: a });
+    } else if (/[\r\n\u0000]/.test(value)) {
+      ctx.addIssue({ code: 'custom', path: ['headers', name], message: 'must not contain line breaks', input: a });
     }
-    for (const [name, value] of Object.entries(a.headers)) {
-      if (!isHeaderName(name)) {
-        ctx.addIssue({ code: 'custom', path: ['headers', name], message: 'is not a valid HTTP header name', input: a });
-      } else if (/[\r\n\u0000]/.test(value)) {
-        ctx.addIssue({ code: 'custom', path: ['headers', name], message: 'must not contain line breaks', input: a });
-      }
-    }
-  });
+  }
+});
 
 /** The `actions` array of a table; `header` is its array-of-tables header, for messages. */
 export const actions = (header: string) => z.array(actionSchema, arrayOfTables(header)).default([]);

@@ -30,9 +30,7 @@ export const publishShape = {
     /^\S+$/.test(s) ? undefined : 'is not a mutation name (it is empty or contains whitespace)',
   ).optional(),
   entity: checked('a GraphQL type name such as "Order"', (s) =>
-    isGraphQLName(s)
-      ? undefined
-      : 'is not a GraphQL type name (letters, digits and "_", not starting with a digit, e.g. "Order")',
+    isGraphQLName(s) ? undefined : 'is not a GraphQL type name (letters, digits and "_", not starting with a digit, e.g. "Order")',
   ).optional(),
   operation: str(`one of ${OPERATION_LIST}`)
     .transform((s, ctx): ChangeOperation => {

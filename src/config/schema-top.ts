@@ -2,10 +2,7 @@
 import { z } from 'zod';
 import { describeValue, type RawIssue, table, text } from './fields.js';
 
-export const projectSchema = z.looseObject(
-  { name: text('the service name, e.g. name = "inventory-service"') },
-  table('[project]'),
-);
+export const projectSchema = z.looseObject({ name: text('the service name, e.g. name = "inventory-service"') }, table('[project]'));
 
 export const databaseSchema = z.looseObject(
   {

@@ -7,17 +7,9 @@ import { z } from 'zod';
 import { ignored } from './fields.js';
 import { FRAISEQL_SECTIONS, OBSERVERS_IGNORED_KEYS } from './keys.js';
 import { actionShape } from './schema-actions.js';
-import {
-  legacyObserversSchema,
-  observersSchema,
-  observersShape,
-  publishShape,
-  ruleShape,
-  subscribeShape,
-} from './schema-observers.js';
+import { legacyObserversSchema, observersSchema, observersShape, publishShape, ruleShape, subscribeShape } from './schema-observers.js';
 import { natsShape, relaySchema, relayShape, streamShape } from './schema-relay.js';
 import { databaseSchema, projectSchema } from './schema-top.js';
-
 
 const topShape = {
   project: projectSchema,
@@ -30,7 +22,6 @@ export const configSchema = z.strictObject({ ...topShape, observers: observersSc
 export const legacyConfigSchema = z.strictObject({ ...topShape, observers: legacyObserversSchema });
 
 export type ParsedConfig = z.output<typeof configSchema>;
-type ParsedLegacyConfig = z.output<typeof legacyConfigSchema>;
 
 /** In the top-level [[observers]] form, keys of the [observers] table that end up in a rule. */
 export const TABLE_FORM_KEYS: readonly string[] = Object.keys(observersShape).filter(
@@ -70,7 +61,4 @@ export function knownKeys(path: readonly PropertyKey[], legacy: boolean): readon
 }
 
 /** Keys accepted only to be ignored: not listed among the allowed keys in messages. */
-export const IGNORED_KEY_NAMES: ReadonlySet<string> = new Set<string>([
-  ...OBSERVERS_IGNORED_KEYS,
-  ...FRAISEQL_SECTIONS,
-]);
+export const IGNORED_KEY_NAMES: ReadonlySet<string> = new Set<string>([...OBSERVERS_IGNORED_KEYS, ...FRAISEQL_SECTIONS]);

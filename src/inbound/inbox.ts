@@ -23,7 +23,14 @@ export class InboxExecutor {
    * Calls `handler(body::jsonb)` once per (consumer, eventId): one statement, one round trip,
    * one transaction. With `deadLetterId`, the dead letter is removed in the same transaction.
    */
-  async process(consumer: string, eventId: string, subject: string, handler: string, body: string, deadLetterId?: number): Promise<Outcome> {
+  async process(
+    consumer: string,
+    eventId: string,
+    subject: string,
+    handler: string,
+    body: string,
+    deadLetterId?: number,
+  ): Promise<Outcome> {
     const sig = `${quoteQualified(handler)}(jsonb)`;
     const call = `SELECT ${this.consume}($1, $2, $3, $4::regprocedure, $5::jsonb) AS applied`;
     const client = await this.pool.connect();

@@ -76,7 +76,8 @@ export class InboundWorker {
               m.nak();
               return;
             }
-            if (attempt === 0) this.log.warn({ consumer: rule.consumer, err: errorMessage(err) }, 'database unavailable; retrying the handler call');
+            if (attempt === 0)
+              this.log.warn({ consumer: rule.consumer, err: errorMessage(err) }, 'database unavailable; retrying the handler call');
             await sleep(backoffDelay(attempt, 200, 5_000));
             continue;
           }
@@ -86,7 +87,10 @@ export class InboundWorker {
           if (deliveries >= rule.max_deliver) {
             await this.toDeadLetter(m, eventId, body, reason);
           } else {
-            const delay = rule.backoff.length > 0 ? rule.backoff[Math.min(deliveries - 1, rule.backoff.length - 1)]! : Math.min(30_000, 1000 * 2 ** (deliveries - 1));
+            const delay =
+              rule.backoff.length > 0
+                ? rule.backoff[Math.min(deliveries - 1, rule.backoff.length - 1)]!
+                : Math.min(30_000, 1000 * 2 ** (deliveries - 1));
             this.log.debug({ consumer: rule.consumer, event_id: eventId, deliveries, err: reason }, 'handler failed; will be redelivered');
             m.nak(delay);
           }

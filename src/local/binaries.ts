@@ -137,11 +137,7 @@ export interface RunOptions {
 }
 
 /** Runs a command to completion (no shell); resolves with its output, rejects with a CommandError. */
-export function runCommand(
-  file: string,
-  args: readonly string[],
-  opts: RunOptions = {},
-): Promise<{ stdout: string; stderr: string }> {
+export function runCommand(file: string, args: readonly string[], opts: RunOptions = {}): Promise<{ stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     execFile(
       file,
@@ -166,14 +162,7 @@ export function runCommand(
               ? `was killed by ${err.signal}${err.killed ? ' (timeout)' : ''}`
               : `could not be run: ${err.message}`;
         const output = [stderr.trim(), stdout.trim()].filter((s) => s !== '').join('\n');
-        reject(
-          new CommandError(
-            `\`${[file, ...args].join(' ')}\` ${how}${output ? `:\n${output}` : ''}`,
-            stdout,
-            stderr,
-            code,
-          ),
-        );
+        reject(new CommandError(`\`${[file, ...args].join(' ')}\` ${how}${output ? `:\n${output}` : ''}`, stdout, stderr, code));
       },
     );
   });

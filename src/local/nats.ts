@@ -56,7 +56,11 @@ export class LocalNats {
     this.configFile = configFile;
     this.tlsArgs = tls
       ? [
-          '--tls', '--tlscert', path.resolve(tls.certFile), '--tlskey', path.resolve(tls.keyFile),
+          '--tls',
+          '--tlscert',
+          path.resolve(tls.certFile),
+          '--tlskey',
+          path.resolve(tls.keyFile),
           ...(tls.clientCaFile !== undefined ? ['--tlsverify', '--tlscacert', path.resolve(tls.clientCaFile)] : []),
         ]
       : [];
@@ -119,13 +123,22 @@ export class LocalNats {
     const args = [
       ...(this.configFile ? ['-c', this.configFile] : []),
       ...this.tlsArgs,
-      '-a', '127.0.0.1',
-      '-p', this.portValue === 0 ? '-1' : String(this.portValue),
-      '-n', this.serverName,
-      '-js', '-sd', this.storeDir,
-      '--ports_file_dir', this.dir,
+      '-a',
+      '127.0.0.1',
+      '-p',
+      this.portValue === 0 ? '-1' : String(this.portValue),
+      '-n',
+      this.serverName,
+      '-js',
+      '-sd',
+      this.storeDir,
+      '--ports_file_dir',
+      this.dir,
     ];
-    const logStart = await fsp.stat(this.logFile).then((s) => s.size, () => 0);
+    const logStart = await fsp.stat(this.logFile).then(
+      (s) => s.size,
+      () => 0,
+    );
     const out = fs.openSync(this.logFile, 'a');
     let child: ChildProcess;
     try {
@@ -147,9 +160,12 @@ export class LocalNats {
     }
     const running: Running = { child, pid, exited };
     this.proc = running;
-    exited.then(() => {
-      if (this.proc === running) this.proc = undefined;
-    }, () => undefined);
+    exited.then(
+      () => {
+        if (this.proc === running) this.proc = undefined;
+      },
+      () => undefined,
+    );
 
     try {
       const port = await this.waitForPortsFile(running);
@@ -274,9 +290,7 @@ export class LocalNats {
     } catch {
       return;
     }
-    await Promise.all(
-      entries.filter((f) => f.endsWith('.ports')).map((f) => fsp.rm(path.join(this.dir, f), { force: true })),
-    );
+    await Promise.all(entries.filter((f) => f.endsWith('.ports')).map((f) => fsp.rm(path.join(this.dir, f), { force: true })));
   }
 
   private async readLog(fromByte: number): Promise<string> {
@@ -296,10 +310,7 @@ export class LocalNats {
 async function waitExit(running: Running, timeoutMs: number): Promise<boolean> {
   const ac = new AbortController();
   try {
-    return await Promise.race([
-      running.exited.then(() => true),
-      sleep(timeoutMs, false, { signal: ac.signal }),
-    ]);
+    return await Promise.race([running.exited.then(() => true), sleep(timeoutMs, false, { signal: ac.signal })]);
   } finally {
     ac.abort();
   }
@@ -307,7 +318,7 @@ async function waitExit(running: Running, timeoutMs: number): Promise<boolean> {
 
 function portFromPortsFile(parsed: unknown): number | undefined {
   if (typeof parsed !== 'object' || parsed === null || !('nats' in parsed)) return undefined;
-  const urls = (parsed).nats;
+  const urls = parsed.nats;
   if (!Array.isArray(urls)) return undefined;
   for (const u of urls) {
     if (typeof u !== 'string') continue;

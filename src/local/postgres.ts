@@ -56,10 +56,7 @@ function isRoot(): boolean {
 function lookupPgOsUser(): Promise<OsUser> {
   pgOsUser ??= (async () => {
     try {
-      const [uid, gid] = await Promise.all([
-        runCommand('id', ['-u', PG_OS_USER]),
-        runCommand('id', ['-g', PG_OS_USER]),
-      ]);
+      const [uid, gid] = await Promise.all([runCommand('id', ['-u', PG_OS_USER]), runCommand('id', ['-g', PG_OS_USER])]);
       return { uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) };
     } catch {
       pgOsUser = undefined;
@@ -126,12 +123,12 @@ export class LocalPostgres {
     try {
       if (owner) await fsp.chown(dir, owner.uid, owner.gid);
       if (opts.ssl) await server.installSslFiles(opts.ssl, owner);
-      await server.pgTool('initdb', [
-        '-D', server.dataDir, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--locale=C',
-      ]).catch((err: unknown) => {
-        const hint = owner ? ` (initdb runs as OS user '${PG_OS_USER}': it must be able to write ${dir})` : '';
-        throw new Error(`initdb failed${hint}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-      });
+      await server
+        .pgTool('initdb', ['-D', server.dataDir, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--locale=C'])
+        .catch((err: unknown) => {
+          const hint = owner ? ` (initdb runs as OS user '${PG_OS_USER}': it must be able to write ${dir})` : '';
+          throw new Error(`initdb failed${hint}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+        });
       for (let attempt = 1; ; attempt++) {
         server.portValue = await getFreePort();
         try {
@@ -165,11 +162,7 @@ export class LocalPostgres {
   }
 
   /** Runs one statement on a short-lived connection. */
-  async query<R extends QueryResultRow = QueryResultRow>(
-    sql: string,
-    params?: unknown[],
-    db = 'postgres',
-  ): Promise<QueryResult<R>> {
+  async query<R extends QueryResultRow = QueryResultRow>(sql: string, params?: unknown[], db = 'postgres'): Promise<QueryResult<R>> {
     const client = new pg.Client({ connectionString: this.url(db) });
     client.on('error', () => undefined); // the server may be killed under us; query() rejects anyway
     await client.connect();
@@ -190,10 +183,22 @@ export class LocalPostgres {
   async start(): Promise<void> {
     if (this.destroying) throw new Error('LocalPostgres was destroyed');
     if (this.running) return;
-    const logStart = await fsp.stat(this.logFile).then((s) => s.size, () => 0);
+    const logStart = await fsp.stat(this.logFile).then(
+      (s) => s.size,
+      () => 0,
+    );
     try {
       await this.pgTool('pg_ctl', [
-        '-D', this.dataDir, '-l', this.logFile, '-w', '-t', String(PG_CTL_TIMEOUT_S), '-o', this.serverOptions(), 'start',
+        '-D',
+        this.dataDir,
+        '-l',
+        this.logFile,
+        '-w',
+        '-t',
+        String(PG_CTL_TIMEOUT_S),
+        '-o',
+        this.serverOptions(),
+        'start',
       ]);
     } catch (err) {
       // pg_ctl may time out while the postmaster lives on: do not leak it.

@@ -100,15 +100,20 @@ export async function startHttp(listen: string, deps: HttpDeps): Promise<HttpSer
     const onError = (err: NodeJS.ErrnoException): void => {
       const where = display(host, port);
       const why =
-        err.code === 'EADDRINUSE' ? 'the address is already in use (another relay or program listens there)'
-        : err.code === 'EACCES' ? 'permission denied (ports below 1024 need privileges)'
-        : err.code === 'EADDRNOTAVAIL' ? 'the host is not an address of this machine'
-        : errorMessage(err);
-      reject(new UsageError(
-        `[relay] listen = ${JSON.stringify(listen)}: cannot serve HTTP (health and metrics) on ${where}: ${why}; ` +
-        'set [relay] listen to a free "host:port" of this machine (e.g. "0.0.0.0:9464", or ":0" for any free port)',
-        { cause: err },
-      ));
+        err.code === 'EADDRINUSE'
+          ? 'the address is already in use (another relay or program listens there)'
+          : err.code === 'EACCES'
+            ? 'permission denied (ports below 1024 need privileges)'
+            : err.code === 'EADDRNOTAVAIL'
+              ? 'the host is not an address of this machine'
+              : errorMessage(err);
+      reject(
+        new UsageError(
+          `[relay] listen = ${JSON.stringify(listen)}: cannot serve HTTP (health and metrics) on ${where}: ${why}; ` +
+            'set [relay] listen to a free "host:port" of this machine (e.g. "0.0.0.0:9464", or ":0" for any free port)',
+          { cause: err },
+        ),
+      );
     };
     server.once('error', onError);
     server.listen({ host, port }, () => {

@@ -5,12 +5,9 @@ export const METRIC_PREFIX = 'fraiseql_relay_';
 
 /** `pg_replication_slots.wal_status` values, each one series of {@link RelayMetrics.slotWalStatus}. */
 const WAL_STATUSES = ['reserved', 'extended', 'unreserved', 'lost'] as const;
-type WalStatus = (typeof WAL_STATUSES)[number];
 
 /** Publish latency buckets, seconds: 0.5 ms to 60 s. */
-export const PUBLISH_LATENCY_BUCKETS = [
-  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
-];
+export const PUBLISH_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
 /**
  * The relay's Prometheus metrics, in a registry of their own (never prom-client's global one,
@@ -112,22 +109,56 @@ export class RelayMetrics {
         this.pendingPublished.clear();
       },
     });
-    this.eventsUnrouted = new Counter({ name: `${p}events_unrouted_total`, help: 'Decoded events that matched no route and were not published', registers: reg });
+    this.eventsUnrouted = new Counter({
+      name: `${p}events_unrouted_total`,
+      help: 'Decoded events that matched no route and were not published',
+      registers: reg,
+    });
     this.publishLatency = new Histogram({
       name: `${p}publish_latency_seconds`,
-      help: 'Seconds from the event\'s commit in PostgreSQL to its JetStream acknowledgement (sampled: at most one event per millisecond)',
+      help: "Seconds from the event's commit in PostgreSQL to its JetStream acknowledgement (sampled: at most one event per millisecond)",
       buckets: PUBLISH_LATENCY_BUCKETS,
       registers: reg,
     });
-    this.publishErrors = new Counter({ name: `${p}publish_errors_total`, help: 'Publish failures, by kind (transient: retried; permanent)', labelNames: ['kind'] as const, registers: reg });
+    this.publishErrors = new Counter({
+      name: `${p}publish_errors_total`,
+      help: 'Publish failures, by kind (transient: retried; permanent)',
+      labelNames: ['kind'] as const,
+      registers: reg,
+    });
 
-    this.inFlightMessages = new Gauge({ name: `${p}in_flight_messages`, help: 'Messages published but not yet acknowledged', registers: reg });
-    this.inFlightBytes = new Gauge({ name: `${p}in_flight_bytes`, help: 'Payload bytes published but not yet acknowledged', registers: reg });
+    this.inFlightMessages = new Gauge({
+      name: `${p}in_flight_messages`,
+      help: 'Messages published but not yet acknowledged',
+      registers: reg,
+    });
+    this.inFlightBytes = new Gauge({
+      name: `${p}in_flight_bytes`,
+      help: 'Payload bytes published but not yet acknowledged',
+      registers: reg,
+    });
 
-    this.slotLagBytes = new Gauge({ name: `${p}slot_lag_bytes`, help: 'Bytes of WAL between the server\'s current position and the slot\'s confirmed position', registers: reg });
-    this.slotRetainedBytes = new Gauge({ name: `${p}slot_retained_bytes`, help: 'Bytes of WAL the slot keeps on disk (from its restart_lsn)', registers: reg });
-    this.slotSafeWalBytes = new Gauge({ name: `${p}slot_safe_wal_bytes`, help: 'Bytes of WAL that can still be written before the slot is invalidated (safe_wal_size); -1 when max_slot_wal_keep_size is unlimited', registers: reg });
-    this.slotWalStatus = new Gauge({ name: `${p}slot_wal_status`, help: 'The slot\'s wal_status: 1 for the current one, 0 for the others (lost = invalidated)', labelNames: ['status'] as const, registers: reg });
+    this.slotLagBytes = new Gauge({
+      name: `${p}slot_lag_bytes`,
+      help: "Bytes of WAL between the server's current position and the slot's confirmed position",
+      registers: reg,
+    });
+    this.slotRetainedBytes = new Gauge({
+      name: `${p}slot_retained_bytes`,
+      help: 'Bytes of WAL the slot keeps on disk (from its restart_lsn)',
+      registers: reg,
+    });
+    this.slotSafeWalBytes = new Gauge({
+      name: `${p}slot_safe_wal_bytes`,
+      help: 'Bytes of WAL that can still be written before the slot is invalidated (safe_wal_size); -1 when max_slot_wal_keep_size is unlimited',
+      registers: reg,
+    });
+    this.slotWalStatus = new Gauge({
+      name: `${p}slot_wal_status`,
+      help: "The slot's wal_status: 1 for the current one, 0 for the others (lost = invalidated)",
+      labelNames: ['status'] as const,
+      registers: reg,
+    });
     for (const s of WAL_STATUSES) this.slotWalStatus.set({ status: s }, 0);
     this.lastConfirmedLsnAgeSeconds = new Gauge({
       name: `${p}last_confirmed_lsn_age_seconds`,
@@ -137,9 +168,17 @@ export class RelayMetrics {
         this.lastConfirmedLsnAgeSeconds.set(ageOf(this.lastConfirmedAt));
       },
     });
-    this.confirmedLsn = new Gauge({ name: `${p}confirmed_lsn`, help: 'Last LSN confirmed to PostgreSQL, as a number of bytes (exact up to 2^53)', registers: reg });
+    this.confirmedLsn = new Gauge({
+      name: `${p}confirmed_lsn`,
+      help: 'Last LSN confirmed to PostgreSQL, as a number of bytes (exact up to 2^53)',
+      registers: reg,
+    });
 
-    this.heartbeatLagSeconds = new Gauge({ name: `${p}heartbeat_lag_seconds`, help: 'End-to-end lag of the last heartbeat: emitted in PostgreSQL, decoded, published', registers: reg });
+    this.heartbeatLagSeconds = new Gauge({
+      name: `${p}heartbeat_lag_seconds`,
+      help: 'End-to-end lag of the last heartbeat: emitted in PostgreSQL, decoded, published',
+      registers: reg,
+    });
     this.heartbeatAgeSeconds = new Gauge({
       name: `${p}heartbeat_age_seconds`,
       help: 'Seconds since the last heartbeat came back through the pipeline (from start while none did)',
@@ -149,16 +188,55 @@ export class RelayMetrics {
       },
     });
 
-    this.handlerCalls = new Counter({ name: `${p}handler_calls_total`, help: 'Inbound handler calls, by consumer and outcome (applied, duplicate, failed, dead_lettered)', labelNames: ['consumer', 'outcome'] as const, registers: reg });
-    this.deadLetters = new Counter({ name: `${p}dead_letters_total`, help: 'Messages dead-lettered, by direction', labelNames: ['direction'] as const, registers: reg });
-    this.webhookDeliveries = new Counter({ name: `${p}webhook_deliveries_total`, help: 'Webhook deliveries, by outcome (delivered, retried, dead_lettered)', labelNames: ['outcome'] as const, registers: reg });
-    this.consumerPending = new Gauge({ name: `${p}consumer_pending_messages`, help: 'JetStream messages pending for the consumer', labelNames: ['consumer'] as const, registers: reg });
-    this.consumerRedelivered = new Gauge({ name: `${p}consumer_redelivered_messages`, help: 'JetStream messages redelivered to the consumer and not yet acknowledged', labelNames: ['consumer'] as const, registers: reg });
+    this.handlerCalls = new Counter({
+      name: `${p}handler_calls_total`,
+      help: 'Inbound handler calls, by consumer and outcome (applied, duplicate, failed, dead_lettered)',
+      labelNames: ['consumer', 'outcome'] as const,
+      registers: reg,
+    });
+    this.deadLetters = new Counter({
+      name: `${p}dead_letters_total`,
+      help: 'Messages dead-lettered, by direction',
+      labelNames: ['direction'] as const,
+      registers: reg,
+    });
+    this.webhookDeliveries = new Counter({
+      name: `${p}webhook_deliveries_total`,
+      help: 'Webhook deliveries, by outcome (delivered, retried, dead_lettered)',
+      labelNames: ['outcome'] as const,
+      registers: reg,
+    });
+    this.consumerPending = new Gauge({
+      name: `${p}consumer_pending_messages`,
+      help: 'JetStream messages pending for the consumer',
+      labelNames: ['consumer'] as const,
+      registers: reg,
+    });
+    this.consumerRedelivered = new Gauge({
+      name: `${p}consumer_redelivered_messages`,
+      help: 'JetStream messages redelivered to the consumer and not yet acknowledged',
+      labelNames: ['consumer'] as const,
+      registers: reg,
+    });
 
-    this.reconnects = new Counter({ name: `${p}reconnects_total`, help: 'Reconnections, by target (postgres, nats)', labelNames: ['target'] as const, registers: reg });
-    this.active = new Gauge({ name: `${p}active`, help: '1 while this replica is the active relay, 0 while it is a standby', registers: reg });
+    this.reconnects = new Counter({
+      name: `${p}reconnects_total`,
+      help: 'Reconnections, by target (postgres, nats)',
+      labelNames: ['target'] as const,
+      registers: reg,
+    });
+    this.active = new Gauge({
+      name: `${p}active`,
+      help: '1 while this replica is the active relay, 0 while it is a standby',
+      registers: reg,
+    });
     this.active.set(0);
-    this.up = new Gauge({ name: `${p}up`, help: '1 while connected to the target (postgres, nats), else 0', labelNames: ['target'] as const, registers: reg });
+    this.up = new Gauge({
+      name: `${p}up`,
+      help: '1 while connected to the target (postgres, nats), else 0',
+      labelNames: ['target'] as const,
+      registers: reg,
+    });
     this.up.set({ target: 'postgres' }, 0);
     this.up.set({ target: 'nats' }, 0);
   }

@@ -16,7 +16,11 @@ export class HeartbeatEmitter {
   private timer: NodeJS.Timeout | null = null;
   lastEmittedAt = 0;
 
-  constructor(url: string, private readonly intervalMs: number, private readonly log: Logger) {
+  constructor(
+    url: string,
+    private readonly intervalMs: number,
+    private readonly log: Logger,
+  ) {
     this.pool = new pg.Pool({ ...connectionConfig(url, { application_name: 'fraiseql-relay heartbeat' }), max: 1 });
     this.pool.on('error', () => {});
   }

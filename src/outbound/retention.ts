@@ -36,10 +36,13 @@ export class OutboxRetention {
   start(intervalMs = Math.min(60_000, Math.max(1000, Math.floor(this.retentionMs / 4)))): void {
     if (this.timer) return;
     this.timer = setInterval(() => {
-      if (!this.running) this.running = this.tick().then(
-          () => {},
-          () => {},
-        ).finally(() => (this.running = null));
+      if (!this.running)
+        this.running = this.tick()
+          .then(
+            () => {},
+            () => {},
+          )
+          .finally(() => (this.running = null));
     }, intervalMs);
     this.timer.unref();
   }

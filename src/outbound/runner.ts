@@ -85,7 +85,13 @@ export class OutboundRunner {
     private readonly events: RunnerEvents = {},
   ) {
     this.heartbeat = new HeartbeatEmitter(config.database.url, config.relay.heartbeat, log.child({ component: 'heartbeat' }));
-    this.retention = new OutboxRetention(config.database.url, config.relay.schema, config.relay.retention, () => this.confirmed, log.child({ component: 'retention' }));
+    this.retention = new OutboxRetention(
+      config.database.url,
+      config.relay.schema,
+      config.relay.retention,
+      () => this.confirmed,
+      log.child({ component: 'retention' }),
+    );
     this.monitor = slotPool(config.database.url);
   }
 
@@ -190,7 +196,11 @@ export class OutboundRunner {
           break;
         }
         if (err instanceof SlotError) log.error({ err: this.lastError }, 'replication slot unusable; retrying until it is fixed');
-        else log.warn({ err: this.lastError, confirmed: formatLsn(this.confirmed) }, 'outbound stream interrupted; reconnecting from the confirmed position');
+        else
+          log.warn(
+            { err: this.lastError, confirmed: formatLsn(this.confirmed) },
+            'outbound stream interrupted; reconnecting from the confirmed position',
+          );
         this.events.onReconnect?.();
       } finally {
         this.connected = false;

@@ -114,7 +114,11 @@ export class OutboundSession {
     this.stopping = true;
     this.conn?.stream.pause();
     const deadline = Date.now() + timeoutMs;
-    if (this.asyncWork) await within(this.asyncWork.catch(() => {}), timeoutMs);
+    if (this.asyncWork)
+      await within(
+        this.asyncWork.catch(() => {}),
+        timeoutMs,
+      );
     while (!this.watermark.idle && this.watermark.backlog > 0 && Date.now() < deadline && !this.failure) {
       if (this.watermark.open && this.deps.sink.messagesInFlight === 0) break; // a partial txn cannot complete
       await sleep(10);
@@ -148,7 +152,10 @@ export class OutboundSession {
   private resume(): void {
     if (!this.paused || this.failure || this.stopping || this.asyncWork) return;
     if (!this.deps.sink.hasCapacity) {
-      this.deps.sink.waitForCapacity().then(() => this.resume(), () => {});
+      this.deps.sink.waitForCapacity().then(
+        () => this.resume(),
+        () => {},
+      );
       return;
     }
     this.paused = false;
@@ -177,7 +184,10 @@ export class OutboundSession {
         );
       } else if (!this.deps.sink.hasCapacity) {
         this.pause();
-        this.deps.sink.waitForCapacity().then(() => this.resume(), () => {});
+        this.deps.sink.waitForCapacity().then(
+          () => this.resume(),
+          () => {},
+        );
       }
     } catch (err) {
       this.fail(err instanceof Error ? err : new Error(String(err)));

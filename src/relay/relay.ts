@@ -122,7 +122,9 @@ export class Relay extends EventEmitter<RelayEvents> {
     if (config.relay.database_ca_file !== undefined) setDatabaseCaFile(config.relay.database_ca_file);
     const nats = config.observers.backend === 'nats';
     if (!nats && config.observers.subscribe.length > 0) {
-      throw new UsageError('[[observers.subscribe]] needs NATS: with backend = "webhook" there is nothing to consume; use backend = "nats"');
+      throw new UsageError(
+        '[[observers.subscribe]] needs NATS: with backend = "webhook" there is nothing to consume; use backend = "nats"',
+      );
     }
     if (nats && !config.observers.nats_url) throw new UsageError('[observers] nats_url is required with backend = "nats"');
     const database = await withClient(config.database.url, async (c) => {
@@ -150,7 +152,9 @@ export class Relay extends EventEmitter<RelayEvents> {
       let first = true;
       const makeSink = async (): Promise<Sink> => {
         if (!nats) {
-          return new WebhookSink(targets, this.deadLetters!, config.relay.max_in_flight, log.child({ component: 'webhook' }), (o) => this.onWebhook(o));
+          return new WebhookSink(targets, this.deadLetters!, config.relay.max_in_flight, log.child({ component: 'webhook' }), (o) =>
+            this.onWebhook(o),
+          );
         }
         const subjects = first ? streamSubjects : await this.streamSubjects();
         first = false;
@@ -162,7 +166,8 @@ export class Relay extends EventEmitter<RelayEvents> {
           log: log.child({ component: 'publisher' }),
         });
       };
-      const publications = config.observers.rules.length > 0 ? [outboxPublication(config), tablesPublication(config)] : [outboxPublication(config)];
+      const publications =
+        config.observers.rules.length > 0 ? [outboxPublication(config), tablesPublication(config)] : [outboxPublication(config)];
       this.runner = new OutboundRunner(
         config,
         { config, deadLetters: this.deadLetters, database, publications, routerFor },
@@ -230,10 +235,26 @@ export class Relay extends EventEmitter<RelayEvents> {
       await ensureConsumer(
         jsm,
         stream,
-        { subject: route.subject, consumer: route.consumer, handler: '', max_deliver: target.maxAttempts, ack_wait: Math.max(30_000, target.timeoutMs * 2), backoff: [], concurrency: 1 },
+        {
+          subject: route.subject,
+          consumer: route.consumer,
+          handler: '',
+          max_deliver: target.maxAttempts,
+          ack_wait: Math.max(30_000, target.timeoutMs * 2),
+          backoff: [],
+          concurrency: 1,
+        },
         log,
       );
-      const w = new WebhookWorker(this.nc!, stream, route.consumer, target, this.deadLetters!, (o) => this.onWebhook(o), log.child({ consumer: route.consumer }));
+      const w = new WebhookWorker(
+        this.nc!,
+        stream,
+        route.consumer,
+        target,
+        this.deadLetters!,
+        (o) => this.onWebhook(o),
+        log.child({ consumer: route.consumer }),
+      );
       w.start();
       this.workers.push(w);
     }
@@ -314,7 +335,10 @@ export class Relay extends EventEmitter<RelayEvents> {
     await this.inbox?.close();
     await this.deadLetters?.close();
     await this.nc?.drain().catch(() => {});
-    this.log.info({ confirmed: formatLsn(this.confirmedLsn), outbound: this.stats, inbound: this.inbound, webhooks: this.webhooks }, 'relay stopped');
+    this.log.info(
+      { confirmed: formatLsn(this.confirmedLsn), outbound: this.stats, inbound: this.inbound, webhooks: this.webhooks },
+      'relay stopped',
+    );
   }
 
   /** A condition the relay must not run on (an invalidated slot): say so once; the owner stops it. */

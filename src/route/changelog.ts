@@ -68,7 +68,11 @@ export class ChangeLogRouter implements Router {
   private readonly entries: { rule: PublishRule; entity: string; operation: string | null; targets: Target[] }[] = [];
   private readonly subscriptionPrefix: string;
 
-  constructor(config: Config, private readonly database: string, mutations: Map<string, MutationInfo> | null) {
+  constructor(
+    config: Config,
+    private readonly database: string,
+    mutations: Map<string, MutationInfo> | null,
+  ) {
     this.subscriptionPrefix = config.relay.subscription_prefix;
     config.observers.publish.forEach((rule, i) => {
       const targets = publishTargets(config, i);

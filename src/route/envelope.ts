@@ -24,26 +24,50 @@ export interface EnvelopeJson {
 /** The body, built as text so jsonb values pass through exactly as PostgreSQL wrote them. */
 export function envelopeBody(e: EnvelopeJson): Buffer {
   return Buffer.from(
-    '{"event_id":' + e.eventId +
-      ',"id":' + e.id +
-      ',"entity_type":' + e.entityType +
-      ',"operation":' + e.operation +
-      ',"mutation":' + e.mutation +
-      ',"entity":' + e.entity +
-      ',"entity_before":' + e.entityBefore +
-      ',"updated_fields":' + e.updatedFields +
-      ',"metadata":' + e.metadata +
-      ',"tenant_id":' + e.tenantId +
-      ',"user_id":' + e.userId +
-      ',"occurred_at":' + e.occurredAt +
-      e.source + e.lsn + '","xid":' + e.xid + '}}',
+    '{"event_id":' +
+      e.eventId +
+      ',"id":' +
+      e.id +
+      ',"entity_type":' +
+      e.entityType +
+      ',"operation":' +
+      e.operation +
+      ',"mutation":' +
+      e.mutation +
+      ',"entity":' +
+      e.entity +
+      ',"entity_before":' +
+      e.entityBefore +
+      ',"updated_fields":' +
+      e.updatedFields +
+      ',"metadata":' +
+      e.metadata +
+      ',"tenant_id":' +
+      e.tenantId +
+      ',"user_id":' +
+      e.userId +
+      ',"occurred_at":' +
+      e.occurredAt +
+      e.source +
+      e.lsn +
+      '","xid":' +
+      e.xid +
+      '}}',
     'utf8',
   );
 }
 
 /** The body's `source` object up to the LSN's opening quote (the same for every row of a table). */
 export function sourceJsonPrefix(database: string, schema: string, table: string): string {
-  return ',"source":{"database":' + JSON.stringify(database) + ',"schema":' + JSON.stringify(schema) + ',"table":' + JSON.stringify(table) + ',"lsn":"';
+  return (
+    ',"source":{"database":' +
+    JSON.stringify(database) +
+    ',"schema":' +
+    JSON.stringify(schema) +
+    ',"table":' +
+    JSON.stringify(table) +
+    ',"lsn":"'
+  );
 }
 
 /** Where a routed event goes: a subject, and optionally a GraphQL subscription topic. */
@@ -60,7 +84,13 @@ export const headerValue = (v: string): string => (v.indexOf('\r') < 0 && v.inde
  * `Fraiseql-Subscription-Topic` header, and the event is published once more on
  * `<subscriptionPrefix>.<topic>` for GraphQL subscription bridges.
  */
-export function fanOut(targets: readonly Target[], eventId: string, headers: Record<string, string>, body: Buffer, subscriptionPrefix: string): OutboundMessage[] {
+export function fanOut(
+  targets: readonly Target[],
+  eventId: string,
+  headers: Record<string, string>,
+  body: Buffer,
+  subscriptionPrefix: string,
+): OutboundMessage[] {
   if (targets.length === 1 && targets[0]!.subscriptionTopic === undefined) {
     return [{ subject: targets[0]!.subject, eventId, headers, body, commitMs: 0 }]; // the common case
   }

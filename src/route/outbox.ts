@@ -26,8 +26,21 @@ interface OutboxValues {
 
 /** The outbox columns an event is built from (replay SELECTs them by these names, in this order). */
 export const OUTBOX_COLUMNS = [
-  'id', 'subject', 'mutation', 'operation', 'entity_type', 'entity_id', 'entity', 'entity_before',
-  'updated_fields', 'metadata', 'headers', 'tenant_id', 'user_id', 'traceparent', 'created_at',
+  'id',
+  'subject',
+  'mutation',
+  'operation',
+  'entity_type',
+  'entity_id',
+  'entity',
+  'entity_before',
+  'updated_fields',
+  'metadata',
+  'headers',
+  'tenant_id',
+  'user_id',
+  'traceparent',
+  'created_at',
 ] as const;
 
 /** Where each of OUTBOX_COLUMNS sits in a relation's tuples (-1: not there), and its source prefix. */
@@ -51,7 +64,10 @@ export class OutboxRouter implements Router {
   private readonly layouts = new WeakMap<Relation, RelationLayout>();
   private readonly subscriptionPrefix: string;
 
-  constructor(config: Config, private readonly database: string) {
+  constructor(
+    config: Config,
+    private readonly database: string,
+  ) {
     this.subscriptionPrefix = config.relay.subscription_prefix;
     config.observers.publish.forEach((p, i) => {
       if (p.mutation === undefined) return;
@@ -67,10 +83,21 @@ export class OutboxRouter implements Router {
     const x = l.index;
     return this.build(
       {
-        id: at(t, x[0]!), subject: at(t, x[1]!), mutation: at(t, x[2]!), operation: at(t, x[3]!), entityType: at(t, x[4]!),
-        entityId: at(t, x[5]!), entity: at(t, x[6]!), entityBefore: at(t, x[7]!), updatedFields: at(t, x[8]!),
-        metadata: at(t, x[9]!), headers: at(t, x[10]!), tenantId: at(t, x[11]!), userId: at(t, x[12]!),
-        traceparent: at(t, x[13]!), createdAt: at(t, x[14]!),
+        id: at(t, x[0]!),
+        subject: at(t, x[1]!),
+        mutation: at(t, x[2]!),
+        operation: at(t, x[3]!),
+        entityType: at(t, x[4]!),
+        entityId: at(t, x[5]!),
+        entity: at(t, x[6]!),
+        entityBefore: at(t, x[7]!),
+        updatedFields: at(t, x[8]!),
+        metadata: at(t, x[9]!),
+        headers: at(t, x[10]!),
+        tenantId: at(t, x[11]!),
+        userId: at(t, x[12]!),
+        traceparent: at(t, x[13]!),
+        createdAt: at(t, x[14]!),
       },
       l.source,
       change.lsn,

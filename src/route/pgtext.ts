@@ -9,9 +9,18 @@ export function pgTimestampToIso(text: string): string {
   // the common case, "yyyy-mm-dd hh:mm:ss[.f…]+00", without a regular expression
   const n = text.length;
   if (
-    n >= 22 && n <= 29 && text.charCodeAt(10) === 32 && text.charCodeAt(4) === 45 && text.charCodeAt(7) === 45 &&
-    text.charCodeAt(13) === 58 && text.charCodeAt(16) === 58 && text.charCodeAt(n - 3) === 43 && text.charCodeAt(n - 2) === 48 &&
-    text.charCodeAt(n - 1) === 48 && (n === 22 || text.charCodeAt(19) === 46) && digitsAt(text, 20, n - 3)
+    n >= 22 &&
+    n <= 29 &&
+    text.charCodeAt(10) === 32 &&
+    text.charCodeAt(4) === 45 &&
+    text.charCodeAt(7) === 45 &&
+    text.charCodeAt(13) === 58 &&
+    text.charCodeAt(16) === 58 &&
+    text.charCodeAt(n - 3) === 43 &&
+    text.charCodeAt(n - 2) === 48 &&
+    text.charCodeAt(n - 1) === 48 &&
+    (n === 22 || text.charCodeAt(19) === 46) &&
+    digitsAt(text, 20, n - 3)
   ) {
     const frac = n === 22 ? '.' : text.slice(19, n - 3);
     return text.slice(0, 10) + 'T' + text.slice(11, 19) + (frac + '000000').slice(0, 7) + 'Z';

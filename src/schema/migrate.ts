@@ -7,7 +7,6 @@ import { DEFAULT_CHANGE_LOG } from './tables.js';
 import { readSlot, type SlotStats } from './slot.js';
 import { buildPlan, emptyDatabaseState, inspectDatabase, migrateLockSql, needsSlot, type MigrationPlan } from './plan.js';
 
-
 /**
  * What `migrate` would run now, for `migrate --dry-run`: the same plan migrate computes, from a
  * read-only look at the database (inside a READ ONLY transaction, rolled back). It refuses the
@@ -216,7 +215,9 @@ async function runPlan(
         } catch (err) {
           const msg = (err as Error).message;
           if (/could not access file|may not be used as an output plugin/.test(msg)) {
-            throw new UsageError(`cannot create replication slot "${step.slot}" with plugin ${step.plugin}: ${msg}\n  ${pluginHint(step.plugin)}`);
+            throw new UsageError(
+              `cannot create replication slot "${step.slot}" with plugin ${step.plugin}: ${msg}\n  ${pluginHint(step.plugin)}`,
+            );
           }
           throw err;
         }

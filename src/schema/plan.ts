@@ -175,7 +175,13 @@ export function emptyDatabaseState(config: Config): DatabaseState {
     outboxPublicationExists: false,
     tablesPublicationExists: false,
     slotExists: false,
-    ruleTables: [...byName.values()].map((t) => ({ sql: t.sql, name: t.name, events: t.events, setIdentityFull: t.beforeImage, problem: null })),
+    ruleTables: [...byName.values()].map((t) => ({
+      sql: t.sql,
+      name: t.name,
+      events: t.events,
+      setIdentityFull: t.beforeImage,
+      problem: null,
+    })),
     changeLog: typeof setting === 'string' ? { sql: quoteQualified(setting), name: setting } : null,
   };
 }
@@ -189,7 +195,9 @@ export function buildPlan(config: Config, state: DatabaseState, assumption: stri
   const bookkeeping: string[] = [];
   if (!state.schemaExists) bookkeeping.push(`CREATE SCHEMA IF NOT EXISTS ${s}`);
   if (!state.migrationsTableExists) {
-    bookkeeping.push(`CREATE TABLE IF NOT EXISTS ${s}.migrations (id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
+    bookkeeping.push(
+      `CREATE TABLE IF NOT EXISTS ${s}.migrations (id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`,
+    );
   }
   if (bookkeeping.length > 0) {
     steps.push({ kind: 'schema', comment: [`schema ${schema} and its record of applied migrations`], statements: bookkeeping });
@@ -274,7 +282,14 @@ export function buildPlan(config: Config, state: DatabaseState, assumption: stri
   return { schema, assumption, steps, tableProblems, changeLog: state.changeLog?.name ?? null };
 }
 
-function publicationStep(role: 'outbox' | 'tables', publication: string, tables: string[], publish: string, create: boolean, comment: string[]): PlanStep {
+function publicationStep(
+  role: 'outbox' | 'tables',
+  publication: string,
+  tables: string[],
+  publish: string,
+  create: boolean,
+  comment: string[],
+): PlanStep {
   const pub = quoteIdent(publication);
   const statements = create
     ? [`CREATE PUBLICATION ${pub} FOR TABLE ${tables.join(', ')} WITH (publish = ${quoteLiteral(publish)})`]

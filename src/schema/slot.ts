@@ -58,8 +58,18 @@ export async function readSlot(client: pg.Client | pg.Pool, slot: string): Promi
   const row = r.rows[0];
   if (!row) {
     return {
-      exists: false, plugin: null, database: null, slotType: null, active: false, activePid: null, walStatus: null,
-      lagBytes: 0, retainedBytes: 0, safeWalBytes: null, confirmedLsn: null, flushLagSeconds: null,
+      exists: false,
+      plugin: null,
+      database: null,
+      slotType: null,
+      active: false,
+      activePid: null,
+      walStatus: null,
+      lagBytes: 0,
+      retainedBytes: 0,
+      safeWalBytes: null,
+      confirmedLsn: null,
+      flushLagSeconds: null,
     };
   }
   return {

@@ -60,7 +60,7 @@ export async function resolveRuleTables(client: pg.Client, config: Config): Prom
     info.beforeImage ||= rule.before_image;
     byName.set(k, info);
   }
-  if (missing.length > 0) throw new UsageError(missing.join('\n') + '\n  Create the table first, or fix the rule\'s table name.');
+  if (missing.length > 0) throw new UsageError(missing.join('\n') + "\n  Create the table first, or fix the rule's table name.");
   return { perRule, tables: [...byName.values()] };
 }
 
@@ -96,7 +96,8 @@ export async function resolveChangeLog(client: pg.Client, config: Config): Promi
   );
   const row = r.rows[0];
   if (!row) {
-    if (setting !== undefined) throw new UsageError(`[relay] change_log: table ${setting} does not exist; create it (FraiseQL's migrations do) or remove the key`);
+    if (setting !== undefined)
+      throw new UsageError(`[relay] change_log: table ${setting} does not exist; create it (FraiseQL's migrations do) or remove the key`);
     return null;
   }
   return { schema: row.nspname, name: row.relname };

@@ -33,7 +33,17 @@ export class DeadLetterWriter {
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
        ON CONFLICT (direction, event_id, subject, coalesce(consumer, '')) DO UPDATE
          SET error = EXCLUDED.error, attempts = ${this.table}.attempts + EXCLUDED.attempts, updated_at = now()`,
-      [d.direction, d.eventId, d.subject, d.consumer ?? null, d.handler ?? null, d.headers ? JSON.stringify(d.headers) : null, d.body, d.error, d.attempts],
+      [
+        d.direction,
+        d.eventId,
+        d.subject,
+        d.consumer ?? null,
+        d.handler ?? null,
+        d.headers ? JSON.stringify(d.headers) : null,
+        d.body,
+        d.error,
+        d.attempts,
+      ],
     );
   }
 

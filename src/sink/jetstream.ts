@@ -49,7 +49,10 @@ export class JetStreamSink implements Sink {
   private readonly captured = new Map<string, string | null>();
   private readonly goodKeys = new Set<string>();
 
-  constructor(private readonly nc: NatsConnection, private readonly opts: JetStreamSinkOptions) {
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly opts: JetStreamSinkOptions,
+  ) {
     this.publisher = new PubAckPublisher(nc, opts.timeoutMs);
   }
 

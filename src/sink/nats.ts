@@ -18,7 +18,10 @@ export interface NatsOptions {
 
 /** A NATS connection for a daemon: reconnects forever and logs each state change once. */
 export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
-  const servers = opts.url.split(',').map((s) => s.trim()).filter(Boolean);
+  const servers = opts.url
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   const nc = await connect({
     ...opts.auth,
     servers,
@@ -59,5 +62,10 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
 export async function connectOnce(config: Config, name: string): Promise<NatsConnection> {
   const url = config.observers.nats_url;
   if (!url) throw new Error('[observers] nats_url is not set');
-  return connect({ ...natsAuthOptions(config.relay.nats), servers: url.split(',').map((s) => s.trim()), timeout: 5000, name: `fraiseql-relay ${name}` });
+  return connect({
+    ...natsAuthOptions(config.relay.nats),
+    servers: url.split(',').map((s) => s.trim()),
+    timeout: 5000,
+    name: `fraiseql-relay ${name}`,
+  });
 }

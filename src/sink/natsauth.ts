@@ -47,7 +47,10 @@ export function natsAuthOptions(cfg: NatsConfig | undefined, env: NodeJS.Process
   } else if (cfg.token_env) {
     out.authenticator = tokenAuthenticator(fromEnv('token_env', cfg.token_env, env));
   } else if (cfg.user_env && cfg.password_env) {
-    out.authenticator = usernamePasswordAuthenticator(fromEnv('user_env', cfg.user_env, env), fromEnv('password_env', cfg.password_env, env));
+    out.authenticator = usernamePasswordAuthenticator(
+      fromEnv('user_env', cfg.user_env, env),
+      fromEnv('password_env', cfg.password_env, env),
+    );
   }
   return out;
 }

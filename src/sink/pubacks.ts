@@ -36,7 +36,10 @@ export class PubAckPublisher {
   private closed = false;
   private readonly writer: ProtocolWriter | null;
 
-  constructor(private readonly nc: NatsConnection, private readonly timeoutMs: number) {
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly timeoutMs: number,
+  ) {
     this.inbox = createInbox();
     this.sub = nc.subscribe(`${this.inbox}.*`, { callback: (err, msg) => (err ? this.failAll(err) : this.onReply(msg)) });
     this.sweeper = setInterval(() => this.sweep(), Math.max(50, Math.floor(timeoutMs / 4)));
@@ -101,7 +104,8 @@ export class PubAckPublisher {
     if (data.length > 9 && indexOfError(data)) {
       let refused = new PublishRefusedError(p.subject, null, 'JetStream rejected the message');
       try {
-        const e = (JSON.parse(new TextDecoder().decode(data)) as { error?: { code?: number; err_code?: number; description?: string } }).error;
+        const e = (JSON.parse(new TextDecoder().decode(data)) as { error?: { code?: number; err_code?: number; description?: string } })
+          .error;
         if (e) refused = new PublishRefusedError(p.subject, e.err_code ?? e.code ?? null, e.description ?? '');
       } catch {
         // keep the generic refusal

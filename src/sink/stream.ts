@@ -31,7 +31,12 @@ function isStreamNotFound(err: unknown): boolean {
  * subject must already be captured by some stream, else a UsageError names it.
  * Returns the subjects of the relay's stream as known now.
  */
-export async function ensureStream(nc: NatsConnection, config: Config, requiredSubjects: readonly string[], log: Logger): Promise<string[]> {
+export async function ensureStream(
+  nc: NatsConnection,
+  config: Config,
+  requiredSubjects: readonly string[],
+  log: Logger,
+): Promise<string[]> {
   const jsm = await jetstreamManager(nc);
   const cfg = config.relay.stream;
   const required = [...requiredSubjects];

@@ -45,7 +45,11 @@ export class ReplicationConnection {
   readonly ended: Promise<Error | undefined>;
   private endResolve!: (e: Error | undefined) => void;
 
-  private constructor(private readonly client: pg.Client, stream: CopyBothQueryStream, opts: ReplicationOptions) {
+  private constructor(
+    private readonly client: pg.Client,
+    stream: CopyBothQueryStream,
+    opts: ReplicationOptions,
+  ) {
     this.stream = stream;
     this.statusIntervalMs = opts.statusIntervalMs ?? 10_000;
     this.confirmThrottleMs = opts.confirmThrottleMs ?? 100;
@@ -199,7 +203,9 @@ export async function publishedTables(
     generated: JSON.parse(r.generated) as string[],
   }));
   const ops = p.rows[0];
-  const actions = (['insert', 'update', 'delete'] as const).filter((a) => (a === 'insert' ? ops?.ins : a === 'update' ? ops?.upd : ops?.del) === true);
+  const actions = (['insert', 'update', 'delete'] as const).filter(
+    (a) => (a === 'insert' ? ops?.ins : a === 'update' ? ops?.upd : ops?.del) === true,
+  );
   return { tables, actions };
 }
 
@@ -239,7 +245,9 @@ function pluginError(err: unknown, slot: string): Error {
     );
   }
   if (/could not access file "wal2json"/.test(msg)) {
-    return new SlotError(`${msg}: the wal2json plugin is not installed on the server (Debian/Ubuntu: apt-get install postgresql-<version>-wal2json); slot "${slot}" needs it`);
+    return new SlotError(
+      `${msg}: the wal2json plugin is not installed on the server (Debian/Ubuntu: apt-get install postgresql-<version>-wal2json); slot "${slot}" needs it`,
+    );
   }
   return err instanceof Error ? err : new Error(msg);
 }

@@ -198,8 +198,15 @@ export class Wal2JsonDecoder implements Decoder {
       case 'M': {
         const prefix = o['prefix'];
         const content = o['content'];
-        if (typeof prefix !== 'string' || typeof content !== 'string') throw new Wal2JsonDecodeError('"prefix" and "content" must be strings', action);
-        return { tag: 'message', transactional: o['transactional'] === true, lsn: this.lsn(o, 'lsn', action), prefix, content: Buffer.from(content, 'utf8') };
+        if (typeof prefix !== 'string' || typeof content !== 'string')
+          throw new Wal2JsonDecodeError('"prefix" and "content" must be strings', action);
+        return {
+          tag: 'message',
+          transactional: o['transactional'] === true,
+          lsn: this.lsn(o, 'lsn', action),
+          prefix,
+          content: Buffer.from(content, 'utf8'),
+        };
       }
       case 'T': {
         const { schema, table } = this.names(o, action);
@@ -320,7 +327,12 @@ export class Wal2JsonDecoder implements Decoder {
     for (const c of cols) key += `\0${c.name}\u0001${c.typeOid}\u0001${flagged(c.name) ? 1 : 0}`;
     let rel = this.byKey.get(key);
     if (rel === undefined) {
-      const columns: RelationColumn[] = cols.map((c) => ({ flags: flagged(c.name) ? 1 : 0, name: c.name, typeOid: c.typeOid, typeMod: -1 }));
+      const columns: RelationColumn[] = cols.map((c) => ({
+        flags: flagged(c.name) ? 1 : 0,
+        name: c.name,
+        typeOid: c.typeOid,
+        typeMod: -1,
+      }));
       rel = { id: this.nextId++, schema, name: table, replicaIdentity, columns };
       this.byKey.set(key, rel);
       this.byId.set(rel.id, rel);
@@ -333,7 +345,8 @@ export class Wal2JsonDecoder implements Decoder {
   private names(o: Obj, action: string): { schema: string; table: string } {
     const schema = o['schema'];
     const table = o['table'];
-    if (typeof schema !== 'string' || typeof table !== 'string') throw new Wal2JsonDecodeError('"schema" and "table" must be strings', action);
+    if (typeof schema !== 'string' || typeof table !== 'string')
+      throw new Wal2JsonDecodeError('"schema" and "table" must be strings', action);
     return { schema, table };
   }
 
@@ -382,7 +395,8 @@ export class Wal2JsonDecoder implements Decoder {
   private time(o: Obj, action: string): bigint {
     const v = o['timestamp'];
     const t = typeof v === 'string' ? parsePgTimestamp(v) : null;
-    if (t === null) throw new Wal2JsonDecodeError(`no valid "timestamp" (the slot must stream with "include-timestamp"): ${JSON.stringify(v)}`, action);
+    if (t === null)
+      throw new Wal2JsonDecodeError(`no valid "timestamp" (the slot must stream with "include-timestamp"): ${JSON.stringify(v)}`, action);
     return t;
   }
 }

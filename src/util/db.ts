@@ -84,7 +84,11 @@ export function splitQualified(name: string): string[] {
       for (;;) {
         if (j >= name.length) throw new Error(`unterminated quoted identifier in ${name}`);
         if (name[j] === '"') {
-          if (name[j + 1] === '"') { s += '"'; j += 2; continue; }
+          if (name[j + 1] === '"') {
+            s += '"';
+            j += 2;
+            continue;
+          }
           break;
         }
         s += name[j];

@@ -69,7 +69,8 @@ export function errorMessage(err: unknown): string {
   return msg.replace(/(\w+:\/\/[^:/@\s]+):[^@\s]*@/g, '$1:***@');
 }
 
-const UNTRUSTED = /unable to verify the first certificate|self[- ]signed certificate|unable to get (local )?issuer certificate|certificate has expired|Hostname\/IP does not match/i;
+const UNTRUSTED =
+  /unable to verify the first certificate|self[- ]signed certificate|unable to get (local )?issuer certificate|certificate has expired|Hostname\/IP does not match/i;
 
 /**
  * A hint for a TLS failure to verify the server's certificate: which key to set. Empty when the
@@ -81,7 +82,7 @@ export function tlsHint(err: unknown, caKey: string): string {
     const msg = e instanceof Error ? e.message : typeof e === 'string' ? e : '';
     if (UNTRUSTED.test(msg)) {
       return /Hostname\/IP does not match|expired/i.test(msg)
-        ? ' (the server certificate does not match the host name, or has expired: fix the certificate or the URL\'s host)'
+        ? " (the server certificate does not match the host name, or has expired: fix the certificate or the URL's host)"
         : ` (the server's TLS certificate is not trusted: set ${caKey} to the CA bundle that signed it)`;
     }
     e = e instanceof Error ? e.cause : undefined;

@@ -14,9 +14,22 @@ function hasPinoPretty(): boolean {
 export type { Logger };
 
 const REDACT = [
-  'url', '*.url', 'database_url', '*.database_url', 'nats_url', '*.nats_url',
-  'password', '*.password', 'token', '*.token', 'secret', '*.secret',
-  'connectionString', '*.connectionString', 'headers.authorization', '*.headers.authorization',
+  'url',
+  '*.url',
+  'database_url',
+  '*.database_url',
+  'nats_url',
+  '*.nats_url',
+  'password',
+  '*.password',
+  'token',
+  '*.token',
+  'secret',
+  '*.secret',
+  'connectionString',
+  '*.connectionString',
+  'headers.authorization',
+  '*.headers.authorization',
 ];
 
 /**

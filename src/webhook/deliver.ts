@@ -34,8 +34,7 @@ export interface WebhookTarget {
 export type WebhookOutcome = 'delivered' | 'retried' | 'dead_lettered';
 
 export type DeliveryResult =
-  | { ok: true; status: number }
-  | { ok: false; permanent: boolean; status?: number; retryAfterMs?: number; error: string };
+  { ok: true; status: number } | { ok: false; permanent: boolean; status?: number; retryAfterMs?: number; error: string };
 
 const SECRET_PREFIX = 'whsec_';
 /** Backoff base and cap, and the cap on a server's Retry-After. */
@@ -281,11 +280,7 @@ export async function deliverOnce(
     try {
       res = await fetch(u, { method: t.method, headers, body, redirect: 'manual', signal: ctl.signal });
     } catch (err) {
-      const reason = timedOut
-        ? `timed out after ${t.timeoutMs} ms`
-        : signal?.aborted
-          ? 'aborted'
-          : scrub(networkReason(err));
+      const reason = timedOut ? `timed out after ${t.timeoutMs} ms` : signal?.aborted ? 'aborted' : scrub(networkReason(err));
       return { ok: false, permanent: false, error: `${where}: ${reason}` };
     }
     await drain(res);

@@ -92,7 +92,15 @@ export class WebhookWorker {
       error,
       attempts,
     };
-    if (!(await deadLetterThenTerm(m, entry, { deadLetters: this.deadLetters, stopping: () => this.stopping, log: this.log, signal: this.abort.signal }))) return;
+    if (
+      !(await deadLetterThenTerm(m, entry, {
+        deadLetters: this.deadLetters,
+        stopping: () => this.stopping,
+        log: this.log,
+        signal: this.abort.signal,
+      }))
+    )
+      return;
     this.onOutcome('dead_lettered');
     this.log.warn({ consumer: this.consumer, event_id: eventId, error, attempts }, 'webhook dead-lettered');
   }
