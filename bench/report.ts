@@ -299,7 +299,7 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   }
 
   // targets
-  L.push('## Targets of issue 6');
+  L.push('## Targets');
   L.push('');
   const tgt = (ok: boolean | null) => (ok === null ? 'not measured' : ok ? '**met**' : '**not met**');
   const refRatio = single && single.relay.ok() && single.ref.ok() ? single.relay.med() / single.ref.med() : null;

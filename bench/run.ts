@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: starts its own PostgreSQL and nats-server, measures fraiseql-relay against
  * the machine's ceilings, a reference minimal loop and two other outbox relays in one run,
- * prints the tables and writes them to BENCHMARKS.md (see issue 6).
+ * prints the tables and writes them to BENCHMARKS.md.
  *
  * Environment:
  *   BENCH_N              backlog size for (a), (e), (f)          default 200000

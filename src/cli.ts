@@ -39,7 +39,7 @@ function setup(opts: GlobalOpts): { config: Config; log: Logger } {
   return { config, log };
 }
 
-/** Runs an action and maps errors to the exit codes of DESIGN.md §3.1. */
+/** Runs an action and maps errors to the exit codes: 0 success, 2 usage or configuration error, 1 anything else. */
 async function guard(fn: () => Promise<number | void>): Promise<void> {
   try {
     const code = await fn();

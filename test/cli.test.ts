@@ -1,6 +1,6 @@
 /**
  * The command line as a user meets it: `fraiseql-relay …` as a child process against a real
- * PostgreSQL and nats-server (DESIGN.md §3.1 exit codes, §3.2 configuration errors).
+ * PostgreSQL and nats-server (exit codes 0/1/2, configuration errors with file, line and key).
  *
  * Every command runs with a database URL holding the password `s3cr3t-pw` (trust
  * authentication ignores it), and no output of any command may contain it.

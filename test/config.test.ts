@@ -10,7 +10,7 @@ const ENV = {
   NATS_URL: 'nats://relay:n4ts-t0ken@nats.internal:4222',
 };
 
-/** The DESIGN.md §3.2 example, lines numbered for the assertions below. */
+/** The README's complete example configuration, lines numbered for the assertions below. */
 const FULL = `[project]
 name = "inventory-service"          # the service name
 version = "1.2.0"

@@ -23,7 +23,7 @@ const BASE = join(DEPLOY, 'kubernetes', 'base');
 const CHART = join(DEPLOY, 'helm', 'fraiseql-relay');
 const PKG = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
 
-/** The port DESIGN.md §3.5 and the Dockerfile promise. */
+/** The port the README and the Dockerfile promise for `[relay] listen`. */
 const CONTRACT_PORT = 9464;
 /** The uid the image runs as and the manifests ask for. */
 const UID = 10001;

@@ -1,5 +1,5 @@
 /**
- * The reference minimal loop (issue 6 (e)): pgoutput → JetStream publish on the core
+ * The reference minimal loop: pgoutput → JetStream publish on the core
  * connection (Nats-Msg-Id header, reply `<inbox>.<n>` under one shared wildcard subscription,
  * PubAcks parsed from the replies) → standby status with a transaction's commit end LSN once all
  * of its acks and those of every earlier transaction are in. Window of `window` publishes.

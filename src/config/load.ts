@@ -1,5 +1,5 @@
 /**
- * Reads fraiseql.toml into a validated Config (DESIGN.md §3.2):
+ * Reads fraiseql.toml into a validated Config (the keys are documented in README.md):
  *
  *   text ─ scan (lines, placeholders) ─ ${VAR} interpolation ─ smol-toml ─ zod ─ defaults ─ Config
  *

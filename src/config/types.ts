@@ -1,5 +1,5 @@
 /**
- * The validated configuration (DESIGN.md §3.2). Durations are milliseconds, sizes are bytes;
+ * The validated configuration. Durations are milliseconds, sizes are bytes;
  * every default is filled in.
  */
 

@@ -1,4 +1,4 @@
-/** What readiness is made of (DESIGN.md §3.5, issue 5). */
+/** What readiness is made of: each component must be ok for `/readyz` to answer 200. */
 export type HealthComponent = 'postgres' | 'nats' | 'slot' | 'heartbeat' | 'role';
 
 export interface Readiness {

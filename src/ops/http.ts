@@ -43,7 +43,7 @@ function display(host: string | undefined, port: number): string {
 }
 
 /**
- * Serves `/livez`, `/readyz` and `/metrics` (DESIGN.md §3.5) on `listen`. Resolves once bound;
+ * Serves `/livez`, `/readyz` and `/metrics` (README, "HTTP") on `listen`. Resolves once bound;
  * rejects with a {@link UsageError} naming the address and `[relay] listen` when it cannot bind.
  */
 export async function startHttp(listen: string, deps: HttpDeps): Promise<HttpServer> {

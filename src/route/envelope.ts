@@ -1,6 +1,6 @@
 import type { OutboundMessage } from '../sink/sink.js';
 
-/** Fields of the message body (DESIGN.md §3.4), each already JSON text. */
+/** Fields of the message body (README, "The message"), each already JSON text. */
 export interface EnvelopeJson {
   eventId: string;
   id: string;

@@ -53,7 +53,7 @@ const json = (v: TupleValue): string => (v === null || v === undefined ? 'null' 
 const raw = (v: TupleValue): string => (v === null || v === undefined ? 'null' : v);
 
 /**
- * Turns an outbox row into the message(s) of DESIGN.md §3.4: an explicit subject (emit) or the
+ * Turns an outbox row into its message(s) (the envelope in route/envelope.ts): an explicit subject (emit) or the
  * `[[observers.publish]]` entries of its mutation (several entries fan out).
  *
  * This is the relay's hot path: a row is read by column position (no per-row record), the body

@@ -39,7 +39,7 @@ interface RuleTarget {
 
 const key = (schema: string, name: string, op: string) => `${schema}\u0000${name}\u0000${op}`;
 
-/** Events straight from table changes (`[[observers.rules]]`): DESIGN.md §3.4 for table rules. */
+/** Events straight from table changes (`[[observers.rules]]`): the row after, the row before when the replica identity gives it. */
 export class TableRouter implements Router {
   private readonly byTableOp = new Map<string, RuleTarget[]>();
 

@@ -89,7 +89,8 @@ export function xlogStartText(buf: Buffer): string {
 
 /**
  * Build a 34-byte Standby Status Update with write = flush = apply = `lsn` exactly
- * (never `lsn + 1`: acknowledge a Commit's end LSN as is, see facts §1.4).
+ * (never `lsn + 1`: the next commit record can start exactly at a Commit's end LSN, and
+ * PostgreSQL skips a transaction whose commit record starts before the confirmed position).
  * `now` is Unix time in milliseconds; it is sent as µs since 2000-01-01.
  */
 export function standbyStatus(lsn: Lsn, replyRequested = false, now: number = Date.now()): Buffer {

@@ -1,5 +1,5 @@
 /**
- * Webhook delivery (issue 4, point 2): one HTTP request per event, signed by the Standard
+ * Webhook delivery: one HTTP request per event, signed by the Standard
  * Webhooks scheme (https://www.standardwebhooks.com), retried with full-jitter backoff on
  * transient failures, never retried on permanent ones.
  *
