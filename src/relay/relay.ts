@@ -21,10 +21,10 @@ import type { Router, RouterFor } from '../route/router.js';
 import { requiredSubjects } from '../route/targets.js';
 import { InboxExecutor, checkHandler } from '../inbound/inbox.js';
 import { ensureConsumer } from '../inbound/durable.js';
-import { InboundWorker } from '../inbound/worker.js';
+import { InboundWorker, type HandlerOutcome } from '../inbound/worker.js';
 import { WebhookWorker } from '../webhook/worker.js';
 import { WebhookSink } from '../webhook/sink.js';
-import { resolveWebhookTarget, type WebhookTarget } from '../webhook/deliver.js';
+import { resolveWebhookTarget, type WebhookOutcome, type WebhookTarget } from '../webhook/deliver.js';
 import { ruleWebhookSubject, webhookRoutes, type WebhookRoute } from '../webhook/route.js';
 import type { OutboundStats } from '../outbound/session.js';
 import { OutboundRunner } from '../outbound/runner.js';
@@ -275,7 +275,7 @@ export class Relay extends EventEmitter<RelayEvents> {
     if (problems.length > 0) throw new UsageError(problems.join('\n'));
     const jsm = await jetstreamManager(this.nc!);
     this.inbox = new InboxExecutor(config.database.url, config.relay.schema, subs.reduce((a, s) => a + s.concurrency, 0) + 1);
-    const onOutcome = (consumer: string, outcome: 'applied' | 'duplicate' | 'failed' | 'dead_lettered') => {
+    const onOutcome = (consumer: string, outcome: HandlerOutcome) => {
       const s = this.inbound;
       if (outcome === 'applied') s.applied++;
       else if (outcome === 'duplicate') s.duplicates++;
@@ -294,7 +294,7 @@ export class Relay extends EventEmitter<RelayEvents> {
     }
   }
 
-  private onWebhook(outcome: 'delivered' | 'retried' | 'dead_lettered'): void {
+  private onWebhook(outcome: WebhookOutcome): void {
     const w = this.webhooks;
     if (outcome === 'delivered') w.delivered++;
     else if (outcome === 'retried') w.retried++;
