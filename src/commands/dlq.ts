@@ -17,6 +17,10 @@ interface DeadLetterRow {
   handler: string | null;
   headers: Record<string, string> | null;
   body: string;
+  /** the original bytes, when `body` had to be altered to be stored */
+  body_raw: Buffer | null;
+  /** keys stored shortened (event_id, subject, consumer) ▶ their whole value */
+  original_keys: Record<string, string> | null;
   error: string;
   attempts: number;
   created_at: Date;
@@ -82,8 +86,8 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
     async (c) =>
       (
         await c.query<DeadLetterRow>(
-          `SELECT id::text, direction, event_id, subject, consumer, handler, headers, body, error, attempts, created_at FROM ${table(config)}
-        WHERE $1::boolean OR id = ANY($2::bigint[]) ORDER BY id`,
+          `SELECT id::text, direction, event_id, subject, consumer, handler, headers, body, body_raw, original_keys, error, attempts, created_at
+             FROM ${table(config)} WHERE $1::boolean OR id = ANY($2::bigint[]) ORDER BY id`,
           [opts.all, ids],
         )
       ).rows,
@@ -97,6 +101,9 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
   try {
     for (const r of rows) {
       try {
+        // re-drive what was received, not the form it was stored in
+        const subject = r.original_keys?.['subject'] ?? r.subject;
+        const body = r.body_raw ?? r.body;
         if (r.direction === 'inbound') {
           const sub = config.observers.subscribe.find((s) => s.consumer === r.consumer);
           const handler = sub?.handler ?? r.handler;
@@ -104,9 +111,9 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
           const outcome = await inbox.process(
             r.consumer,
             r.event_id ?? `dead-letter:${r.id}`,
-            r.subject ?? '',
+            subject ?? '',
             handler,
-            r.body,
+            typeof body === 'string' ? body : body.toString('utf8'),
             Number(r.id),
           );
           log.info({ id: r.id, handler, outcome }, 'dead letter re-driven');
@@ -115,7 +122,8 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
           nc ??= await connectOnce(config, 'dlq');
           const h = natsHeaders();
           for (const [k, v] of Object.entries(r.headers ?? {})) h.set(k, v);
-          await jetstream(nc).publish(r.subject!, r.body, { msgID: `${r.event_id}:${r.subject}`, headers: h });
+          const eventId = r.original_keys?.['event_id'] ?? r.event_id;
+          await jetstream(nc).publish(subject!, body, { msgID: `${eventId}:${subject}`, headers: h });
           await withClient(config.database.url, (c) => c.query(`DELETE FROM ${table(config)} WHERE id = $1`, [r.id]).then(() => undefined));
           log.info({ id: r.id, subject: r.subject }, 'dead letter re-published');
         } else {

@@ -1,7 +1,7 @@
 import { jetstream, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Logger } from '../util/log.js';
-import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
+import { storableKey, type DeadLetter, type DeadLetterWriter } from '../sink/deadletter.js';
 import { errorMessage } from '../util/errors.js';
 import { backoffDelay } from '../util/backoff.js';
 import { sleep } from '../util/sleep.js';
@@ -13,11 +13,14 @@ export function headerObject(m: JsMsg): Record<string, string> {
   return out;
 }
 
-/** The inbox key: Fraiseql-Event-Id, else Nats-Msg-Id, else stream and sequence. */
+/**
+ * The inbox key: Fraiseql-Event-Id, else Nats-Msg-Id, else stream and sequence; one longer than
+ * an index entry can hold is shortened with a hash of the whole id (the same id, the same key).
+ */
 export function eventIdOf(m: JsMsg): string {
   const h = m.headers;
   const id = h?.get('Fraiseql-Event-Id') || h?.get('Nats-Msg-Id');
-  return id || `${m.info.stream}:${m.seq}`;
+  return id ? storableKey(id) : `${m.info.stream}:${m.seq}`;
 }
 
 export interface ConsumerLoop {

@@ -18,6 +18,22 @@ export function sqlState(err: unknown): string | undefined {
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
 }
 
+/**
+ * The value given to PostgreSQL cannot be stored at all, so every retry fails alike: a character
+ * the encoding cannot hold (a NUL in text or jsonb), or a value over a built-in limit (an index
+ * entry too large).
+ */
+const UNSTORABLE_STATES = new Set([
+  '22P05', // untranslatable_character (jsonb \u0000)
+  '22021', // character_not_in_repertoire (a NUL byte, invalid UTF-8)
+  '54000', // program_limit_exceeded (index row size exceeds the btree maximum)
+]);
+
+export function isUnstorable(err: unknown): boolean {
+  const state = sqlState(err);
+  return state !== undefined && UNSTORABLE_STATES.has(state);
+}
+
 export function isTransient(err: unknown): boolean {
   const state = sqlState(err);
   if (state === undefined) return true; // no SQLSTATE: the connection broke (ECONNREFUSED, terminated, timeout)

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import type { ConsumerMessages, JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { SubscribeRule } from '../config/load.js';
@@ -8,7 +9,7 @@ import { backoffDelay } from '../util/backoff.js';
 import { sleep, within } from '../util/sleep.js';
 import { deadLetterThenTerm, eventIdOf, headerObject, runConsumer } from './loop.js';
 import type { InboxExecutor } from './inbox.js';
-import { isTransient, sqlState } from './sqlerrors.js';
+import { isTransient, isUnstorable, sqlState } from './sqlerrors.js';
 
 /** What became of one delivery of an inbound event. */
 export type HandlerOutcome = 'applied' | 'duplicate' | 'failed' | 'dead_lettered';
@@ -53,8 +54,12 @@ export class InboundWorker {
 
   private async handle(m: JsMsg): Promise<void> {
     const { rule } = this;
-    const body = m.string();
     const eventId = eventIdOf(m);
+    if (!isUtf8(m.data)) {
+      await this.toDeadLetter(m, eventId, m.string(), 'message body is not valid UTF-8', m.data);
+      return;
+    }
+    const body = m.string();
     try {
       JSON.parse(body);
     } catch (err) {
@@ -84,7 +89,8 @@ export class InboundWorker {
           this.onOutcome(rule.consumer, 'failed');
           const deliveries = m.info.deliveryCount;
           const reason = `${sqlState(err) ?? ''} ${errorMessage(err)}`.trim();
-          if (deliveries >= rule.max_deliver) {
+          if (deliveries >= rule.max_deliver || isUnstorable(err)) {
+            // a value PostgreSQL can never take (a NUL in jsonb, an over-long key) fails every retry alike
             await this.toDeadLetter(m, eventId, body, reason);
           } else {
             const delay =
@@ -103,7 +109,7 @@ export class InboundWorker {
   }
 
   /** Records the poison message, then terminates it. */
-  private async toDeadLetter(m: JsMsg, eventId: string, body: string, error: string): Promise<void> {
+  private async toDeadLetter(m: JsMsg, eventId: string, body: string, error: string, raw?: Uint8Array): Promise<void> {
     const entry: DeadLetter = {
       direction: 'inbound',
       eventId,
@@ -115,6 +121,7 @@ export class InboundWorker {
       error,
       attempts: m.info.deliveryCount,
     };
+    if (raw) entry.raw = raw;
     if (!(await deadLetterThenTerm(m, entry, { deadLetters: this.deadLetters, stopping: () => this.stopping, log: this.log }))) return;
     this.onOutcome(this.rule.consumer, 'dead_lettered');
     this.log.warn({ consumer: this.rule.consumer, event_id: eventId, subject: m.subject, error }, 'inbound event dead-lettered');
