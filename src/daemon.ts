@@ -76,6 +76,13 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
     health.set('nats', up, 'NATS is unreachable');
   });
   relay.on('handler', (consumer, outcome) => metrics.handlerCalls.inc({ consumer, outcome }));
+  relay.on('consumer', (consumer, present, reason) => {
+    metrics.consumerMissing.set({ consumer }, present ? 0 : 1);
+    const missing = relay.missingConsumers;
+    health.set('consumers', missing.size === 0, [...missing.values()].join('; '));
+    if (present) olog.info({ consumer }, 'durable consumer exists again');
+    else olog.error({ consumer, reason }, 'durable consumer missing: its events are not being handled');
+  });
   relay.on('webhook', (outcome) => metrics.webhookDeliveries.inc({ outcome }));
 
   // a loop that turns: proves liveness, samples the in-flight gauges and notices a stuck data path

@@ -70,7 +70,8 @@ log AS (
   INSERT INTO core.tb_entity_change_log (object_type, modification_type, object_id, object_data, updated_fields, cascade,
                                          tenant_id, trace_context, extra_metadata, commit_time)
   SELECT coalesce(r.entity_type, 'Order'), '${verb}', r.entity_id, r.entity, r.updated_fields, r.cascade,
-         '22222222-2222-2222-2222-222222222222', '{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}',
+         '22222222-2222-2222-2222-222222222222',
+         '{"version": "00", "trace_id": "0af7651916cd43dd8448eb211c80319c", "parent_id": "b7ad6b7169203331", "trace_flags": "01"}',
          '{"duration_calc_version": 2}', clock_timestamp()
     FROM r WHERE r.succeeded AND r.state_changed
 )
@@ -134,7 +135,7 @@ test('a change-log row written by the executor CTE is published without any emit
   assert.equal((b['source'] as { table: string }).table, 'tb_entity_change_log');
   assert.equal(m.headers['Nats-Msg-Id'], `${log!.id}:fraiseql.order.created`);
   assert.equal(m.headers['Fraiseql-Tenant-Id'], '22222222-2222-2222-2222-222222222222');
-  assert.equal(m.headers['traceparent'], '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01');
+  assert.equal(m.headers['traceparent'], '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', "from FraiseQL's trace_context");
   assert.equal(m.headers['Fraiseql-Subscription-Topic'], 'order_created');
 });
 

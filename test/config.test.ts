@@ -1,9 +1,17 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, it } from 'node:test';
-import { ConfigError, defaultConsumerName, loadConfig, parseByteSize, parseConfig, parseDuration } from '../src/config/load.js';
+import {
+  ConfigError,
+  defaultConsumerName,
+  loadConfig,
+  parseByteSize,
+  parseConfig,
+  parseDuration,
+  type ServiceNameSource,
+} from '../src/config/load.js';
 
 const ENV = {
   DATABASE_URL: 'postgres://app:s3cr3t-pw@db.internal:5432/orders',
@@ -69,7 +77,7 @@ describe('parseConfig: a valid file', () => {
   it('reads the design example and fills every default', () => {
     const c = parseConfig(FULL, 'fraiseql.toml', ENV);
     assert.equal(c.file, resolve('fraiseql.toml'));
-    assert.deepEqual(c.project, { name: 'inventory-service' });
+    assert.deepEqual(c.project, { name: 'inventory-service', source: 'project', from: '[project] name' });
     assert.deepEqual(c.database, { type: 'postgresql', url: ENV.DATABASE_URL });
     assert.equal(c.observers.backend, 'nats');
     assert.equal(c.observers.nats_url, ENV.NATS_URL);
@@ -198,7 +206,7 @@ subject = "fraiseql.order.created"
     );
     assert.deepEqual(c.observers.publish, [
       { entity: 'Order', operation: 'UPDATE', subject: 'fraiseql.order.updated', actions: [] },
-      { entity: 'Order', operation: 'CREATE', subject: 'fraiseql.order.created', actions: [] },
+      { entity: 'Order', operation: 'INSERT', subject: 'fraiseql.order.created', actions: [] }, // CREATE is INSERT's alias
       { entity: 'Order_Line', subject: 'fraiseql.order_line.changed', actions: [] },
       { mutation: 'create_order', subject: 'fraiseql.order.created', actions: [] },
     ]);
@@ -843,5 +851,130 @@ describe('defaultConsumerName', () => {
     assert.equal(defaultConsumerName('my svc', 'orders.*.>'), 'my_svc-orders____');
     assert.equal(defaultConsumerName('Svc_1', 'a.b'), 'Svc_1-a_b');
     assert.equal(defaultConsumerName('café', 'x'), 'caf_-x');
+  });
+});
+
+describe('the service name without [project]', () => {
+  /** A FraiseQL service file: no [project]; the database URL comes from DATABASE_URL. */
+  const SERVICE_FILE = `[database]
+type = "postgresql"
+url = "\${DATABASE_URL}"
+[observers]
+backend = "nats"
+nats_url = "\${NATS_URL}"
+[[observers.subscribe]]
+subject = "fraiseql.order.created"
+handler = "fn_reserve_inventory"
+`;
+  const named = (url: string, env: NodeJS.ProcessEnv = {}) => parseConfig(SERVICE_FILE, 'f.toml', { ...ENV, ...env, DATABASE_URL: url });
+  const name = (url: string, env: NodeJS.ProcessEnv = {}): [string, ServiceNameSource] => {
+    const c = named(url, env);
+    return [c.project.name, c.project.source];
+  };
+
+  it('is the database name in the URL, and names the default consumers', () => {
+    const c = named(ENV.DATABASE_URL);
+    assert.deepEqual(c.project, { name: 'orders', source: 'database', from: 'the database name in [database] url' });
+    assert.equal(c.observers.subscribe[0]!.consumer, 'orders-fraiseql_order_created');
+    assert.equal(c.database.url, ENV.DATABASE_URL);
+  });
+
+  it('reads every URL form: query parameters, percent-encoding, several hosts, postgres:// and postgresql://', () => {
+    assert.deepEqual(name('postgresql://app:pw@db:5432/inventory?sslmode=require&connect_timeout=5'), ['inventory', 'database']);
+    assert.deepEqual(name('postgres://db/inventory#frag'), ['inventory', 'database']);
+    assert.deepEqual(name('POSTGRESQL://db/Inventory'), ['Inventory', 'database']);
+    assert.deepEqual(name('postgresql://app@db/?dbname=analytics'), ['analytics', 'database']);
+    assert.deepEqual(name('postgresql://app@db?dbname=analytics&sslmode=disable'), ['analytics', 'database']);
+    // as libpq: a dbname parameter overrides the path
+    assert.deepEqual(name('postgresql://app@db/main?dbname=analytics'), ['analytics', 'database']);
+    assert.deepEqual(name('postgresql://db/order%2Dservice'), ['order-service', 'database']);
+    assert.deepEqual(name('postgresql://db/my%20db'), ['my db', 'database']);
+    assert.equal(named('postgresql://db/my%20db').observers.subscribe[0]!.consumer, 'my_db-fraiseql_order_created');
+    assert.deepEqual(name('postgresql://app@h1:5432,h2:5433/orders?target_session_attrs=read-write'), ['orders', 'database']);
+    assert.deepEqual(name('postgresql://[::1]:5432/orders'), ['orders', 'database']);
+    assert.deepEqual(name('postgresql:///orders?host=/var/run/postgresql'), ['orders', 'database']);
+    assert.deepEqual(name('postgresql://%2Fvar%2Frun%2Fpostgresql/orders'), ['orders', 'database']);
+  });
+
+  it("without a database in the URL: PGDATABASE, else the user name (PostgreSQL's default database), else PGUSER", () => {
+    assert.deepEqual(name('postgresql://billing:s3cr3t-pw@db:5432'), ['billing', 'user']);
+    assert.deepEqual(name('postgresql://billing@db/'), ['billing', 'user']);
+    assert.deepEqual(name('postgresql://db/?user=billing'), ['billing', 'user']);
+    assert.deepEqual(name('postgresql://someone@db/?user=billing'), ['billing', 'user']);
+    assert.deepEqual(name('postgresql://db:5432', { PGUSER: 'svc' }), ['svc', 'PGUSER']);
+    assert.deepEqual(name('postgresql://billing@db', { PGDATABASE: 'reporting', PGUSER: 'svc' }), ['reporting', 'PGDATABASE']);
+    // a database in the URL wins over the environment
+    assert.deepEqual(name('postgresql://billing@db/orders', { PGDATABASE: 'reporting', PGUSER: 'svc' }), ['orders', 'database']);
+    assert.equal(
+      named('postgresql://billing@db').project.from,
+      'the user name in [database] url (it names no database, so PostgreSQL uses the one named after the user)',
+    );
+    assert.equal(named('postgresql://db', { PGDATABASE: 'reporting' }).project.from, 'PGDATABASE ([database] url names no database)');
+  });
+
+  it('a URL that names neither a database nor a user is an error at its line asking for [project] name, without the URL', () => {
+    for (const url of ['postgresql://:s3cr3t-pw@db.internal:5432', 'postgresql://db.internal/', 'host=db.internal password=s3cr3t-pw']) {
+      const err = configError(() => named(url));
+      assert.equal(err.line, 3, err.message);
+      assert.equal(err.key, 'database.url');
+      assert.match(err.message, /^f\.toml:3: database\.url: the service name cannot be derived from \[database\] url: /);
+      assert.match(err.message, /add \[project\] with name = "<service name>"/);
+      assert.ok(!err.message.includes('s3cr3t-pw') && !err.message.includes('db.internal'), err.message);
+    }
+  });
+
+  it('[project] name wins over the database name, and needs nothing from the URL', () => {
+    const c = parseConfig(`[project]\nname = "inventory-service"\n${SERVICE_FILE}`, 'f.toml', {
+      ...ENV,
+      DATABASE_URL: 'host=db password=x',
+    });
+    assert.deepEqual(c.project, { name: 'inventory-service', source: 'project', from: '[project] name' });
+    assert.equal(c.observers.subscribe[0]!.consumer, 'inventory-service-fraiseql_order_created');
+    const err = configError(() => parseConfig(`[project]\nversion = "2"\n${SERVICE_FILE}`, 'f.toml', ENV));
+    assert.match(err.message, /^f\.toml:1: project\.name: is required; add name = "<service name>" under \[project\]/);
+  });
+
+  it('an explicit consumer name is kept; two subscriptions on one subject still need distinct ones', () => {
+    const c = parseConfig(`${SERVICE_FILE}consumer = "inventory"\n`, 'f.toml', ENV);
+    assert.equal(c.observers.subscribe[0]!.consumer, 'inventory');
+    const twice = `${SERVICE_FILE}[[observers.subscribe]]\nsubject = "fraiseql.order.created"\nhandler = "fn_other"\n`;
+    const err = configError(() => parseConfig(twice, 'f.toml', ENV));
+    assert.match(err.message, /durable consumer "orders-fraiseql_order_created" is also used by observers\.subscribe\[0\]/);
+  });
+
+  it('a file without [database] connects to DATABASE_URL, and derives the name from it', () => {
+    const text = SERVICE_FILE.split('\n').slice(3).join('\n');
+    const c = parseConfig(text, 'f.toml', ENV);
+    assert.deepEqual(c.database, { type: 'postgresql', url: ENV.DATABASE_URL });
+    assert.deepEqual(c.project, { name: 'orders', source: 'database', from: 'the database name in DATABASE_URL' });
+
+    const unset = configError(() => parseConfig(text, 'f.toml', { NATS_URL: ENV.NATS_URL }));
+    assert.equal(
+      unset.message,
+      'f.toml: database: is required; add a [database] table with url = "${DATABASE_URL}" ' +
+        '(or set the environment variable DATABASE_URL: a file without [database] connects to it)',
+    );
+    assert.equal(unset.key, 'database');
+
+    const nameless = configError(() => parseConfig(text, 'f.toml', { ...ENV, DATABASE_URL: 'postgresql://:s3cr3t-pw@db.internal' }));
+    assert.match(nameless.message, /^f\.toml: database: the service name cannot be derived from DATABASE_URL: /);
+    assert.ok(!nameless.message.includes('s3cr3t-pw'), nameless.message);
+  });
+
+  it('the top-level [[observers]] form derives it too', () => {
+    const text =
+      '[database]\nurl = "${DATABASE_URL}"\n[[observers]]\ntable = "tb_order"\nevent = "INSERT"\nsubject = "fraiseql.order.created"\n';
+    assert.equal(parseConfig(text, 'f.toml', ENV).project.name, 'orders');
+  });
+
+  it('every seed service file (test/fixtures/seed) is accepted as it stands', () => {
+    const dir = join(import.meta.dirname, 'fixtures', 'seed');
+    const files = readdirSync(dir).filter((f) => f.endsWith('.toml'));
+    assert.ok(files.length >= 8);
+    for (const f of files) {
+      const c = parseConfig(readFileSync(join(dir, f), 'utf8'), f, ENV);
+      assert.equal(c.project.name, 'orders', f);
+      for (const s of c.observers.subscribe) assert.equal(s.consumer, defaultConsumerName('orders', s.subject), f);
+    }
   });
 });

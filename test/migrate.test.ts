@@ -232,7 +232,7 @@ test('emit and emit_mutation record fraiseql.tenant_id and fraiseql.user_id from
   );
   assert.deepEqual(out, [
     { what: 'fraiseql.ctx.raw', operation: 'CUSTOM', entity_id: null, tenant_id: 'tenant-1', user_id: 'user-7' },
-    { what: 'create_order', operation: 'CREATE', entity_id: '42', tenant_id: 'tenant-1', user_id: 'user-7' },
+    { what: 'create_order', operation: 'INSERT', entity_id: '42', tenant_id: 'tenant-1', user_id: 'user-7' },
     { what: 'fraiseql.ctx.none', operation: 'CUSTOM', entity_id: null, tenant_id: null, user_id: null },
     { what: 'update_order', operation: 'UPDATE', entity_id: '43', tenant_id: 'tenant-2', user_id: null },
   ]);

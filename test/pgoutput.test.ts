@@ -519,11 +519,11 @@ describe('lsn', () => {
 
   it('converts PostgreSQL timestamps', () => {
     assert.equal(PG_EPOCH_OFFSET_MS, Date.UTC(2000, 0, 1));
-    assert.equal(pgMicrosToIso(0n), '2000-01-01T00:00:00.000000Z');
-    assert.equal(pgMicrosToIso(1n), '2000-01-01T00:00:00.000001Z');
-    assert.equal(pgMicrosToIso(-1n), '1999-12-31T23:59:59.999999Z');
+    assert.equal(pgMicrosToIso(0n), '2000-01-01T00:00:00+00:00');
+    assert.equal(pgMicrosToIso(1n), '2000-01-01T00:00:00.000001+00:00');
+    assert.equal(pgMicrosToIso(-1n), '1999-12-31T23:59:59.999999+00:00');
     const micros = BigInt(Date.UTC(2024, 4, 1, 12, 34, 56) - PG_EPOCH_OFFSET_MS) * 1000n + 789_012n;
-    assert.equal(pgMicrosToIso(micros), '2024-05-01T12:34:56.789012Z');
+    assert.equal(pgMicrosToIso(micros), '2024-05-01T12:34:56.789012+00:00');
     assert.equal(pgTimeToDate(micros).toISOString(), '2024-05-01T12:34:56.789Z');
     assert.equal(pgTimeToDate(-1n).getTime(), PG_EPOCH_OFFSET_MS - 1);
     assert.equal(unixMsToPgMicros(PG_EPOCH_OFFSET_MS + 1.5), 1500n);

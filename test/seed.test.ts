@@ -264,7 +264,7 @@ async function assertFanOut(orders: Map<string, string[]>, created: string[], up
   );
   assert.deepEqual(
     seen
-      .filter((e) => e.operation === 'CREATE')
+      .filter((e) => e.operation === 'INSERT')
       .map((e) => e.event_id)
       .sort(),
     [...created].sort(),

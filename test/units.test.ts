@@ -58,11 +58,14 @@ describe('AckWatermark', () => {
 });
 
 describe('PostgreSQL text values', () => {
-  test('timestamptz keeps microseconds and becomes RFC 3339 UTC', () => {
-    assert.equal(pgTimestampToIso('2026-11-22 10:00:00.123456+00'), '2026-11-22T10:00:00.123456Z');
-    assert.equal(pgTimestampToIso('2026-11-22 10:00:00+00'), '2026-11-22T10:00:00.000000Z');
-    assert.equal(pgTimestampToIso('2026-11-22 10:00:00.5+02'), '2026-11-22T08:00:00.500000Z');
-    assert.equal(pgTimestampToIso('2026-11-22 01:00:00.000001-05:30'), '2026-11-22T06:30:00.000001Z');
+  test("timestamptz keeps microseconds and becomes to_jsonb's ISO 8601 in UTC", () => {
+    assert.equal(pgTimestampToIso('2026-11-22 10:00:00.123456+00'), '2026-11-22T10:00:00.123456+00:00');
+    assert.equal(pgTimestampToIso('2026-11-22 10:00:00+00'), '2026-11-22T10:00:00+00:00');
+    assert.equal(pgTimestampToIso('2026-11-22 10:00:00.5+02'), '2026-11-22T08:00:00.5+00:00');
+    assert.equal(pgTimestampToIso('2026-11-22 01:00:00.000001-05:30'), '2026-11-22T06:30:00.000001+00:00');
+    assert.equal(pgTimestampToIso('2026-11-22 10:00:00.120000+00'), '2026-11-22T10:00:00.12+00:00', 'trailing zeros dropped');
+    assert.equal(pgTimestampToIso('0044-03-15 10:00:00+00 BC'), '0044-03-15T10:00:00+00:00 BC');
+    assert.equal(pgTimestampToIso('infinity'), 'infinity');
   });
   test('text[] literals become JSON arrays', () => {
     assert.equal(pgTextArrayToJson('{}'), '[]');
@@ -142,7 +145,7 @@ describe('OutboxRouter', () => {
       event_id: '5b0c0000-0000-0000-0000-000000000001',
       id: 'e1',
       entity_type: 'Order',
-      operation: 'CREATE',
+      operation: 'INSERT', // a row written before migration 004 says CREATE: one vocabulary on the way out
       mutation: 'create_order',
       entity: { id: 'e1', total: 10.5 },
       entity_before: null,
@@ -150,7 +153,7 @@ describe('OutboxRouter', () => {
       metadata: { item_ids: ['SKU-1'] },
       tenant_id: null,
       user_id: 'u1',
-      occurred_at: '2026-11-22T10:00:00.123456Z',
+      occurred_at: '2026-11-22T10:00:00.123456+00:00',
       source: { database: 'orders', schema: 'fraiseql_relay', table: 'outbox', lsn: '0/16B3748', xid: 731 },
     });
     assert.ok(r.messages[0]!.body.toString().includes('"total": 10.50'), 'jsonb text forwarded verbatim');
@@ -186,6 +189,13 @@ test('a row change event id is a stable, well-formed UUID of its WAL position', 
   assert.match(walEventId(0xffffffffffffffffn, 0xffffffff, 'x'), /^ffffffff-ffff-8fff-8fff-ffffff[0-9a-f]{6}$/);
   assert.equal(entityTypeOf('tb_order'), 'Order');
   assert.equal(entityTypeOf('order_line'), 'OrderLine');
+});
+
+test('a dbname query parameter names the database, as libpq reads it', async () => {
+  const { withDbnameInPath } = await import('../src/util/db.js');
+  assert.equal(withDbnameInPath('postgresql://u@h:5432/?dbname=orders'), 'postgresql://u@h:5432/orders');
+  assert.equal(withDbnameInPath('postgresql://u@h/other?dbname=orders&sslmode=require'), 'postgresql://u@h/orders?sslmode=require');
+  assert.equal(withDbnameInPath('postgresql://u@h/db'), 'postgresql://u@h/db');
 });
 
 test('a database CA file becomes sslrootcert with verify-full, unless the URL says otherwise', async () => {

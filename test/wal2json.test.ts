@@ -394,7 +394,7 @@ test('the decoder gives what pgoutput gives on the same WAL, commit end LSNs inc
     try {
       // the session settings the relay's replication connection uses
       await c.query(
-        `SET TimeZone = UTC; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3; SET IntervalStyle = iso_8601; SET bytea_output = hex`,
+        `SET TimeZone = UTC; SET DateStyle = 'ISO, YMD'; SET extra_float_digits = 3; SET IntervalStyle = postgres; SET bytea_output = hex`,
       );
       await c.query(`
         CREATE SCHEMA "we.ird";

@@ -1,5 +1,6 @@
 import { jetstreamManager } from '@nats-io/jetstream';
-import type { Config } from '../config/load.js';
+import type pg from 'pg';
+import { defaultConsumerName, type Config } from '../config/load.js';
 import { connectOnce } from '../sink/nats.js';
 import type { Logger } from '../util/log.js';
 import { connect, quoteIdent } from '../util/db.js';
@@ -11,6 +12,7 @@ import { filterCovers } from '../sink/subjects.js';
 import { checkHandler } from '../inbound/inbox.js';
 import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
 import { readSlot } from '../schema/slot.js';
+import { loadMutationMap, type MutationInfo } from '../route/changelog.js';
 
 type Status = 'ok' | 'warn' | 'fail';
 interface Probe {
@@ -145,6 +147,7 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
         out.push({ what: 'change log', status: 'ok', detail: `${changeLog.schema}.${changeLog.name} is streamed` });
       }
     }
+    if (config.observers.publish.length > 0) await probePublishSources(client, config, changeLog, out);
     for (const sub of config.observers.subscribe) {
       const problem = await checkHandler(client, sub.handler);
       out.push(
@@ -161,6 +164,89 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
     out.push({ what: 'postgres', status: 'fail', detail: errorMessage(err) });
   } finally {
     await client.end().catch(() => {});
+  }
+}
+
+/**
+ * Which source carries each `[[observers.publish]]` entry's event: the outbox (a function calls
+ * `emit_mutation('<mutation>', …)`, found in `pg_proc.prosrc`) or FraiseQL's change log (an entity
+ * entry, or a mutation entry the compiled schema maps to its entity types). With both, the relay
+ * publishes the outbox event and not the change-log row of the same transaction.
+ */
+async function probePublishSources(
+  client: pg.Client,
+  config: Config,
+  changeLog: { schema: string; name: string } | null,
+  out: Probe[],
+): Promise<void> {
+  const log = changeLog ? `${changeLog.schema}.${changeLog.name}` : null;
+  let mutations: Map<string, MutationInfo> | null = null;
+  let schemaProblem: string | null = null;
+  if (config.relay.schema_file !== undefined) {
+    try {
+      mutations = loadMutationMap(config.relay.schema_file);
+    } catch (err) {
+      schemaProblem = errorMessage(err);
+    }
+  }
+  const fns = (
+    await client.query<{ fn: string; src: string }>(
+      `SELECT n.nspname || '.' || p.proname AS fn, p.prosrc AS src
+         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE p.prosrc LIKE '%emit_mutation%' AND n.nspname <> ALL ($1::text[]) ORDER BY 1`,
+      [[config.relay.schema, 'pg_catalog', 'information_schema']],
+    )
+  ).rows;
+  const norm = (n: string) => n.replace(/_/g, '').toLowerCase();
+  const bare = (n: string) => n.toLowerCase().split('.').pop()!;
+  const calls = /emit_mutation\s*\(\s*'([^']*)'/gi;
+  for (const p of config.observers.publish) {
+    if (p.mutation === undefined) {
+      const what = `publish ${p.entity ?? '?'}${p.operation ? ` ${p.operation}` : ''} → ${p.subject}`;
+      out.push(
+        log
+          ? { what, status: 'ok', detail: `change log ${log}: rows of ${p.entity ?? '?'}` }
+          : { what, status: 'warn', detail: "an entity entry matches rows of FraiseQL's change log, which is not streamed" },
+      );
+      continue;
+    }
+    const what = `publish ${p.mutation} → ${p.subject}`;
+    const info = mutations?.get(norm(p.mutation)) ?? null;
+    const emitters = fns
+      .filter(
+        (f) =>
+          [...f.src.matchAll(calls)].some((m) => norm(m[1]!) === norm(p.mutation!)) ||
+          (info !== null && info.sqlSource !== null && bare(info.sqlSource) === bare(f.fn) && f.src.includes('emit_mutation')),
+      )
+      .map((f) => f.fn);
+    if (emitters.length > 0) {
+      out.push({
+        what,
+        status: 'ok',
+        detail:
+          `outbox: emit_mutation in ${emitters.join(', ')}` +
+          (log ? `; FraiseQL's change-log row for the same mutation (same transaction) is not published again` : ''),
+      });
+    } else if (log && info) {
+      out.push({
+        what,
+        status: 'ok',
+        detail: `change log ${log}: ${[...info.entities].join(' | ')} ${info.operation} rows ([relay] schema_file); no function calls emit_mutation('${p.mutation}')`,
+      });
+    } else {
+      const why = !log
+        ? "FraiseQL's change log is not streamed"
+        : schemaProblem
+          ? `the change log cannot match it: ${schemaProblem}`
+          : config.relay.schema_file === undefined
+            ? "the change log can only match it through FraiseQL's compiled schema: set [relay] schema_file"
+            : `the change log cannot match it: ${config.relay.schema_file} has no mutation ${p.mutation}`;
+      out.push({
+        what,
+        status: 'warn',
+        detail: `no function calls emit_mutation('${p.mutation}') and ${why}: nothing publishes this entry`,
+      });
+    }
   }
 }
 
@@ -228,9 +314,37 @@ async function probeNats(config: Config, out: Probe[]): Promise<void> {
   }
 }
 
+/** The service name and where it came from, and each subscription's durable consumer name. */
+function serviceProbes(config: Config): Probe[] {
+  const { name, source, from } = config.project;
+  const out: Probe[] = [
+    source === 'project'
+      ? { what: 'service', status: 'ok', detail: `${name} (from ${from})` }
+      : {
+          // every cluster has a database "postgres": two services named after it would share consumers
+          what: 'service',
+          status: name === 'postgres' ? 'warn' : 'ok',
+          detail:
+            `${name} (derived from ${from}; default consumer names follow it: set [project] name to pin it)` +
+            (name === 'postgres'
+              ? '; every PostgreSQL cluster has a database "postgres", so another service may derive the same name'
+              : ''),
+        },
+  ];
+  for (const sub of config.observers.subscribe) {
+    const derived = sub.consumer === defaultConsumerName(name, sub.subject);
+    out.push({
+      what: `consumer ${sub.consumer}`,
+      status: 'ok',
+      detail: `${sub.subject} → ${sub.handler} (${derived ? 'default: <service>-<subject>' : 'consumer = … in the file'})`,
+    });
+  }
+  return out;
+}
+
 /** Validates the configuration and probes PostgreSQL and NATS. Changes nothing. */
 export async function runCheck(config: Config, _log: Logger): Promise<number> {
-  const out: Probe[] = [{ what: 'config', status: 'ok', detail: config.file }];
+  const out: Probe[] = [{ what: 'config', status: 'ok', detail: config.file }, ...serviceProbes(config)];
   await probePostgres(config, out);
   await probeNats(config, out);
   const w = Math.max(...out.map((p) => p.what.length));

@@ -13,6 +13,10 @@
  *   ignored `[observers.retry]`) when the file has no `[observers]` table. That form has no
  *   place for `backend` / `nats_url`: the backend is "nats" and the NATS URL comes from the
  *   environment variable NATS_URL, else FRAISEQL_NATS_URL (FraiseQL's own variable).
+ *
+ * FraiseQL's own service files have no `[project]`, and some no `[database]`: the service name is
+ * then derived from the database URL (service.ts), and a file without `[database]` connects to
+ * the environment variable DATABASE_URL.
  */
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
@@ -21,6 +25,7 @@ import { ConfigError, type ConfigProblem } from './errors.js';
 import { interpolate, type Interpolation } from './interpolate.js';
 import { formatKeyPath, OBSERVERS_IGNORED_KEYS } from './keys.js';
 import { defaultConsumerName } from './names.js';
+import { deriveServiceName, describeServiceNameSource } from './service.js';
 import { observersMixProblem } from './observers-mix.js';
 import { issuesToProblems, sortByLine } from './report.js';
 import { findLine, LineIndex, scanToml, type KeyPath, type ScanResult } from './scan.js';
@@ -33,6 +38,7 @@ export { defaultConsumerName } from './names.js';
 export type {
   ChangeOperation,
   Config,
+  ServiceNameSource,
   NatsConfig,
   ObserversConfig,
   PublishRule,
@@ -86,7 +92,9 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
 
   const legacy = Array.isArray(raw['observers']);
   const legacyNatsUrl = env['NATS_URL'] || env['FRAISEQL_NATS_URL'] || undefined;
-  const secrets = secretsOf(raw, legacy ? legacyNatsUrl : undefined);
+  // a file without [database] (FraiseQL's service files may have none) connects to DATABASE_URL
+  const envDatabaseUrl = raw['database'] === undefined ? env['DATABASE_URL'] || undefined : undefined;
+  const secrets = secretsOf(raw, legacy ? legacyNatsUrl : undefined, envDatabaseUrl);
   let parsed: Omit<ParsedConfig, 'observers'>;
   let observers: ParsedConfig['observers'];
   if (legacy) {
@@ -102,16 +110,54 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   }
 
   const problems: ConfigProblem[] = [];
+  const database = parsed.database ?? (envDatabaseUrl === undefined ? undefined : { type: 'postgresql' as const, url: envDatabaseUrl });
+  if (database === undefined) {
+    problems.push({
+      key: 'database',
+      message:
+        'database: is required; add a [database] table with url = "${DATABASE_URL}" ' +
+        '(or set the environment variable DATABASE_URL: a file without [database] connects to it)',
+    });
+  }
+  const where = parsed.database === undefined ? 'DATABASE_URL' : '[database] url';
+  const project = serviceName(parsed.project, database?.url, where, env, scan, problems);
   const config: Config = {
     file: resolve(file),
-    project: { name: parsed.project.name },
-    database: { type: parsed.database.type, url: parsed.database.url },
-    observers: buildObservers(observers, parsed.project.name, legacy, scan, problems),
+    project,
+    database: { type: 'postgresql', url: database?.url ?? '' },
+    observers: buildObservers(observers, project.name, legacy, scan, problems),
     relay: buildRelay(parsed.relay, dirname(resolve(file))),
     ignoredKeys: ignoredKeys(raw, legacy),
   };
   if (problems.length > 0) throw new ConfigError(file, sortByLine(problems), secrets);
   return config;
+}
+
+/**
+ * `[project] name`, else the name derived from the database URL (service.ts). When it cannot be
+ * known the name is empty and a problem is recorded (a missing URL is reported by the caller).
+ */
+function serviceName(
+  project: ParsedConfig['project'],
+  url: string | undefined,
+  where: string,
+  env: NodeJS.ProcessEnv,
+  scan: ScanResult,
+  problems: ConfigProblem[],
+): Config['project'] {
+  if (project !== undefined) return { name: project.name, source: 'project', from: describeServiceNameSource('project', where) };
+  const unknown: Config['project'] = { name: '', source: 'project', from: '' };
+  if (url === undefined) return unknown;
+  const derived = deriveServiceName(url, env, where);
+  if ('problem' in derived) {
+    problems.push(
+      where === 'DATABASE_URL'
+        ? { key: 'database', message: `database: ${derived.problem}` }
+        : located(scan, ['database', 'url'], `database.url: ${derived.problem}`),
+    );
+    return unknown;
+  }
+  return { ...derived, from: describeServiceNameSource(derived.source, where) };
 }
 
 function buildObservers(
@@ -249,8 +295,9 @@ function ignoredKeys(raw: Record<string, unknown>, legacy: boolean): string[] {
 }
 
 /** Values that must never appear in an error message. */
-function secretsOf(raw: Record<string, unknown>, natsUrl: string | undefined): string[] {
+function secretsOf(raw: Record<string, unknown>, natsUrl: string | undefined, databaseUrl: string | undefined): string[] {
   const out: string[] = [];
+  if (databaseUrl !== undefined) out.push(databaseUrl);
   const database = raw['database'];
   const observers = raw['observers'];
   if (isTable(database) && typeof database['url'] === 'string') out.push(database['url']);

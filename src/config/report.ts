@@ -10,9 +10,7 @@ import { closest } from './suggest.js';
 
 /** Hints for required keys whose absence deserves more than "add it". */
 const REQUIRED_HINTS: Record<string, string> = {
-  project: 'add a [project] table with name = "<service name>" (it names the durable consumers)',
   'project.name': 'add name = "<service name>" under [project] (it names the durable consumers)',
-  database: 'add a [database] table with url = "${DATABASE_URL}"',
   'database.url': 'add url = "${DATABASE_URL}" under [database]',
 };
 

@@ -35,7 +35,8 @@ export const publishShape = {
   operation: str(`one of ${OPERATION_LIST}`)
     .transform((s, ctx): ChangeOperation => {
       const upper = s.trim().toUpperCase();
-      if (isChangeOperation(upper)) return upper;
+      // one vocabulary, FraiseQL's: CREATE is an alias of INSERT
+      if (isChangeOperation(upper)) return upper === 'CREATE' ? 'INSERT' : upper;
       ctx.addIssue({
         code: 'custom',
         message: `${describeValue(s)} is not a change-log operation; allowed values: ${OPERATION_LIST}`,
@@ -112,6 +113,7 @@ export const ruleShape = {
   table: qualifiedName('table name', '"tb_order" or "public.tb_order"'),
   event: str('"INSERT", "UPDATE" or "DELETE"').transform((s, ctx): RowEvent => {
     const upper = s.trim().toUpperCase();
+    if (upper === 'CREATE') return 'INSERT'; // the alias publish entries accept
     if (isRowEvent(upper)) return upper;
     ctx.addIssue({
       code: 'custom',

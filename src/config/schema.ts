@@ -12,8 +12,10 @@ import { natsShape, relaySchema, relayShape, streamShape } from './schema-relay.
 import { databaseSchema, projectSchema } from './schema-top.js';
 
 const topShape = {
-  project: projectSchema,
-  database: databaseSchema,
+  // both optional: FraiseQL's own service files have no [project]; load.ts derives the service name
+  // from the database URL, and reads DATABASE_URL when there is no [database]
+  project: projectSchema.optional(),
+  database: databaseSchema.optional(),
   relay: relaySchema.prefault({}),
   ...ignored(FRAISEQL_SECTIONS),
 };

@@ -160,10 +160,24 @@ export interface ObserversConfig {
   rules: TableRule[];
 }
 
+/**
+ * Where the service name came from: `[project] name`, or (no `[project]`) the database the URL
+ * connects to: its database name (`dbname` parameter or path), PGDATABASE, its user name (PostgreSQL's
+ * default database), PGUSER.
+ */
+export type ServiceNameSource = 'project' | 'database' | 'PGDATABASE' | 'user' | 'PGUSER';
+
 export interface Config {
   /** absolute path of the file */
   file: string;
-  project: { name: string };
+  /** the service name: default consumer names, the webhook subject prefix, log fields */
+  project: {
+    name: string;
+    source: ServiceNameSource;
+    /** where the name came from, in words (e.g. "the database name in [database] url") */
+    from: string;
+  };
+  /** `url`: `[database] url`, or the environment variable DATABASE_URL when the file has no `[database]` */
   database: { type: 'postgresql'; url: string };
   observers: ObserversConfig;
   relay: RelayConfig;

@@ -7,7 +7,7 @@ import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
 import { errorMessage } from '../util/errors.js';
 import { backoffDelay } from '../util/backoff.js';
 import { sleep, within } from '../util/sleep.js';
-import { deadLetterThenTerm, eventIdOf, headerObject, runConsumer } from './loop.js';
+import { deadLetterThenTerm, eventIdOf, headerObject, runConsumer, type DurableUpkeep } from './loop.js';
 import type { InboxExecutor } from './inbox.js';
 import { isTransient, isUnstorable, sqlState } from './sqlerrors.js';
 
@@ -31,6 +31,7 @@ export class InboundWorker {
     private readonly inbox: InboxExecutor,
     private readonly deadLetters: DeadLetterWriter,
     private readonly onOutcome: (consumer: string, outcome: HandlerOutcome) => void,
+    private readonly durable: DurableUpkeep,
     private readonly log: Logger,
   ) {}
 
@@ -39,6 +40,7 @@ export class InboundWorker {
       nc: this.nc,
       stream: this.stream,
       consumer: this.rule.consumer,
+      durable: this.durable,
       maxMessages: Math.max(16, this.rule.concurrency * 2),
       concurrency: { limit: this.rule.concurrency, active: this.active },
       leaveIfStoppedWhileSubscribing: true,

@@ -72,6 +72,8 @@ export class RelayMetrics {
   readonly consumerPending: Gauge<'consumer'>;
   /** JetStream consumer num_redelivered, by consumer. */
   readonly consumerRedelivered: Gauge<'consumer'>;
+  /** 1 while a configured durable consumer does not exist (its stream was lost), else 0. */
+  readonly consumerMissing: Gauge<'consumer'>;
 
   /** Reconnections, by target (postgres|nats). */
   readonly reconnects: Counter<'target'>;
@@ -215,6 +217,12 @@ export class RelayMetrics {
     this.consumerRedelivered = new Gauge({
       name: `${p}consumer_redelivered_messages`,
       help: 'JetStream messages redelivered to the consumer and not yet acknowledged',
+      labelNames: ['consumer'] as const,
+      registers: reg,
+    });
+    this.consumerMissing = new Gauge({
+      name: `${p}consumer_missing`,
+      help: '1 while a configured durable consumer does not exist (its stream was deleted or NATS lost its store)',
       labelNames: ['consumer'] as const,
       registers: reg,
     });

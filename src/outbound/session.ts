@@ -3,6 +3,7 @@ import type { Logger } from '../util/log.js';
 import { AckWatermark, type TxnTicket } from './watermark.js';
 import { ReplicationConnection } from '../source/replication.js';
 import type { Decoder } from '../source/decoder.js';
+import type { PgoutputMessage, Relation } from '../source/types.js';
 import { createDecoder } from '../source/plugin.js';
 import { parseFrame, xlogMessage, xlogStartText } from '../source/frames.js';
 import { formatLsn, PG_EPOCH_OFFSET_MS } from '../source/lsn.js';
@@ -12,6 +13,8 @@ import type { DeadLetterWriter } from '../sink/deadletter.js';
 import { errorMessage } from '../util/errors.js';
 import { heartbeatTime } from './heartbeat.js';
 import { sleep, within } from '../util/sleep.js';
+
+type RowMessage = Extract<PgoutputMessage, { tag: 'insert' | 'update' | 'delete' }>;
 
 export interface OutboundStats {
   published: number;
@@ -237,22 +240,13 @@ export class OutboundSession {
         if (router === null) return undefined;
         const t = this.txn;
         if (!t) throw new Error(`pgoutput ${m.tag} outside a transaction`);
-        const routed = router.route({
-          op: m.tag === 'insert' ? 'INSERT' : m.tag === 'update' ? 'UPDATE' : 'DELETE',
-          relation: this.decoder.relation(m.relationId)!,
-          newTuple: m.tag === 'delete' ? null : m.newTuple,
-          oldTuple: m.tag === 'insert' ? null : (m.oldTuple ?? m.keyTuple),
-          oldIsKey: m.tag !== 'insert' && m.oldTuple === null,
-          lsn: xlogStartText(buf),
-          xid: t.xid,
-          commitTime: this.commitTime,
-        });
-        if (routed.unrouted) {
-          this.deps.stats.unrouted++;
-          this.deps.onUnrouted?.();
-          return undefined;
-        }
-        return routed.messages.length === 0 ? undefined : this.send(t, routed.messages);
+        const rel = this.decoder.relation(m.relationId)!;
+        const r = router;
+        // a router that must first read the catalog: the stream stays paused until it has
+        const lsn = xlogStartText(buf);
+        const ready = r.prepare?.(rel);
+        if (ready) return ready.then(() => this.routeChange(r, rel, m, t, lsn));
+        return this.routeChange(r, rel, m, t, lsn);
       }
       case 'message': {
         if (m.transactional && this.txn) {
@@ -265,6 +259,25 @@ export class OutboundSession {
         // origin, type, truncate, unknown tags: not needed here
         return undefined;
     }
+  }
+
+  private routeChange(router: Router, relation: Relation, m: RowMessage, t: TxnTicket, lsn: string): Promise<void> | undefined {
+    const routed = router.route({
+      op: m.tag === 'insert' ? 'INSERT' : m.tag === 'update' ? 'UPDATE' : 'DELETE',
+      relation,
+      newTuple: m.tag === 'delete' ? null : m.newTuple,
+      oldTuple: m.tag === 'insert' ? null : (m.oldTuple ?? m.keyTuple),
+      oldIsKey: m.tag !== 'insert' && m.oldTuple === null,
+      lsn,
+      xid: t.xid,
+      commitTime: this.commitTime,
+    });
+    if (routed.unrouted) {
+      this.deps.stats.unrouted++;
+      this.deps.onUnrouted?.();
+      return undefined;
+    }
+    return routed.messages.length === 0 ? undefined : this.send(t, routed.messages);
   }
 
   /** Publishes messages in order; returns a promise only when a check needs I/O. */

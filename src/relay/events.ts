@@ -31,6 +31,8 @@ export type RelayEvents = {
   handler: [consumer: string, outcome: HandlerOutcome];
   /** a webhook delivery ended (a retry is followed by another outcome) */
   webhook: [outcome: WebhookOutcome];
+  /** a subscription's durable consumer disappeared (false, with the reason) or exists again (true) */
+  consumer: [consumer: string, present: boolean, reason: string | null];
   /** the relay cannot go on (its slot was invalidated): stop it and exit non-zero */
   fatal: [error: Error];
 };

@@ -1,10 +1,11 @@
 import { EventEmitter } from 'node:events';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { jetstreamManager } from '@nats-io/jetstream';
-import type { Config } from '../config/load.js';
+import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import type { Config, SubscribeRule } from '../config/load.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { setDatabaseCaFile, withClient } from '../util/db.js';
-import { UsageError } from '../util/errors.js';
+import { StreamMissingError, UsageError } from '../util/errors.js';
+import { within } from '../util/sleep.js';
 import { formatLsn } from '../source/lsn.js';
 import { connectNats } from '../sink/nats.js';
 import { natsAuthOptions } from '../sink/natsauth.js';
@@ -16,11 +17,14 @@ import { needsSlot, outboxPublication } from '../schema/plan.js';
 import { resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
 import { OutboxRouter } from '../route/outbox.js';
 import { TableRouter } from '../route/tables.js';
+import { TypeCatalog, catalogQuery } from '../source/pgtypes.js';
 import { ChangeLogRouter, loadMutationMap } from '../route/changelog.js';
+import { MutationTwins } from '../route/twins.js';
 import type { Router, RouterFor } from '../route/router.js';
 import { requiredSubjects } from '../route/targets.js';
 import { InboxExecutor, checkHandler } from '../inbound/inbox.js';
 import { ensureConsumer } from '../inbound/durable.js';
+import type { DurableUpkeep } from '../inbound/loop.js';
 import { InboundWorker, type HandlerOutcome } from '../inbound/worker.js';
 import { WebhookWorker } from '../webhook/worker.js';
 import { WebhookSink } from '../webhook/sink.js';
@@ -65,6 +69,7 @@ export class Relay extends EventEmitter<RelayEvents> {
   private runner: OutboundRunner | null = null;
   private stopping = false;
   private failure: Error | null = null;
+  private readonly missing = new Map<string, string>();
 
   constructor(
     private readonly config: Config,
@@ -203,17 +208,21 @@ export class Relay extends EventEmitter<RelayEvents> {
   /** Which router each relation's changes go to: the outbox, rule tables, FraiseQL's change log. */
   private async routers(database: string): Promise<RouterFor> {
     const { config, log } = this;
-    const outbox = new OutboxRouter(config, database);
+    const table = await withClient(config.database.url, (c) => resolveChangeLog(c, config));
+    // with the change log streamed, one event per mutation: see route/twins.ts
+    const twins = table ? new MutationTwins() : null;
+    const outbox = new OutboxRouter(config, database, twins);
     let tables: TableRouter | null = null;
     if (config.observers.rules.length > 0) {
       const { perRule } = await withClient(config.database.url, (c) => resolveRuleTables(c, config));
-      tables = new TableRouter(config, perRule, database, ruleWebhookSubject(config));
+      // column types beyond the built-in ones are read from the catalog once, on a normal connection
+      const types = new TypeCatalog(catalogQuery(config.database.url));
+      tables = new TableRouter(config, perRule, database, ruleWebhookSubject(config), types);
     }
     let changeLog: { schema: string; name: string; router: Router } | null = null;
-    const table = await withClient(config.database.url, (c) => resolveChangeLog(c, config));
     if (table) {
       const mutations = config.relay.schema_file ? loadMutationMap(config.relay.schema_file) : null;
-      changeLog = { ...table, router: new ChangeLogRouter(config, database, mutations) };
+      changeLog = { ...table, router: new ChangeLogRouter(config, database, mutations, twins) };
       log.info({ table: `${table.schema}.${table.name}` }, "streaming FraiseQL's change log");
     }
     return (rel) => {
@@ -232,20 +241,16 @@ export class Relay extends EventEmitter<RelayEvents> {
     for (const { route, target } of webhooks) {
       const stream = await findStream(jsm, route.subject);
       if (!stream) throw new UsageError(`no JetStream stream captures webhook subject ${route.subject}`);
-      await ensureConsumer(
-        jsm,
-        stream,
-        {
-          subject: route.subject,
-          consumer: route.consumer,
-          handler: '',
-          max_deliver: target.maxAttempts,
-          ack_wait: Math.max(30_000, target.timeoutMs * 2),
-          backoff: [],
-          concurrency: 1,
-        },
-        log,
-      );
+      const rule: SubscribeRule = {
+        subject: route.subject,
+        consumer: route.consumer,
+        handler: '',
+        max_deliver: target.maxAttempts,
+        ack_wait: Math.max(30_000, target.timeoutMs * 2),
+        backoff: [],
+        concurrency: 1,
+      };
+      await ensureConsumer(jsm, stream, rule, log);
       const w = new WebhookWorker(
         this.nc!,
         stream,
@@ -253,6 +258,7 @@ export class Relay extends EventEmitter<RelayEvents> {
         target,
         this.deadLetters!,
         (o) => this.onWebhook(o),
+        this.durableUpkeep(jsm, rule, log),
         log.child({ consumer: route.consumer }),
       );
       w.start();
@@ -288,10 +294,51 @@ export class Relay extends EventEmitter<RelayEvents> {
       const stream = await findStream(jsm, rule.subject);
       if (!stream) throw new UsageError(`no JetStream stream captures subscribed subject ${rule.subject}`);
       await ensureConsumer(jsm, stream, rule, log);
-      const w = new InboundWorker(this.nc!, stream, rule, this.inbox, this.deadLetters!, onOutcome, log.child({ consumer: rule.consumer }));
+      const w = new InboundWorker(
+        this.nc!,
+        stream,
+        rule,
+        this.inbox,
+        this.deadLetters!,
+        onOutcome,
+        this.durableUpkeep(jsm, rule, log),
+        log.child({ consumer: rule.consumer }),
+      );
       w.start();
       this.workers.push(w);
     }
+  }
+
+  /**
+   * A worker's durable consumer, kept: recreated with its configuration on whichever stream
+   * captures its subject once one does again, its presence told as `consumer` events.
+   */
+  private durableUpkeep(jsm: JetStreamManager, rule: SubscribeRule, log: Logger): DurableUpkeep {
+    return {
+      recreate: async () => {
+        const stream = await findStream(jsm, rule.subject);
+        if (!stream) {
+          throw new StreamMissingError(
+            rule.subject,
+            `no JetStream stream captures ${rule.subject} (it was deleted, or NATS lost its store); create it again ` +
+              `(the publishing service's relay does when it publishes), then this consumer is recreated`,
+          );
+        }
+        await ensureConsumer(jsm, stream, rule, log);
+        return stream;
+      },
+      onPresence: (present, reason) => {
+        const was = !this.missing.has(rule.consumer);
+        if (present) this.missing.delete(rule.consumer);
+        else this.missing.set(rule.consumer, reason ?? `durable consumer ${rule.consumer} is missing`);
+        if (present !== was) this.emit('consumer', rule.consumer, present, reason);
+      },
+    };
+  }
+
+  /** Durable consumers that are missing now, with the reason. */
+  get missingConsumers(): ReadonlyMap<string, string> {
+    return this.missing;
   }
 
   private onWebhook(outcome: WebhookOutcome): void {
@@ -334,7 +381,14 @@ export class Relay extends EventEmitter<RelayEvents> {
     await Promise.all([this.runner?.stop(bound), ...this.workers.map((w) => w.stop(bound))]);
     await this.inbox?.close();
     await this.deadLetters?.close();
-    await this.nc?.drain().catch(() => {});
+    // draining needs the server: with NATS down it would wait for a reconnection that may never come
+    if (this.nc) {
+      await within(
+        this.nc.drain().catch(() => {}),
+        2_000,
+      );
+      if (!this.nc.isClosed()) await this.nc.close().catch(() => {});
+    }
     this.log.info(
       { confirmed: formatLsn(this.confirmedLsn), outbound: this.stats, inbound: this.inbound, webhooks: this.webhooks },
       'relay stopped',

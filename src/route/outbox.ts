@@ -4,6 +4,8 @@ import { pgTextArrayToJson, pgTimestampToIso } from './pgtext.js';
 import { envelopeBody, fanOut, headerValue, sourceJsonPrefix, type Target } from './envelope.js';
 import { publishTargets } from './targets.js';
 import { IGNORED, UNROUTED, type RouteResult, type Router, type RowChange } from './router.js';
+import type { MutationClaim, MutationTwins } from './twins.js';
+import type { OutboundMessage } from '../sink/sink.js';
 
 /** The outbox columns the router reads, in one fixed shape (text as PostgreSQL wrote it). */
 interface OutboxValues {
@@ -50,6 +52,8 @@ interface RelationLayout {
 }
 
 const json = (v: TupleValue): string => (v === null || v === undefined ? 'null' : JSON.stringify(v));
+/** `create_order`, `createOrder` and `CreateOrder` name the same mutation. */
+const normalName = (n: string): string => n.replace(/_/g, '').toLowerCase();
 const raw = (v: TupleValue): string => (v === null || v === undefined ? 'null' : v);
 
 /**
@@ -61,17 +65,27 @@ const raw = (v: TupleValue): string => (v === null || v === undefined ? 'null' :
  */
 export class OutboxRouter implements Router {
   private readonly byMutation = new Map<string, Target[]>();
+  /** the same targets by normalName, for a row whose mutation is spelled in another case */
+  private readonly byNormalName = new Map<string, Target[]>();
   private readonly layouts = new WeakMap<Relation, RelationLayout>();
   private readonly subscriptionPrefix: string;
 
+  /**
+   * `twins`: when FraiseQL's change log is streamed too, each emit_mutation row is recorded there so
+   * the change-log row the executor writes for the same mutation is not published a second time.
+   */
   constructor(
     config: Config,
     private readonly database: string,
+    private readonly twins: MutationTwins | null = null,
   ) {
     this.subscriptionPrefix = config.relay.subscription_prefix;
     config.observers.publish.forEach((p, i) => {
       if (p.mutation === undefined) return;
-      this.byMutation.set(p.mutation, [...(this.byMutation.get(p.mutation) ?? []), ...publishTargets(config, i)]);
+      const targets = publishTargets(config, i);
+      this.byMutation.set(p.mutation, [...(this.byMutation.get(p.mutation) ?? []), ...targets]);
+      const n = normalName(p.mutation);
+      this.byNormalName.set(n, [...(this.byNormalName.get(n) ?? []), ...targets]);
     });
   }
 
@@ -125,9 +139,16 @@ export class OutboxRouter implements Router {
     const mutation = r.mutation;
     let targets: readonly Target[];
     if (typeof explicit === 'string') targets = [{ subject: explicit }];
-    else if (typeof mutation === 'string') targets = this.byMutation.get(mutation) ?? [];
+    else if (typeof mutation === 'string') targets = this.byMutation.get(mutation) ?? this.byNormalName.get(normalName(mutation)) ?? [];
     else targets = [];
-    if (targets.length === 0) return UNROUTED;
+    // rows written before migration 004 say CREATE: one vocabulary on the way out
+    const op = r.operation === 'CREATE' ? 'INSERT' : r.operation;
+    if (targets.length === 0) {
+      if (this.twins !== null && typeof mutation === 'string' && typeof explicit !== 'string') {
+        this.twins.claim(xid, claimOf(eventId, mutation, r, op, []));
+      }
+      return UNROUTED;
+    }
 
     const updated = r.updatedFields;
     const created = r.createdAt;
@@ -135,7 +156,7 @@ export class OutboxRouter implements Router {
       eventId: JSON.stringify(eventId),
       id: json(r.entityId),
       entityType: json(r.entityType),
-      operation: json(r.operation),
+      operation: json(op),
       mutation: json(mutation),
       entity: raw(r.entity),
       entityBefore: raw(r.entityBefore),
@@ -163,15 +184,31 @@ export class OutboxRouter implements Router {
     if (typeof mutation === 'string') headers['Fraiseql-Mutation'] = headerValue(mutation);
     const et = r.entityType;
     if (typeof et === 'string') headers['Fraiseql-Entity-Type'] = headerValue(et);
-    const op = r.operation;
     if (typeof op === 'string') headers['Fraiseql-Operation'] = headerValue(op);
     const tenant = r.tenantId;
     if (typeof tenant === 'string') headers['Fraiseql-Tenant-Id'] = headerValue(tenant);
     const tp = r.traceparent;
     if (typeof tp === 'string') headers['traceparent'] = headerValue(tp);
 
-    return { messages: fanOut(targets, eventId, headers, body, this.subscriptionPrefix), unrouted: false };
+    const messages = fanOut(targets, eventId, headers, body, this.subscriptionPrefix);
+    if (this.twins !== null && typeof mutation === 'string' && typeof explicit !== 'string') {
+      this.twins.claim(xid, claimOf(eventId, mutation, r, op, messages));
+    }
+    return { messages, unrouted: false };
   }
+}
+
+function claimOf(eventId: string, mutation: string, r: OutboxValues, op: TupleValue, messages: readonly OutboundMessage[]): MutationClaim {
+  const entityId = r.entityId;
+  const entityType = r.entityType;
+  return {
+    eventId,
+    mutation,
+    entityType: typeof entityType === 'string' ? entityType : null,
+    entityId: typeof entityId === 'string' ? entityId.toLowerCase() : null,
+    operation: typeof op === 'string' ? op.toUpperCase() : 'CUSTOM',
+    subjects: messages.map((m) => m.subject), // not the messages: a claim must not hold their bodies
+  };
 }
 
 const replayRelations = new Map<string, Relation>();

@@ -32,6 +32,11 @@ export const UNROUTED: RouteResult = Object.freeze({ messages: Object.freeze([])
 /** Turns the changes of the relations it watches into messages. */
 export interface Router {
   route(change: RowChange): RouteResult;
+  /**
+   * Called before each change of `relation` is routed. A promise when the router must first read
+   * something (a column type from the catalog): the stream waits for it, so nothing is reordered.
+   */
+  prepare?(relation: Relation): Promise<void> | undefined;
 }
 
 /** The router for a relation's changes, or null when nothing watches it. */

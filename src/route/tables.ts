@@ -2,7 +2,8 @@ import type { Config, TableRule } from '../config/load.js';
 import type { Relation } from '../source/types.js';
 import { parseLsn, pgMicrosToIso } from '../source/lsn.js';
 import type { OutboundMessage } from '../sink/sink.js';
-import { rowToJson } from './values.js';
+import { rowToJson, ValueWriter } from './values.js';
+import { TypeCatalog } from '../source/pgtypes.js';
 import { envelopeBody, sourceJsonPrefix } from './envelope.js';
 import { UNROUTED, type RouteResult, type Router, type RowChange } from './router.js';
 
@@ -42,17 +43,23 @@ const key = (schema: string, name: string, op: string) => `${schema}\u0000${name
 /** Events straight from table changes (`[[observers.rules]]`): the row after, the row before when the replica identity gives it. */
 export class TableRouter implements Router {
   private readonly byTableOp = new Map<string, RuleTarget[]>();
+  private readonly values: ValueWriter;
+  /** relation ▶ the catalog generation its column types were last known in */
+  private readonly ready = new WeakMap<Relation, number>();
 
   /**
    * @param resolved each rule's table resolved to schema and name (same order as the rules)
    * @param webhookSubject the JetStream subject a webhook action's deliveries go through, if any
+   * @param types the database's column types (default: only the built-in types, no lookups)
    */
   constructor(
     config: Config,
     resolved: ResolvedTable[],
     private readonly database: string,
     webhookSubject: (ruleIndex: number, actionIndex: number) => string | null = () => null,
+    private readonly types: TypeCatalog = new TypeCatalog(null),
   ) {
+    this.values = new ValueWriter(types);
     config.observers.rules.forEach((rule, i) => {
       const t = resolved[i]!;
       const subjects: string[] = [];
@@ -74,6 +81,21 @@ export class TableRouter implements Router {
     return false;
   }
 
+  /** Reads the relation's column types from the catalog when some are not known yet. */
+  prepare(rel: Relation): Promise<void> | undefined {
+    const generation = this.types.generation;
+    if (this.ready.get(rel) === generation) return undefined;
+    if (!this.watches(rel)) return undefined;
+    const loading = this.types.load(rel.columns.map((c) => c.typeOid));
+    if (loading === undefined) {
+      this.ready.set(rel, generation);
+      return undefined;
+    }
+    return loading.then(() => {
+      this.ready.set(rel, generation);
+    });
+  }
+
   route(change: RowChange): RouteResult {
     const rel = change.relation;
     const targets = this.byTableOp.get(key(rel.schema, rel.name, change.op));
@@ -82,8 +104,8 @@ export class TableRouter implements Router {
     const { newTuple, oldTuple } = change;
     const oldIsKeyOnly = change.oldIsKey;
     const eventId = walEventId(parseLsn(change.lsn), change.xid, this.database);
-    const after = newTuple ? rowToJson(rel, newTuple, oldIsKeyOnly ? null : oldTuple) : null;
-    const before = oldTuple ? rowToJson(rel, oldTuple, null, oldIsKeyOnly) : null;
+    const after = newTuple ? rowToJson(rel, newTuple, this.values, oldIsKeyOnly ? null : oldTuple) : null;
+    const before = oldTuple ? rowToJson(rel, oldTuple, this.values, null, oldIsKeyOnly) : null;
     const idIndex = rel.columns.findIndex((c) => c.name === 'id');
     const keyIndex = idIndex >= 0 ? idIndex : rel.columns.findIndex((c) => (c.flags & 1) !== 0);
     const idValue = keyIndex < 0 ? null : (newTuple?.[keyIndex] ?? oldTuple?.[keyIndex] ?? null);

@@ -1,24 +1,113 @@
+/**
+ * Column values (PostgreSQL text output) as the JSON `to_jsonb` makes of them, for every type:
+ * numbers stay numbers digit for digit, arrays of any element type and dimension become nested
+ * JSON arrays, composites objects, domains their base type, and so on (see {@link ScalarKind}).
+ * What a type is comes from the {@link TypeCatalog}; a type it does not know is written as its
+ * text, never as a guessed structure.
+ */
 import type { Relation, TupleValue } from '../source/types.js';
-import { pgTextArrayToJson } from './pgtext.js';
+import type { PgType, ScalarKind, TypeCatalog } from '../source/pgtypes.js';
+import { decimalToJson, jsonToJsonb, parseArrayText, parseHstoreText, parseRecordText, pgDateTimeToIso, type ArrayTree } from './pgtext.js';
 
-/** Type OIDs whose text form is already a JSON value (numbers are forwarded digit for digit). */
-const NUMERIC = new Set([20, 21, 23, 26, 700, 701, 1700]);
-const JSON_TYPES = new Set([114, 3802]);
-const BOOL = 16;
-/** one-dimensional arrays whose elements are strings (text, varchar, uuid, name, char) */
-const TEXT_ARRAYS = new Set([1009, 1015, 2951, 1003, 1014]);
-/** integer and float arrays */
-const NUMBER_ARRAYS = new Set([1005, 1007, 1016, 1021, 1022, 1231]);
+/** One value's text → its JSON text. */
+type ToJson = (text: string) => string;
 
-/** One column value (PostgreSQL text output) as JSON text, without lossy re-parsing. */
-function valueToJson(value: string | null, typeOid: number): string {
-  if (value === null) return 'null';
-  if (NUMERIC.has(typeOid)) return /^-?\d+(\.\d+)?(e[+-]?\d+)?$/i.test(value) ? value : JSON.stringify(value);
-  if (JSON_TYPES.has(typeOid)) return value;
-  if (typeOid === BOOL) return value === 't' ? 'true' : value === 'f' ? 'false' : JSON.stringify(value);
-  if (TEXT_ARRAYS.has(typeOid) && !value.startsWith('[')) return pgTextArrayToJson(value);
-  if (NUMBER_ARRAYS.has(typeOid) && /^\{[-\d.,e]*\}$/i.test(value)) return '[' + value.slice(1, -1) + ']';
-  return JSON.stringify(value);
+const textJson: ToJson = (text) => JSON.stringify(text);
+
+const INT_RE = /^-?\d+$/;
+const NUMERIC_RE = /^-?\d+(?:\.\d+)?$/;
+
+/** NaN and ±Infinity: to_jsonb writes them as strings. */
+function special(text: string): boolean {
+  return text === 'NaN' || text === 'Infinity' || text === '-Infinity';
+}
+
+const SCALARS: Record<ScalarKind, ToJson> = {
+  bool: (t) => (t === 't' ? 'true' : t === 'f' ? 'false' : JSON.stringify(t)),
+  int: (t) => (INT_RE.test(t) ? t : JSON.stringify(t)),
+  numeric: (t) => (NUMERIC_RE.test(t) ? t : JSON.stringify(t)),
+  float: (t) => (special(t) ? JSON.stringify(t) : (decimalToJson(t) ?? JSON.stringify(t))),
+  json: (t) => jsonToJsonb(t) ?? JSON.stringify(t),
+  jsonb: (t) => t,
+  date: textJson,
+  timestamp: (t) => JSON.stringify(pgDateTimeToIso(t)),
+  timestamptz: (t) => JSON.stringify(pgDateTimeToIso(t)),
+  hstore: (t) => {
+    const pairs = parseHstoreText(t);
+    if (pairs === null) return JSON.stringify(t);
+    let out = '{';
+    for (const [k, v] of pairs) out += (out.length > 1 ? ',' : '') + JSON.stringify(k) + ':' + (v === null ? 'null' : JSON.stringify(v));
+    return out + '}';
+  },
+  text: textJson,
+};
+
+/** Writes values of the catalog's types; converters are built once per type and cached. */
+export class ValueWriter {
+  private readonly byType = new Map<number, ToJson>();
+  private generation: number;
+
+  constructor(private readonly types: TypeCatalog) {
+    this.generation = types.generation;
+  }
+
+  /** The converter for a type OID (a type the catalog does not know: its text, not cached). */
+  converter(oid: number): ToJson {
+    if (this.generation !== this.types.generation) {
+      this.byType.clear();
+      this.generation = this.types.generation;
+    }
+    let c = this.byType.get(oid);
+    if (c !== undefined) return c;
+    const t = this.types.get(oid);
+    if (t === undefined) return textJson;
+    c = this.build(t);
+    this.byType.set(oid, c);
+    return c;
+  }
+
+  private build(t: PgType): ToJson {
+    switch (t.kind) {
+      case 'scalar':
+        return SCALARS[t.scalar];
+      case 'domain':
+        return this.converter(t.base);
+      case 'array': {
+        const elem = this.converter(t.elem);
+        const delim = t.delim;
+        const write = (node: string | null | ArrayTree): string =>
+          node === null ? 'null' : typeof node === 'string' ? elem(node) : '[' + node.map(write).join(',') + ']';
+        return (text) => {
+          const tree = parseArrayText(text, delim);
+          return tree === null ? JSON.stringify(text) : write(tree);
+        };
+      }
+      case 'vector': {
+        const elem = this.converter(t.elem);
+        return (text) => (text === '' ? '[]' : '[' + text.split(' ').map(elem).join(',') + ']');
+      }
+      case 'composite': {
+        const attrs = t.attributes;
+        const keys = attrs.map((a) => JSON.stringify(a.name) + ':');
+        const convs = attrs.map((a) => this.converter(a.type));
+        return (text) => {
+          if (attrs.length === 0 && text === '()') return '{}';
+          const fields = parseRecordText(text);
+          if (fields === null || fields.length !== attrs.length) {
+            // the type changed since it was read (ALTER TYPE): its text now, the catalog again later
+            this.types.invalidate();
+            return JSON.stringify(text);
+          }
+          let out = '{';
+          for (let i = 0; i < fields.length; i++) {
+            const f = fields[i]!;
+            out += (i > 0 ? ',' : '') + keys[i]! + (f === null ? 'null' : convs[i]!(f));
+          }
+          return out + '}';
+        };
+      }
+    }
+  }
 }
 
 export interface RowJson {
@@ -32,7 +121,13 @@ export interface RowJson {
  * A tuple as a JSON object. An unchanged TOASTed value (undefined) is taken from `fallback`
  * (the old row, when the replica identity provides it), else left out and reported.
  */
-export function rowToJson(rel: Relation, values: readonly TupleValue[], fallback?: readonly TupleValue[] | null, onlyKey = false): RowJson {
+export function rowToJson(
+  rel: Relation,
+  values: readonly TupleValue[],
+  writer: ValueWriter,
+  fallback?: readonly TupleValue[] | null,
+  onlyKey = false,
+): RowJson {
   let json = '{';
   const missing: string[] = [];
   let first = true;
@@ -46,7 +141,7 @@ export function rowToJson(rel: Relation, values: readonly TupleValue[], fallback
       missing.push(col.name);
       continue;
     }
-    json += (first ? '' : ',') + JSON.stringify(col.name) + ':' + valueToJson(v, col.typeOid);
+    json += (first ? '' : ',') + JSON.stringify(col.name) + ':' + (v === null ? 'null' : writer.converter(col.typeOid)(v));
     first = false;
   }
   return { json: json + '}', missing };

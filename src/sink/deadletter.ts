@@ -17,13 +17,13 @@ export interface DeadLetter {
 }
 
 /** Longest key (event id, subject, consumer) stored as it is; longer ones are shortened with a hash. */
-export const MAX_KEY_LENGTH = 512;
+const MAX_KEY_LENGTH = 512;
 /** Longest error message and header value stored. */
 const MAX_ERROR_LENGTH = 8192;
 const MAX_HEADER_VALUE_LENGTH = 8192;
 
 /** A text PostgreSQL can store: NUL, which no text or jsonb value can hold, becomes U+FFFD. */
-export function storableText(s: string): string {
+function storableText(s: string): string {
   return s.includes('\0') ? s.replaceAll('\0', '\uFFFD') : s;
 }
 
@@ -43,7 +43,7 @@ function clip(s: string, max: number): string {
 }
 
 /** The row written for a dead letter: every value in a form the table can always store. */
-export function storableDeadLetter(d: DeadLetter): {
+function storableDeadLetter(d: DeadLetter): {
   eventId: string | null;
   subject: string | null;
   consumer: string | null;
@@ -89,7 +89,7 @@ export function storableDeadLetter(d: DeadLetter): {
 /**
  * Writes dead letters to `<schema>.dead_letter`. Idempotent per (direction, event, subject,
  * consumer): a replay after a crash does not record the same failure twice. Whatever a message
- * holds, its dead letter can be written (see {@link storableDeadLetter}), so a poison message
+ * holds, its dead letter can be written (see storableDeadLetter), so a poison message
  * never blocks the consumer or the slot behind it.
  */
 export class DeadLetterWriter {

@@ -50,17 +50,28 @@ export function pgTimeToDate(micros: bigint): Date {
 }
 
 /**
- * Microseconds since 2000-01-01 → ISO-8601 UTC with exactly 6 fractional digits, e.g.
- * `2024-05-01T12:34:56.789012Z`. Throws `RangeError` outside the range of `Date`
- * (this includes PostgreSQL's ±infinity timestamps).
+ * Microseconds since 2000-01-01 → the form `to_jsonb` gives a timestamptz in a session with
+ * TimeZone=UTC: ISO 8601 with the offset "+00:00" and the microseconds without trailing zeros,
+ * e.g. `2024-05-01T12:34:56.789012+00:00`, `2024-05-01T12:34:56.5+00:00`,
+ * `2024-05-01T12:34:56+00:00` (years before 1 AD as PostgreSQL writes them: `0044-03-15T…+00:00 BC`).
+ * Throws `RangeError` outside the range of `Date` (this includes PostgreSQL's ±infinity timestamps).
  */
 export function pgMicrosToIso(micros: bigint): string {
   const unixMicros = micros + PG_EPOCH_OFFSET_MICROS;
   const seconds = floorDiv(unixMicros, 1_000_000n);
-  const frac = unixMicros - seconds * 1_000_000n; // 0 … 999 999
-  const iso = new Date(Number(seconds) * 1000).toISOString(); // throws RangeError if invalid
-  // toISOString() always ends in ".sssZ"; replace the milliseconds with microseconds.
-  return `${iso.slice(0, iso.length - 4)}${frac.toString().padStart(6, '0')}Z`;
+  const frac = Number(unixMicros - seconds * 1_000_000n); // 0 … 999 999
+  const d = new Date(Number(seconds) * 1000);
+  const year = d.getUTCFullYear();
+  if (Number.isNaN(year)) throw new RangeError(`timestamp out of range: ${micros} µs`);
+  const fraction = frac === 0 ? '' : '.' + String(frac).padStart(6, '0').replace(/0+$/, '');
+  return (
+    `${pad(year > 0 ? year : 1 - year, 4)}-${pad(d.getUTCMonth() + 1, 2)}-${pad(d.getUTCDate(), 2)}` +
+    `T${pad(d.getUTCHours(), 2)}:${pad(d.getUTCMinutes(), 2)}:${pad(d.getUTCSeconds(), 2)}${fraction}+00:00${year > 0 ? '' : ' BC'}`
+  );
+}
+
+function pad(n: number, width: number): string {
+  return String(n).padStart(width, '0');
 }
 
 /** Unix milliseconds (may be fractional, e.g. from `performance.timeOrigin + performance.now()`) → µs since 2000-01-01. */

@@ -68,8 +68,9 @@ export class ReplicationConnection {
     const client = new pg.Client(
       connectionConfig(opts.url, {
         replication: 'database',
-        // values leave the walsender as text in a fixed, lossless form (the same for every plugin)
-        options: '-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=3 -c IntervalStyle=iso_8601 -c bytea_output=hex',
+        // values leave the walsender as text in a fixed, lossless form (the same for every plugin),
+        // the text to_jsonb writes in a session with TimeZone=UTC and PostgreSQL's default styles
+        options: '-c TimeZone=UTC -c DateStyle=ISO,YMD -c extra_float_digits=3 -c IntervalStyle=postgres -c bytea_output=hex',
       } as pg.ClientConfig),
     );
     client.on('error', () => {});

@@ -31,8 +31,25 @@ export function withCaFile(url: string, ca: string | undefined = caFile): string
   }
 }
 
+/**
+ * A `?dbname=` query parameter names the database, as libpq reads it (it overrides the URL's
+ * path); `pg` ignores it, so it is moved into the path.
+ */
+export function withDbnameInPath(url: string): string {
+  try {
+    const u = new URL(url);
+    const db = u.searchParams.get('dbname');
+    if (db === null) return url;
+    u.searchParams.delete('dbname');
+    u.pathname = '/' + encodeURIComponent(db);
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
+
 export function connectionConfig(url: string, extra: pg.ClientConfig = {}): pg.ClientConfig {
-  return { connectionString: withCaFile(url), application_name: 'fraiseql-relay', ...extra };
+  return { connectionString: withCaFile(withDbnameInPath(url)), application_name: 'fraiseql-relay', ...extra };
 }
 
 export async function connect(url: string, extra: pg.ClientConfig = {}): Promise<pg.Client> {

@@ -4,7 +4,7 @@ import type { Logger } from '../util/log.js';
 import type { DeadLetter, DeadLetterWriter } from '../sink/deadletter.js';
 import { deliverOnce, retryDelayMs, type WebhookOutcome, type WebhookTarget } from './deliver.js';
 import { sleep, within } from '../util/sleep.js';
-import { deadLetterThenTerm, eventIdOf, headerObject, runConsumer } from '../inbound/loop.js';
+import { deadLetterThenTerm, eventIdOf, headerObject, runConsumer, type DurableUpkeep } from '../inbound/loop.js';
 
 /**
  * `backend = "nats"`: a webhook action's deliveries are driven from JetStream by a durable
@@ -26,6 +26,7 @@ export class WebhookWorker {
     private readonly target: WebhookTarget,
     private readonly deadLetters: DeadLetterWriter,
     private readonly onOutcome: (outcome: WebhookOutcome) => void,
+    private readonly durable: DurableUpkeep,
     private readonly log: Logger,
   ) {}
 
@@ -34,6 +35,7 @@ export class WebhookWorker {
       nc: this.nc,
       stream: this.stream,
       consumer: this.consumer,
+      durable: this.durable,
       maxMessages: 8,
       stopping: () => this.stopping,
       signal: this.abort.signal,
