@@ -57,7 +57,7 @@ END $$;
 --   legacy (status, message, entity_id, ...): status success, new, created, updated or deleted, alone or
 --   with a ":detail" (created:imported). FraiseQL's error classes (validation, conflict, not_found,
 --   unauthorized, forbidden, internal, transaction_failed, timeout, rate_limited, service_unavailable),
---   failed, error, blocked and noop record nothing; so does any other status, with a WARNING naming it.
+--   failed, error and noop record nothing; so does any other status, with a WARNING naming it.
 -- The operation: the argument, else the legacy status (new/created → INSERT, updated → UPDATE,
 -- deleted → DELETE), else the mutation's name (snake_case or camelCase), else CUSTOM.
 CREATE OR REPLACE FUNCTION __SCHEMA__.emit_mutation(mutation text, response anyelement, operation text DEFAULT NULL)
@@ -86,7 +86,7 @@ BEGIN
     v_kind := split_part(v_st, ':', 1);
     IF v_kind IN ('validation', 'conflict', 'not_found', 'unauthorized', 'forbidden', 'internal',
                   'transaction_failed', 'timeout', 'rate_limited', 'service_unavailable',
-                  'failed', 'error', 'blocked', 'noop') THEN
+                  'failed', 'error', 'noop') THEN
       RETURN response;                                     -- an error or a no-op
     END IF;
     IF v_kind NOT IN ('success', 'new', 'created', 'updated', 'deleted') THEN

@@ -36,6 +36,7 @@ export {
   type PublishRule,
   type RelayConfig,
   type RuleAction,
+  type ServiceNameSource,
   type StreamConfig,
   type SubscribeRule,
   type TableRule,
