@@ -28,7 +28,7 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
   health.register('postgres', 'not connected to PostgreSQL yet');
   if (nats) health.register('nats', 'not connected to NATS yet');
   if (outbound) {
-    health.register('role', 'standby: waiting for the leader lock (another relay is active)');
+    health.register('role', 'not the active relay yet: waiting for the leader lock');
     health.register('heartbeat', 'no heartbeat has come back yet');
     health.register('slot', 'slot not inspected yet');
   }
@@ -70,6 +70,12 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
     );
   });
   relay.on('reconnect', (target) => metrics.reconnects.inc({ target }));
+  relay.on('postgres', (up, reason) => {
+    health.set('postgres', up, reason ?? 'PostgreSQL is unreachable');
+    // the leader lock cannot be taken without PostgreSQL: say that, not that another relay holds it
+    if (!up && !relay.outbound?.active)
+      health.set('role', false, 'not the active relay: the leader lock cannot be taken while PostgreSQL is unreachable');
+  });
   relay.on('nats', (up) => {
     metrics.up.set({ target: 'nats' }, up ? 1 : 0);
     if (!up) metrics.reconnects.inc({ target: 'nats' });

@@ -4,7 +4,7 @@ import { defaultConsumerName, type Config } from '../config/load.js';
 import { connectOnce } from '../sink/nats.js';
 import type { Logger } from '../util/log.js';
 import { connect, quoteIdent } from '../util/db.js';
-import { errorMessage, tlsHint } from '../util/errors.js';
+import { errorMessage } from '../util/errors.js';
 import { allowedPlugins } from '../schema/migrate.js';
 import { loadMigrations, needsSlot, outboxPublication } from '../schema/plan.js';
 import { requiredSubjects } from '../route/targets.js';
@@ -29,7 +29,7 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
     out.push({
       what: 'postgres',
       status: 'fail',
-      detail: `cannot connect ([database] url): ${errorMessage(err)}${tlsHint(err, '[relay] database_ca_file')}`,
+      detail: `cannot connect ([database] url): ${errorMessage(err)}`,
     });
     return;
   }
@@ -264,7 +264,7 @@ async function probeNats(config: Config, out: Probe[]): Promise<void> {
     out.push({
       what: 'nats',
       status: 'fail',
-      detail: `cannot connect ([observers] nats_url): ${errorMessage(err)}${tlsHint(err, '[relay.nats] ca_file')}`,
+      detail: `cannot connect ([observers] nats_url): ${errorMessage(err)}`,
     });
     return;
   }

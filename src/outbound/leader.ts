@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { connectionConfig } from '../util/db.js';
 import type { Logger } from '../util/log.js';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, postgresConnectError } from '../util/errors.js';
 
 /**
  * Exactly one active relay per slot, with no infrastructure beyond PostgreSQL: the active one
@@ -23,6 +23,8 @@ export class LeaderLock {
     private readonly onAcquire: () => void,
     private readonly onLose: (reason: string) => void,
     private readonly pollMs = 2000,
+    /** told after each attempt whether PostgreSQL answered (null) or why not */
+    private readonly onReach: (problem: string | null) => void = () => {},
   ) {}
 
   get isActive(): boolean {
@@ -45,7 +47,9 @@ export class LeaderLock {
         const c = new pg.Client(connectionConfig(this.url, { application_name: 'fraiseql-relay leader' }));
         c.on('error', () => {});
         c.on('end', () => this.lost('the leader connection to PostgreSQL closed'));
-        await c.connect();
+        await c.connect().catch((err: unknown) => {
+          throw postgresConnectError(err, this.url);
+        });
         // detect a cut connection quickly even when idle
         this.client = c;
       }
@@ -53,6 +57,7 @@ export class LeaderLock {
         `SELECT pg_try_advisory_lock(hashtext('fraiseql-relay/active'), hashtext($1)) AS ok`,
         [this.slot],
       );
+      this.onReach(null);
       if (r.rows[0]?.ok) {
         this.held = true;
         this.log.info({ slot: this.slot }, 'took over: this relay is active');
@@ -62,6 +67,7 @@ export class LeaderLock {
       }
     } catch (err) {
       this.log.warn({ err: errorMessage(err) }, 'leader election: PostgreSQL unreachable');
+      this.onReach(errorMessage(err));
       const c = this.client;
       this.client = null;
       await c?.end().catch(() => {});

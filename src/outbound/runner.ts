@@ -43,6 +43,8 @@ export interface RunnerEvents {
   onSlot?: (s: SlotStats) => void;
   /** the replication session failed and will be reconnected */
   onReconnect?: () => void;
+  /** PostgreSQL answered (null) or could not be reached, and why (leader election) */
+  onPostgres?: (problem: string | null) => void;
   /** the relay cannot continue (slot invalidated): it should stop and exit non-zero */
   onFatal?: (err: Error) => void;
 }
@@ -126,6 +128,7 @@ export class OutboundRunner {
       () => this.becomeActive(),
       (reason) => this.standDown(reason),
       this.opts.leaderPollMs,
+      (problem) => this.events.onPostgres?.(problem),
     );
     this.log.info({ slot: this.config.relay.slot }, 'standing by until this relay holds the leader lock');
     this.leader.start();

@@ -25,6 +25,8 @@ export type RelayEvents = {
   slot: [stats: SlotStats];
   /** the replication stream failed and is being reconnected */
   reconnect: [target: 'postgres'];
+  /** PostgreSQL answered the leader election (true) or could not be reached, with the reason */
+  postgres: [up: boolean, reason: string | null];
   /** the NATS connection went down (false) or came back (true) */
   nats: [up: boolean];
   /** a handler call ended (per delivery: a failure is followed by a retry) */

@@ -70,6 +70,7 @@ export class Relay extends EventEmitter<RelayEvents> {
   private stopping = false;
   private failure: Error | null = null;
   private readonly missing = new Map<string, string>();
+  private natsUp = false;
 
   constructor(
     private readonly config: Config,
@@ -146,7 +147,10 @@ export class Relay extends EventEmitter<RelayEvents> {
         url: config.observers.nats_url!,
         auth: natsAuthOptions(config.relay.nats),
         log: log.child({ component: 'nats' }),
-        onStatus: (up) => this.emit('nats', up),
+        onStatus: (up) => {
+          this.natsUp = up;
+          this.emit('nats', up);
+        },
       });
       streamSubjects = await ensureStream(this.nc, config, requiredSubjects(config), log.child({ component: 'stream' }));
     }
@@ -194,6 +198,7 @@ export class Relay extends EventEmitter<RelayEvents> {
           onHeartbeat: (lagMs) => this.emit('heartbeat', lagMs),
           onSlot: (s) => this.emit('slot', s),
           onReconnect: () => this.emit('reconnect', 'postgres'),
+          onPostgres: (problem) => this.emit('postgres', problem === null, problem),
           onFatal: (err) => this.die(err),
         },
       );
@@ -377,17 +382,25 @@ export class Relay extends EventEmitter<RelayEvents> {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    // the whole stop fits in the bound: what is not acknowledged by then stays unconfirmed in the
+    // slot (and unacknowledged in JetStream) and is delivered again after the restart
     const bound = this.config.relay.shutdown_timeout;
-    await Promise.all([this.runner?.stop(bound), ...this.workers.map((w) => w.stop(bound))]);
-    await this.inbox?.close();
-    await this.deadLetters?.close();
-    // draining needs the server: with NATS down it would wait for a reconnection that may never come
+    const deadline = Date.now() + bound;
+    const left = (floor: number) => Math.max(floor, deadline - Date.now());
+    await within(Promise.all([this.runner?.stop(bound), ...this.workers.map((w) => w.stop(bound))]), bound);
+    await within(Promise.all([this.inbox?.close(), this.deadLetters?.close()]), left(500));
     if (this.nc) {
-      await within(
-        this.nc.drain().catch(() => {}),
-        2_000,
-      );
-      if (!this.nc.isClosed()) await this.nc.close().catch(() => {});
+      // draining needs the server: with NATS down it would wait for a reconnection that may never come
+      if (this.natsUp)
+        await within(
+          this.nc.drain().catch(() => {}),
+          Math.min(2_000, left(250)),
+        );
+      if (!this.nc.isClosed())
+        await within(
+          this.nc.close().catch(() => {}),
+          500,
+        );
     }
     this.log.info(
       { confirmed: formatLsn(this.confirmedLsn), outbound: this.stats, inbound: this.inbound, webhooks: this.webhooks },

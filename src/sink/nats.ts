@@ -2,7 +2,7 @@ import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/t
 import type { Config } from '../config/load.js';
 import { natsAuthOptions } from './natsauth.js';
 import type { Logger } from '../util/log.js';
-import { redactUrl, tlsHint } from '../util/errors.js';
+import { natsConnectError, redactUrl } from '../util/errors.js';
 
 export interface NatsOptions {
   url: string;
@@ -32,6 +32,8 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     waitOnFirstConnect: opts.waitOnFirstConnect ?? true,
     pingInterval: 10_000,
     maxPingOut: 3,
+  }).catch((err: unknown) => {
+    throw natsConnectError(err, servers);
   });
   const log = opts.log;
   log.info({ server: servers.map(redactUrl).join(',') }, 'NATS connected');
@@ -48,7 +50,7 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
           log.info({ server: redactUrl(String(s.server ?? '')) }, 'NATS reconnected');
           break;
         case 'error':
-          log.warn({ err: String(s.error?.message ?? s.error) + tlsHint(s.error, '[relay.nats] ca_file') }, 'NATS error');
+          log.warn({ err: natsConnectError(s.error, servers).message }, 'NATS error');
           break;
         default:
           break;
@@ -62,10 +64,13 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
 export async function connectOnce(config: Config, name: string): Promise<NatsConnection> {
   const url = config.observers.nats_url;
   if (!url) throw new Error('[observers] nats_url is not set');
+  const servers = url.split(',').map((s) => s.trim());
   return connect({
     ...natsAuthOptions(config.relay.nats),
-    servers: url.split(',').map((s) => s.trim()),
+    servers,
     timeout: 5000,
     name: `fraiseql-relay ${name}`,
+  }).catch((err: unknown) => {
+    throw natsConnectError(err, servers);
   });
 }

@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { postgresConnectError } from './errors.js';
 
 /**
  * Type parsers that keep every value as the text PostgreSQL sent: jsonb is forwarded as
@@ -56,7 +57,11 @@ export async function connect(url: string, extra: pg.ClientConfig = {}): Promise
   const client = new pg.Client(connectionConfig(url, extra));
   // an 'error' after connect (server restart) must not crash the process; the next query fails instead
   client.on('error', () => {});
-  await client.connect();
+  try {
+    await client.connect();
+  } catch (err) {
+    throw postgresConnectError(err, url);
+  }
   return client;
 }
 

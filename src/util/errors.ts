@@ -49,6 +49,65 @@ export class PublishRefusedError extends RelayError {
   }
 }
 
+/** `host:port/database` of a PostgreSQL URL, for messages (no user, no password). */
+function pgWhere(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.hostname || 'localhost'}${u.port ? ':' + u.port : ''}${u.pathname && u.pathname !== '/' ? u.pathname : ''}`;
+  } catch {
+    return 'the configured server';
+  }
+}
+
+/**
+ * A failed PostgreSQL connection, said with where and what to do; the original error is its
+ * cause and its SQLSTATE stays on `code`.
+ */
+export function postgresConnectError(err: unknown, url: string): Error {
+  const e = err as { code?: string; message?: string };
+  const code = e.code;
+  const hint =
+    code === 'ENOTFOUND' || code === 'EAI_AGAIN'
+      ? 'the host name does not resolve: check the host in [database] url (DATABASE_URL)'
+      : code === 'ECONNREFUSED'
+        ? 'nothing accepts connections there: is PostgreSQL running, and are the host and port in [database] url right?'
+        : code === 'ETIMEDOUT'
+          ? 'the connection timed out: is the host reachable (network, firewall)?'
+          : code === '28P01' || code === '28000'
+            ? 'PostgreSQL refused the credentials: check the user and password in [database] url (DATABASE_URL)'
+            : code === '3D000'
+              ? 'the database does not exist: check the database name in [database] url'
+              : null;
+  const out = new Error(
+    `PostgreSQL at ${pgWhere(url)}: ${errorMessage(err)}${hint ? ` (${hint})` : ''}${tlsHint(err, '[relay] database_ca_file')}`,
+    {
+      cause: err,
+    },
+  );
+  if (code !== undefined) (out as Error & { code?: string }).code = code;
+  return out;
+}
+
+/** A failed NATS connection, said with where and what to do. */
+export function natsConnectError(err: unknown, servers: readonly string[]): Error {
+  const msg = errorMessage(err);
+  const name = (err as { name?: string } | null)?.name ?? '';
+  const code = (err as { code?: string } | null)?.code;
+  const hint = /Authorization Violation|AuthorizationError/i.test(`${name} ${msg}`)
+    ? "the server refused this relay's credentials: check [relay.nats] (creds_file, nkey_seed_file, token_env, user_env and password_env)"
+    : /ENOTFOUND|EAI_AGAIN/.test(`${code ?? ''} ${msg}`)
+      ? 'the host name does not resolve: check [observers] nats_url (NATS_URL)'
+      : /ECONNREFUSED|CONNECTION_REFUSED/i.test(`${code ?? ''} ${msg}`)
+        ? 'nothing accepts connections there: is nats-server running, and is [observers] nats_url right?'
+        : null;
+  return new Error(
+    `NATS at ${servers.map(redactUrl).join(',')}: ${msg}${hint ? ` (${hint})` : ''}${tlsHint(err, '[relay.nats] ca_file')}`,
+    {
+      cause: err,
+    },
+  );
+}
+
 /** Hides the password (and any token-looking query parameter) of a connection URL. */
 export function redactUrl(url: string): string {
   try {
