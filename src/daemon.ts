@@ -1,10 +1,12 @@
 import type { Config } from './config/load.js';
-import type { Logger } from './util/log.js';
+import { logContext, type Logger } from './util/log.js';
 import { needsSlot } from './schema/plan.js';
 import { Relay, type RelayOptions } from './relay/relay.js';
 import { RelayMetrics } from './ops/metrics.js';
 import { Health } from './ops/health.js';
 import { startHttp } from './ops/http.js';
+import { VERSION } from './util/version.js';
+import { requiredSubjects } from './route/targets.js';
 
 /** A relay with its health and metrics served over HTTP at `[relay] listen`. */
 export interface Daemon {
@@ -33,8 +35,12 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
     health.register('slot', 'slot not inspected yet');
   }
 
+  // whether PostgreSQL answered the last time it was asked (leader election, slot inspection)
+  let pgReachable = true;
   relay.on('active', (active) => {
+    logContext.leader = active;
     metrics.active.set(active ? 1 : 0);
+    if (!active) metrics.standby();
     health.set('role', active, 'standby: another relay holds the leader lock');
     // a standby has no heartbeat of its own to wait for; the active one starts the clock anew
     health.set('heartbeat', !active, 'no heartbeat has come back yet');
@@ -51,6 +57,7 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
     health.set('heartbeat', true);
   });
   relay.on('slot', (s) => {
+    pgReachable = true;
     health.set('postgres', true);
     if (!s.exists) {
       health.set('slot', false, `replication slot ${config.relay.slot} does not exist: run fraiseql-relay migrate`);
@@ -71,6 +78,7 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
   });
   relay.on('reconnect', (target) => metrics.reconnects.inc({ target }));
   relay.on('postgres', (up, reason) => {
+    pgReachable = up;
     health.set('postgres', up, reason ?? 'PostgreSQL is unreachable');
     // the leader lock cannot be taken without PostgreSQL: say that, not that another relay holds it
     if (!up && !relay.outbound?.active)
@@ -81,7 +89,11 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
     if (!up) metrics.reconnects.inc({ target: 'nats' });
     health.set('nats', up, 'NATS is unreachable');
   });
-  relay.on('handler', (consumer, outcome) => metrics.handlerCalls.inc({ consumer, outcome }));
+  relay.on('handler', (consumer, outcome, seconds) => {
+    metrics.handlerCalls.inc({ consumer, outcome });
+    if (seconds !== null) metrics.handlerDuration.observe({ consumer }, seconds);
+  });
+  relay.on('webhookRequest', (seconds) => metrics.webhookDuration.observe(seconds));
   relay.on('consumer', (consumer, present, reason) => {
     metrics.consumerMissing.set({ consumer }, present ? 0 : 1);
     const missing = relay.missingConsumers;
@@ -98,7 +110,8 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
     const o = relay.outbound;
     metrics.inFlightMessages.set(o?.inFlight.messages ?? 0);
     metrics.inFlightBytes.set(o?.inFlight.bytes ?? 0);
-    metrics.up.set({ target: 'postgres' }, o ? (o.connected ? 1 : 0) : 1);
+    // the active relay streams from PostgreSQL; a standby only polls it for the leader lock
+    metrics.up.set({ target: 'postgres' }, o?.active ? (o.connected ? 1 : 0) : pgReachable ? 1 : 0);
     if (!o?.active) return;
     const back = o.heartbeatBack?.at.getTime() ?? o.activeSince;
     const silent = Date.now() - back;
@@ -146,7 +159,12 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
  */
 async function openDaemon(config: Config, log: Logger, opts: RelayOptions): Promise<Daemon> {
   const relay = new Relay(config, log, opts);
-  const metrics = new RelayMetrics();
+  const metrics = new RelayMetrics({
+    version: VERSION,
+    consumers: config.observers.subscribe.map((s) => s.consumer),
+    subjects: requiredSubjects(config).filter((s) => !/[*>]/.test(s)),
+    deadLetterCounts: () => relay.deadLetterCounts(),
+  });
   const health = new Health();
   const unobserve = observeRelay(config, relay, metrics, health, log);
   let http;

@@ -148,6 +148,36 @@ describe('ops HTTP: /livez', () => {
 });
 
 describe('ops HTTP: /metrics', () => {
+  test('every labelled counter exists at 0 from the start, build_info carries the version, lag is heartbeat-based', async () => {
+    const clock = new Clock();
+    const metrics = new RelayMetrics({
+      now: clock.now,
+      version: '9.9.9',
+      consumers: ['inventory-fraiseql_order_created'],
+      subjects: ['fraiseql.order.created'],
+      deadLetterCounts: () => Promise.resolve({ inbound: 3 }),
+    });
+    const text = await metrics.text();
+    for (const d of ['outbound', 'inbound', 'webhook']) assert.equal(sample(text, `fraiseql_relay_dead_letters_total{direction="${d}"}`), 0, d);
+    for (const t of ['postgres', 'nats']) assert.equal(sample(text, `fraiseql_relay_reconnects_total{target="${t}"}`), 0, t);
+    for (const k of ['transient', 'permanent']) assert.equal(sample(text, `fraiseql_relay_publish_errors_total{kind="${k}"}`), 0, k);
+    for (const o of ['applied', 'duplicate', 'failed', 'dead_lettered']) {
+      assert.equal(sample(text, `fraiseql_relay_handler_calls_total{consumer="inventory-fraiseql_order_created",outcome="${o}"}`), 0, o);
+    }
+    for (const o of ['delivered', 'retried', 'dead_lettered']) assert.equal(sample(text, `fraiseql_relay_webhook_deliveries_total{outcome="${o}"}`), 0, o);
+    assert.equal(sample(text, 'fraiseql_relay_events_published_total{subject="fraiseql.order.created"}'), 0);
+    assert.equal(sample(text, 'fraiseql_relay_consumer_missing{consumer="inventory-fraiseql_order_created"}'), 0);
+    assert.equal(sample(text, `fraiseql_relay_build_info{version="9.9.9",node_version="${process.versions.node}"}`), 1);
+    assert.equal(sample(text, 'fraiseql_relay_dead_letter_backlog{direction="inbound"}'), 3);
+    assert.equal(sample(text, 'fraiseql_relay_dead_letter_backlog{direction="outbound"}'), 0);
+    assert.equal(sample(text, 'fraiseql_relay_lag_seconds'), 0, 'no heartbeat yet: no lag of its own');
+    metrics.heartbeatReturned(0.25); // emitted 250 ms before it came back
+    clock.t += 8_000; // then nothing comes back for 8 s (an outage)
+    assert.equal(sample(await metrics.text(), 'fraiseql_relay_lag_seconds'), 8.25);
+    metrics.standby();
+    assert.equal(sample(await metrics.text(), 'fraiseql_relay_lag_seconds'), 0);
+  });
+
   test('Prometheus text with the relay metrics, Node defaults, increments and wal_status', async () => {
     const clock = new Clock();
     const metrics = new RelayMetrics({ now: clock.now });
@@ -168,12 +198,14 @@ describe('ops HTTP: /metrics', () => {
     assert.match(r.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
     let text = await r.text();
 
-    // Node's default metrics, under the relay's prefix
-    assert.ok(sample(text, 'fraiseql_relay_process_cpu_user_seconds_total') !== undefined, 'default process metric');
-    assert.match(text, /^fraiseql_relay_nodejs_heap_size_total_bytes \d/m);
-    assert.doesNotMatch(text, /^process_cpu_user_seconds_total/m, 'no unprefixed default metric');
-    // every metric family is prefixed
-    for (const m of text.matchAll(/^# TYPE (\S+)/gm)) assert.ok(m[1]!.startsWith('fraiseql_relay_'), m[1]);
+    // Node's default metrics under their standard names, as stock dashboards expect them
+    assert.ok(sample(text, 'process_cpu_user_seconds_total') !== undefined, 'default process metric');
+    assert.match(text, /^nodejs_heap_size_total_bytes \d/m);
+    assert.doesNotMatch(text, /^fraiseql_relay_process_cpu_user_seconds_total/m, 'no prefixed copy');
+    // every other metric family is prefixed
+    for (const m of text.matchAll(/^# TYPE (\S+)/gm)) {
+      if (!/^(process|nodejs)_/.test(m[1]!)) assert.ok(m[1]!.startsWith('fraiseql_relay_'), m[1]);
+    }
 
     assert.equal(sample(text, 'fraiseql_relay_events_published_total{subject="fraiseql.order.created"}'), 4);
     assert.equal(sample(text, 'fraiseql_relay_handler_calls_total{consumer="billing",outcome="applied"}'), 2);
@@ -240,7 +272,7 @@ describe('ops HTTP: /metrics', () => {
     const b = new RelayMetrics();
     a.reconnects.inc({ target: 'nats' });
     assert.equal(sample(await a.text(), 'fraiseql_relay_reconnects_total{target="nats"}'), 1);
-    assert.equal(sample(await b.text(), 'fraiseql_relay_reconnects_total{target="nats"}'), undefined);
+    assert.equal(sample(await b.text(), 'fraiseql_relay_reconnects_total{target="nats"}'), 0, 'the other counts nothing (it starts at 0)');
     assert.deepEqual(PUBLISH_LATENCY_BUCKETS.at(0), 0.0005);
     assert.deepEqual(PUBLISH_LATENCY_BUCKETS.at(-1), 60);
   });

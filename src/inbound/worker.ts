@@ -30,7 +30,8 @@ export class InboundWorker {
     private readonly rule: SubscribeRule,
     private readonly inbox: InboxExecutor,
     private readonly deadLetters: DeadLetterWriter,
-    private readonly onOutcome: (consumer: string, outcome: HandlerOutcome) => void,
+    /** each handler call's outcome, with its duration in seconds when the handler ran */
+    private readonly onOutcome: (consumer: string, outcome: HandlerOutcome, seconds?: number) => void,
     private readonly durable: DurableUpkeep,
     private readonly log: Logger,
   ) {}
@@ -71,10 +72,11 @@ export class InboundWorker {
     const keepAlive = setInterval(() => m.working(), Math.max(500, Math.floor(rule.ack_wait / 2)));
     try {
       for (let attempt = 0; ; attempt++) {
+        const started = performance.now();
         try {
           const outcome = await this.inbox.process(rule.consumer, eventId, m.subject, rule.handler, body);
           m.ack();
-          this.onOutcome(rule.consumer, outcome);
+          this.onOutcome(rule.consumer, outcome, (performance.now() - started) / 1000);
           return;
         } catch (err) {
           if (isTransient(err)) {
@@ -88,7 +90,7 @@ export class InboundWorker {
             await sleep(backoffDelay(attempt, 200, 5_000));
             continue;
           }
-          this.onOutcome(rule.consumer, 'failed');
+          this.onOutcome(rule.consumer, 'failed', (performance.now() - started) / 1000);
           const deliveries = m.info.deliveryCount;
           const reason = `${sqlState(err) ?? ''} ${errorMessage(err)}`.trim();
           if (deliveries >= rule.max_deliver || isUnstorable(err)) {

@@ -6,6 +6,23 @@ export const METRIC_PREFIX = 'fraiseql_relay_';
 /** `pg_replication_slots.wal_status` values, each one series of {@link RelayMetrics.slotWalStatus}. */
 const WAL_STATUSES = ['reserved', 'extended', 'unreserved', 'lost'] as const;
 
+export interface RelayMetricsOptions {
+  now?: () => number;
+  /** the package version, for `build_info` */
+  version?: string;
+  /** configured durable consumers: their counters start at 0 */
+  consumers?: readonly string[];
+  /** configured publish subjects: their counters start at 0 */
+  subjects?: readonly string[];
+  /** rows of the dead-letter table by direction, read at scrape time */
+  deadLetterCounts?: () => Promise<Partial<Record<string, number>>>;
+}
+
+const DEAD_LETTER_DIRECTIONS = ['outbound', 'inbound', 'webhook'] as const;
+const HANDLER_OUTCOMES = ['applied', 'duplicate', 'failed', 'dead_lettered'] as const;
+/** Handler and webhook duration buckets, seconds: 1 ms to 30 s. */
+const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
 /** Publish latency buckets, seconds: 0.5 ms to 60 s. */
 export const PUBLISH_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
@@ -81,20 +98,33 @@ export class RelayMetrics {
   readonly active: Gauge<string>;
   /** 1 while connected to the target (postgres|nats), else 0. */
   readonly up: Gauge<'target'>;
+  /** Always 1, labelled with the version. */
+  readonly buildInfo: Gauge<'version' | 'node_version'>;
+  /** Seconds per inbound handler call, by consumer. */
+  readonly handlerDuration: Histogram<'consumer'>;
+  /** Seconds per webhook request. */
+  readonly webhookDuration: Histogram<string>;
+  /** Rows in the dead-letter table, by direction. */
+  readonly deadLetterBacklog: Gauge<'direction'>;
+  /** Seconds since the newest commit known to be published (heartbeat-based). */
+  readonly lagSeconds: Gauge<string>;
 
   private readonly now: () => number;
   private readonly pendingPublished = new Map<string, number>();
   private lastLatencySample = 0;
   private lastConfirmedAt: number;
   private lastHeartbeatAt: number;
+  /** emission time (ms) of the newest heartbeat that came back; null while none did, or on a standby */
+  private heartbeatEmittedAt: number | null = null;
 
-  constructor(opts: { now?: () => number } = {}) {
+  constructor(opts: RelayMetricsOptions = {}) {
     this.now = opts.now ?? Date.now;
     this.lastConfirmedAt = this.now();
     this.lastHeartbeatAt = this.lastConfirmedAt;
     const register = new Registry();
     this.registry = register;
-    collectDefaultMetrics({ register, prefix: METRIC_PREFIX });
+    // Node's process metrics under their standard names (process_*, nodejs_*), as stock dashboards expect
+    collectDefaultMetrics({ register });
     const reg = [register];
     const p = METRIC_PREFIX;
     // collect callbacks run at scrape time; arrow functions reach this object's timestamps
@@ -247,6 +277,64 @@ export class RelayMetrics {
     });
     this.up.set({ target: 'postgres' }, 0);
     this.up.set({ target: 'nats' }, 0);
+
+    this.buildInfo = new Gauge({
+      name: `${p}build_info`,
+      help: 'Always 1; the labels say which fraiseql-relay and Node.js run',
+      labelNames: ['version', 'node_version'] as const,
+      registers: reg,
+    });
+    this.buildInfo.set({ version: opts.version ?? 'unknown', node_version: process.versions.node }, 1);
+    this.handlerDuration = new Histogram({
+      name: `${p}handler_duration_seconds`,
+      help: 'Seconds one inbound handler call took (its transaction with the inbox row), by consumer',
+      labelNames: ['consumer'] as const,
+      buckets: DURATION_BUCKETS,
+      registers: reg,
+    });
+    this.webhookDuration = new Histogram({
+      name: `${p}webhook_duration_seconds`,
+      help: 'Seconds one webhook request took, until the response or the failure',
+      buckets: DURATION_BUCKETS,
+      registers: reg,
+    });
+    this.deadLetterBacklog = new Gauge({
+      name: `${p}dead_letter_backlog`,
+      help: 'Rows in the dead-letter table, by direction (read at scrape time)',
+      labelNames: ['direction'] as const,
+      registers: reg,
+      collect: async () => {
+        if (!opts.deadLetterCounts) return;
+        try {
+          const counts = await opts.deadLetterCounts();
+          for (const d of DEAD_LETTER_DIRECTIONS) this.deadLetterBacklog.set({ direction: d }, counts[d] ?? 0);
+        } catch {
+          // PostgreSQL unreachable: keep the last values (the up metric says why)
+        }
+      },
+    });
+    this.lagSeconds = new Gauge({
+      name: `${p}lag_seconds`,
+      help:
+        'Seconds between now and the newest commit known to be published: the emission time of the last heartbeat that came back ' +
+        '(so it grows during an outage; precision one heartbeat interval); 0 on a standby',
+      registers: reg,
+      collect: () => {
+        this.lagSeconds.set(this.heartbeatEmittedAt === null ? 0 : ageOf(this.heartbeatEmittedAt));
+      },
+    });
+
+    // every labelled counter exists at 0 from the start for the label values known now, so a
+    // rate() or increase() alert sees the first increment after a restart
+    for (const d of DEAD_LETTER_DIRECTIONS) this.deadLetters.inc({ direction: d }, 0);
+    for (const k of ['transient', 'permanent']) this.publishErrors.inc({ kind: k }, 0);
+    for (const t of ['postgres', 'nats']) this.reconnects.inc({ target: t }, 0);
+    for (const o of ['delivered', 'retried', 'dead_lettered']) this.webhookDeliveries.inc({ outcome: o }, 0);
+    for (const consumer of opts.consumers ?? []) {
+      for (const outcome of HANDLER_OUTCOMES) this.handlerCalls.inc({ consumer, outcome }, 0);
+      this.consumerMissing.set({ consumer }, 0);
+    }
+    for (const subject of opts.subjects ?? []) this.eventsPublished.inc({ subject }, 0);
   }
 
   /** Records a confirmed LSN: sets `confirmed_lsn` and restarts the confirmed-LSN age. */
@@ -275,7 +363,13 @@ export class RelayMetrics {
   /** Records a heartbeat that came back, with its end-to-end lag in seconds; restarts its age. */
   heartbeatReturned(lagSeconds: number): void {
     this.lastHeartbeatAt = this.now();
+    this.heartbeatEmittedAt = this.lastHeartbeatAt - lagSeconds * 1000;
     this.heartbeatLagSeconds.set(lagSeconds);
+  }
+
+  /** This replica stood down: it has no lag of its own. */
+  standby(): void {
+    this.heartbeatEmittedAt = null;
   }
 
   /** Sets `slot_wal_status`: 1 for `status`, 0 for the other values; all 0 for null (no slot). */

@@ -29,10 +29,12 @@ export type RelayEvents = {
   postgres: [up: boolean, reason: string | null];
   /** the NATS connection went down (false) or came back (true) */
   nats: [up: boolean];
-  /** a handler call ended (per delivery: a failure is followed by a retry) */
-  handler: [consumer: string, outcome: HandlerOutcome];
+  /** a handler call ended (per delivery: a failure is followed by a retry), with its duration when it ran */
+  handler: [consumer: string, outcome: HandlerOutcome, seconds: number | null];
   /** a webhook delivery ended (a retry is followed by another outcome) */
   webhook: [outcome: WebhookOutcome];
+  /** one webhook request (or, with backend = "webhook", one delivery with its retries) took this long */
+  webhookRequest: [seconds: number];
   /** a subscription's durable consumer disappeared (false, with the reason) or exists again (true) */
   consumer: [consumer: string, present: boolean, reason: string | null];
   /** the relay cannot go on (its slot was invalidated): stop it and exit non-zero */

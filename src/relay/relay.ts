@@ -161,8 +161,13 @@ export class Relay extends EventEmitter<RelayEvents> {
       let first = true;
       const makeSink = async (): Promise<Sink> => {
         if (!nats) {
-          return new WebhookSink(targets, this.deadLetters!, config.relay.max_in_flight, log.child({ component: 'webhook' }), (o) =>
-            this.onWebhook(o),
+          return new WebhookSink(
+            targets,
+            this.deadLetters!,
+            config.relay.max_in_flight,
+            log.child({ component: 'webhook' }),
+            (o) => this.onWebhook(o),
+            (seconds) => this.emit('webhookRequest', seconds),
           );
         }
         const subjects = first ? streamSubjects : await this.streamSubjects();
@@ -263,6 +268,7 @@ export class Relay extends EventEmitter<RelayEvents> {
         target,
         this.deadLetters!,
         (o) => this.onWebhook(o),
+        (seconds) => this.emit('webhookRequest', seconds),
         this.durableUpkeep(jsm, rule, log),
         log.child({ consumer: route.consumer }),
       );
@@ -286,13 +292,13 @@ export class Relay extends EventEmitter<RelayEvents> {
     if (problems.length > 0) throw new UsageError(problems.join('\n'));
     const jsm = await jetstreamManager(this.nc!);
     this.inbox = new InboxExecutor(config.database.url, config.relay.schema, subs.reduce((a, s) => a + s.concurrency, 0) + 1);
-    const onOutcome = (consumer: string, outcome: HandlerOutcome) => {
+    const onOutcome = (consumer: string, outcome: HandlerOutcome, seconds?: number) => {
       const s = this.inbound;
       if (outcome === 'applied') s.applied++;
       else if (outcome === 'duplicate') s.duplicates++;
       else if (outcome === 'failed') s.failed++;
       else s.deadLettered++;
-      this.emit('handler', consumer, outcome);
+      this.emit('handler', consumer, outcome, seconds ?? null);
       if (outcome === 'dead_lettered') this.emit('deadLetter', 'inbound', null);
     };
     for (const rule of subs) {
@@ -353,6 +359,11 @@ export class Relay extends EventEmitter<RelayEvents> {
     else w.deadLettered++;
     this.emit('webhook', outcome);
     if (outcome === 'dead_lettered') this.emit('deadLetter', 'webhook', null);
+  }
+
+  /** Rows of the dead-letter table by direction (asks PostgreSQL). */
+  async deadLetterCounts(): Promise<Record<string, number>> {
+    return this.deadLetters ? this.deadLetters.counts() : {};
   }
 
   /** Pending and redelivered counts of the subscriptions' durable consumers (asks NATS). */

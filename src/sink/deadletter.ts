@@ -113,6 +113,14 @@ export class DeadLetterWriter {
     );
   }
 
+  /** Rows by direction. */
+  async counts(): Promise<Record<string, number>> {
+    const r = await this.pool.query<{ direction: string; n: string }>(
+      `SELECT direction, count(*)::text AS n FROM ${this.table} GROUP BY 1`,
+    );
+    return Object.fromEntries(r.rows.map((row) => [row.direction, Number(row.n)]));
+  }
+
   async close(): Promise<void> {
     await this.pool.end().catch(() => {});
   }

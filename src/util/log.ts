@@ -1,4 +1,6 @@
 import { createRequire } from 'node:module';
+import { hostname } from 'node:os';
+import { VERSION } from './version.js';
 import { pino, type Logger, type LevelWithSilent } from 'pino';
 
 /** pino-pretty is a dev dependency: a production image (npm prune) logs plain JSON on a TTY too. */
@@ -12,6 +14,9 @@ function hasPinoPretty(): boolean {
 }
 
 export type { Logger };
+
+/** Facts every log line of this process carries, set as they become known. */
+export const logContext: { leader?: boolean } = {};
 
 const REDACT = [
   'url',
@@ -39,7 +44,9 @@ const REDACT = [
 export function createLogger(level: string = process.env['LOG_LEVEL'] ?? 'info'): Logger {
   const opts = {
     level: level as LevelWithSilent,
-    base: { svc: 'fraiseql-relay' },
+    base: { svc: 'fraiseql-relay', version: VERSION, pid: process.pid, hostname: hostname() },
+    // each line says whether this process is the active relay (once that is known)
+    mixin: () => (logContext.leader === undefined ? {} : { leader: logContext.leader }),
     timestamp: pino.stdTimeFunctions.isoTime,
     redact: { paths: REDACT, censor: '[Redacted]' },
   };

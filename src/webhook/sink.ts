@@ -22,6 +22,8 @@ export class WebhookSink implements Sink {
     private readonly maxQueued: number,
     private readonly log: Logger,
     private readonly onOutcome: (outcome: WebhookOutcome) => void = () => {},
+    /** each delivery's duration in seconds (its retries included) */
+    private readonly onRequest: (seconds: number) => void = () => {},
   ) {}
 
   check(msg: OutboundMessage): string | null {
@@ -63,7 +65,9 @@ export class WebhookSink implements Sink {
       const target = this.targets.get(msg.subject)!;
       let err: Error | undefined;
       try {
+        const started = performance.now();
         const r = await deliverWithRetries(target, msg.eventId, msg.body, { signal: this.abort.signal });
+        this.onRequest((performance.now() - started) / 1000);
         if (this.abort.signal.aborted && !r.delivered) {
           err = new Error('webhook delivery interrupted');
         } else if (r.delivered) {

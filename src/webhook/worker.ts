@@ -26,6 +26,8 @@ export class WebhookWorker {
     private readonly target: WebhookTarget,
     private readonly deadLetters: DeadLetterWriter,
     private readonly onOutcome: (outcome: WebhookOutcome) => void,
+    /** each request's duration in seconds */
+    private readonly onRequest: (seconds: number) => void,
     private readonly durable: DurableUpkeep,
     private readonly log: Logger,
   ) {}
@@ -55,7 +57,9 @@ export class WebhookWorker {
     let attempts = Math.max(0, m.info.deliveryCount - 1);
     for (;;) {
       m.working();
+      const started = performance.now();
       const r = await deliverOnce(this.target, eventId, body, undefined, Date.now, this.abort.signal);
+      this.onRequest((performance.now() - started) / 1000);
       attempts++;
       if (r.ok) {
         m.ack();
