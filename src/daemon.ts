@@ -30,7 +30,6 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
   health.register('postgres', 'not connected to PostgreSQL yet');
   if (nats) health.register('nats', 'not connected to NATS yet');
   if (outbound) {
-    health.register('role', 'not the active relay yet: waiting for the leader lock');
     health.register('heartbeat', 'no heartbeat has come back yet');
     health.register('slot', 'slot not inspected yet');
   }
@@ -40,8 +39,8 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
   relay.on('active', (active) => {
     logContext.leader = active;
     metrics.active.set(active ? 1 : 0);
+    metrics.leader.set(active ? 1 : 0);
     if (!active) metrics.standby();
-    health.set('role', active, 'standby: another relay holds the leader lock');
     // a standby has no heartbeat of its own to wait for; the active one starts the clock anew
     health.set('heartbeat', !active, 'no heartbeat has come back yet');
     if (active) health.set('postgres', true);
@@ -80,9 +79,6 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
   relay.on('postgres', (up, reason) => {
     pgReachable = up;
     health.set('postgres', up, reason ?? 'PostgreSQL is unreachable');
-    // the leader lock cannot be taken without PostgreSQL: say that, not that another relay holds it
-    if (!up && !relay.outbound?.active)
-      health.set('role', false, 'not the active relay: the leader lock cannot be taken while PostgreSQL is unreachable');
   });
   relay.on('nats', (up) => {
     metrics.up.set({ target: 'nats' }, up ? 1 : 0);

@@ -65,12 +65,12 @@ describe('ops HTTP: /readyz', () => {
     assert.deepEqual(await r.json(), { status: 'ready' });
 
     health.set('nats', false, 'NATS down: connection refused');
-    health.set('role', false, 'standby: another replica holds the lock');
+    health.set('slot', false, 'slot lag 2000000 bytes exceeds [relay] max_lag (1000000)');
     r = await fetch(`${base}/readyz`);
     assert.equal(r.status, 503);
     assert.deepEqual(await r.json(), {
       status: 'not ready',
-      reasons: { nats: 'NATS down: connection refused', role: 'standby: another replica holds the lock' },
+      reasons: { nats: 'NATS down: connection refused', slot: 'slot lag 2000000 bytes exceeds [relay] max_lag (1000000)' },
     });
 
     // HEAD answers the same status without a body
@@ -78,7 +78,7 @@ describe('ops HTTP: /readyz', () => {
     assert.equal(r.status, 503);
     assert.match(r.headers.get('content-type') ?? '', /^application\/json/);
     health.set('nats', true);
-    health.set('role', true);
+    health.set('slot', true);
     r = await fetch(`${base}/readyz`, { method: 'HEAD' });
     assert.equal(r.status, 200);
     assert.equal(r.headers.get('content-length'), String(JSON.stringify({ status: 'ready' }).length));
@@ -158,13 +158,15 @@ describe('ops HTTP: /metrics', () => {
       deadLetterCounts: () => Promise.resolve({ inbound: 3 }),
     });
     const text = await metrics.text();
-    for (const d of ['outbound', 'inbound', 'webhook']) assert.equal(sample(text, `fraiseql_relay_dead_letters_total{direction="${d}"}`), 0, d);
+    for (const d of ['outbound', 'inbound', 'webhook'])
+      assert.equal(sample(text, `fraiseql_relay_dead_letters_total{direction="${d}"}`), 0, d);
     for (const t of ['postgres', 'nats']) assert.equal(sample(text, `fraiseql_relay_reconnects_total{target="${t}"}`), 0, t);
     for (const k of ['transient', 'permanent']) assert.equal(sample(text, `fraiseql_relay_publish_errors_total{kind="${k}"}`), 0, k);
     for (const o of ['applied', 'duplicate', 'failed', 'dead_lettered']) {
       assert.equal(sample(text, `fraiseql_relay_handler_calls_total{consumer="inventory-fraiseql_order_created",outcome="${o}"}`), 0, o);
     }
-    for (const o of ['delivered', 'retried', 'dead_lettered']) assert.equal(sample(text, `fraiseql_relay_webhook_deliveries_total{outcome="${o}"}`), 0, o);
+    for (const o of ['delivered', 'retried', 'dead_lettered'])
+      assert.equal(sample(text, `fraiseql_relay_webhook_deliveries_total{outcome="${o}"}`), 0, o);
     assert.equal(sample(text, 'fraiseql_relay_events_published_total{subject="fraiseql.order.created"}'), 0);
     assert.equal(sample(text, 'fraiseql_relay_consumer_missing{consumer="inventory-fraiseql_order_created"}'), 0);
     assert.equal(sample(text, `fraiseql_relay_build_info{version="9.9.9",node_version="${process.versions.node}"}`), 1);

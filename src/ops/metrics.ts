@@ -94,8 +94,10 @@ export class RelayMetrics {
 
   /** Reconnections, by target (postgres|nats). */
   readonly reconnects: Counter<'target'>;
-  /** 1 while this replica is the active relay, 0 while standby. */
+  /** 1 while this replica is the active relay (the leader), 0 while standby. */
   readonly active: Gauge<string>;
+  /** The same as `active`, under the name operators look for. */
+  readonly leader: Gauge<string>;
   /** 1 while connected to the target (postgres|nats), else 0. */
   readonly up: Gauge<'target'>;
   /** Always 1, labelled with the version. */
@@ -269,6 +271,12 @@ export class RelayMetrics {
       registers: reg,
     });
     this.active.set(0);
+    this.leader = new Gauge({
+      name: `${p}leader`,
+      help: '1 while this replica holds the leader lock and streams the slot, 0 while it is a standby (readiness does not depend on it)',
+      registers: reg,
+    });
+    this.leader.set(0);
     this.up = new Gauge({
       name: `${p}up`,
       help: '1 while connected to the target (postgres, nats), else 0',

@@ -57,14 +57,15 @@ export class LeaderLock {
         `SELECT pg_try_advisory_lock(hashtext('fraiseql-relay/active'), hashtext($1)) AS ok`,
         [this.slot],
       );
-      this.onReach(null);
       if (r.rows[0]?.ok) {
         this.held = true;
         this.log.info({ slot: this.slot }, 'took over: this relay is active');
         this.onAcquire();
+        this.onReach(null);
         this.watch();
         return;
       }
+      this.onReach(null);
     } catch (err) {
       this.log.warn({ err: errorMessage(err) }, 'leader election: PostgreSQL unreachable');
       this.onReach(errorMessage(err));

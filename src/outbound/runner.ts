@@ -60,6 +60,8 @@ type SessionDeps = Pick<OutboundDeps, 'config' | 'deadLetters' | 'database' | 'p
 export class OutboundRunner {
   readonly stats: OutboundStats = { published: 0, unrouted: 0, deadLettered: 0, transactions: 0 };
   private active = false;
+  /** onActive(false) was told for the current standby period */
+  private standbyAnnounced = false;
   private stopping = false;
   private session: OutboundSession | null = null;
   private loop: Promise<void> | null = null;
@@ -128,7 +130,14 @@ export class OutboundRunner {
       () => this.becomeActive(),
       (reason) => this.standDown(reason),
       this.opts.leaderPollMs,
-      (problem) => this.events.onPostgres?.(problem),
+      (problem) => {
+        this.events.onPostgres?.(problem);
+        // PostgreSQL answered and the lock is another relay's: this one is a standby (said once)
+        if (problem === null && !this.active && !this.standbyAnnounced) {
+          this.standbyAnnounced = true;
+          this.events.onActive?.(false);
+        }
+      },
     );
     this.log.info({ slot: this.config.relay.slot }, 'standing by until this relay holds the leader lock');
     this.leader.start();
@@ -137,6 +146,7 @@ export class OutboundRunner {
   private becomeActive(): void {
     if (this.stopping || this.active) return;
     this.active = true;
+    this.standbyAnnounced = false;
     this.activeSince = Date.now();
     this.events.onActive?.(true);
     this.heartbeat.start();
@@ -147,6 +157,7 @@ export class OutboundRunner {
   private standDown(reason: string): void {
     if (!this.active) return;
     this.active = false;
+    this.standbyAnnounced = true;
     this.events.onActive?.(false);
     this.heartbeat.stop();
     this.session?.abort(`leadership lost: ${reason}`);
