@@ -845,6 +845,86 @@ describe('parseDuration', () => {
   });
 });
 
+describe('durations and sizes within what the runtime can do', () => {
+  const TIMER_MAX = 2 ** 31 - 1;
+  const NATS_MAX = Math.floor((2 ** 63 - 1) / 1e6);
+  const sub = (keys: string) =>
+    minimal(`[observers]\nnats_url = "nats://h:4222"\n[[observers.subscribe]]\nsubject = "a.b"\nhandler = "fn"\n${keys}\n`);
+  const hook = (keys: string) =>
+    minimal(
+      `[observers]\nnats_url = "nats://h:4222"\n[[observers.publish]]\nmutation = "m"\nsubject = "a.b"\n` +
+        `[[observers.publish.actions]]\ntype = "webhook"\nurl = "https://h/x"\n${keys}\n`,
+    );
+
+  it('accepts the largest value of each key', () => {
+    const c = parseConfig(
+      minimal(
+        `[relay]\nheartbeat = "24d20h31m23s647ms"\nheartbeat_timeout = "1000000d"\nshutdown_timeout = "24d20h31m23s647ms"\n` +
+          `retention = "36500d"\nmax_lag = ${2 ** 53 - 1}\nmax_in_flight_bytes = ${2 ** 53 - 1}\n` +
+          `[relay.stream]\nduplicate_window = "106751d23h47m16s854ms"\n`,
+      ),
+      'f.toml',
+      ENV,
+    );
+    assert.equal(c.relay.heartbeat, TIMER_MAX);
+    assert.equal(c.relay.shutdown_timeout, TIMER_MAX);
+    assert.equal(c.relay.heartbeat_timeout, 1_000_000 * 86_400_000, 'never a timer: compared with elapsed time');
+    assert.equal(c.relay.retention, 36_500 * 86_400_000);
+    assert.equal(c.relay.stream.duplicate_window, NATS_MAX);
+    assert.equal(c.relay.max_lag, 2 ** 53 - 1);
+    const s = parseConfig(sub('ack_wait = "24d20h31m23s647ms"\nbackoff = ["106751d23h47m16s854ms"]\nmax_deliver = 2'), 'f.toml', ENV);
+    assert.equal(s.observers.subscribe[0]?.ack_wait, TIMER_MAX);
+    assert.deepEqual(s.observers.subscribe[0]?.backoff, [NATS_MAX]);
+    const w = parseConfig(hook('timeout = "24d20h31m23s647ms"'), 'f.toml', ENV);
+    assert.equal(w.observers.publish[0]?.actions[0]?.timeout, TIMER_MAX);
+  });
+
+  it('refuses a timer longer than 2^31-1 ms, naming the key, its line and the limit', () => {
+    const timer =
+      /is longer than 24d20h31m23s647ms, the longest wait a Node\.js timer can honour \(2\^31-1 ms; Node\.js would fire a longer one after 1 ms\); use at most "24d20h31m23s647ms"$/;
+    for (const [key, relay] of [
+      ['heartbeat', 'heartbeat = "30d"\nheartbeat_timeout = "31d"\n'],
+      ['heartbeat', 'heartbeat = "24d20h31m23s648ms"\nheartbeat_timeout = "31d"\n'],
+      ['shutdown_timeout', 'shutdown_timeout = "25d"\n'],
+    ] as const) {
+      const err = configError(() => parseConfig(minimal(`[relay]\n${relay}`), 'f.toml', ENV));
+      assert.equal(err.key, `relay.${key}`, err.message);
+      assert.equal(err.line, 6, err.message);
+      assert.match(err.message, new RegExp(`^f\\.toml:6: relay\\.${key}: "[^"]+" `), err.message);
+      assert.match(err.message, timer, err.message);
+    }
+    const ack = configError(() => parseConfig(sub('ack_wait = "30d"'), 'f.toml', ENV));
+    assert.match(ack.message, /^f\.toml:10: observers\.subscribe\[0\]\.ack_wait: "30d" is longer than 24d20h31m23s647ms/);
+    const t = configError(() => parseConfig(hook('timeout = "30d"'), 'f.toml', ENV));
+    assert.match(t.message, /^f\.toml:13: observers\.publish\[0\]\.actions\[0\]\.timeout: "30d" is longer than 24d20h31m23s647ms/);
+  });
+
+  it('refuses what NATS cannot hold (2^63-1 ns), a retention over 100 years, and zero where NATS would use its default', () => {
+    const dw = configError(() => parseConfig(minimal('[relay.stream]\nduplicate_window = "106752d"\n'), 'f.toml', ENV));
+    assert.equal(
+      dw.message,
+      'f.toml:6: relay.stream.duplicate_window: "106752d" is longer than 106751d23h47m16s854ms, the longest duration NATS can hold (2^63-1 nanoseconds); use at most "106751d23h47m16s854ms"',
+    );
+    const bo = configError(() => parseConfig(sub('backoff = ["1s", "106752d"]\nmax_deliver = 3'), 'f.toml', ENV));
+    assert.match(bo.message, /observers\.subscribe\[0\]\.backoff\[1\]: "106752d" is longer than 106751d23h47m16s854ms/);
+    const ret = configError(() => parseConfig(minimal('[relay]\nretention = "36501d"\n'), 'f.toml', ENV));
+    assert.match(ret.message, /^f\.toml:6: relay\.retention: "36501d" is longer than 36500d/);
+    const zero = configError(() => parseConfig(minimal('[relay.stream]\nduplicate_window = "0s"\n'), 'f.toml', ENV));
+    assert.match(
+      zero.message,
+      /relay\.stream\.duplicate_window: must be longer than zero: JetStream replaces a zero duplicate window with its default \(2m\)/,
+    );
+    const ack0 = configError(() => parseConfig(sub('ack_wait = "0ms"'), 'f.toml', ENV));
+    assert.match(ack0.message, /ack_wait: must be longer than zero: JetStream replaces a zero ack_wait with its default \(30s\)/);
+    const t0 = configError(() => parseConfig(hook('timeout = "0s"'), 'f.toml', ENV));
+    assert.match(t0.message, /actions\[0\]\.timeout: must be longer than zero/);
+    // a zero retention and a zero shutdown wait mean "at once": accepted
+    const c = parseConfig(minimal('[relay]\nretention = "0s"\nshutdown_timeout = "0s"\n'), 'f.toml', ENV);
+    assert.equal(c.relay.retention, 0);
+    assert.equal(c.relay.shutdown_timeout, 0);
+  });
+});
+
 describe('defaultConsumerName', () => {
   it('is <project>-<subject> with every character outside [A-Za-z0-9_-] replaced by _', () => {
     assert.equal(defaultConsumerName('inventory-service', 'fraiseql.order.created'), 'inventory-service-fraiseql_order_created');

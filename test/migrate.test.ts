@@ -71,6 +71,10 @@ async function rows<R extends pg.QueryResultRow>(url: string, text: string, para
 
 const ALL = loadMigrations('fraiseql_relay').map((m) => m.name);
 
+/** The statement migrate runs right after creating (or when adopting) a slot or publication. */
+const owned = (kind: 'slot' | 'publication', name: string, origin: 'created' | 'adopted') =>
+  `INSERT INTO "fraiseql_relay".owned_objects (kind, name, origin) VALUES ('${kind}', '${name}', '${origin}') ON CONFLICT (kind, name) DO NOTHING`;
+
 test('migrate twice: the second run changes nothing', async () => {
   const { url, config } = await fresh();
   const first = await migrate(config, log);
@@ -291,9 +295,12 @@ test('the dry run shows exactly the statements migrate runs, in order, and chang
       'COMMIT',
     ]),
     `CREATE PUBLICATION "fraiseql_relay_outbox" FOR TABLE "fraiseql_relay".outbox, "core"."tb_entity_change_log" WITH (publish = 'insert')`,
+    owned('publication', 'fraiseql_relay_outbox', 'created'),
     `ALTER TABLE "public"."tb_order" REPLICA IDENTITY FULL`,
     `CREATE PUBLICATION "fraiseql_relay_tables" FOR TABLE "public"."tb_order" WITH (publish = 'insert, update')`,
+    owned('publication', 'fraiseql_relay_tables', 'created'),
     `SELECT pg_create_logical_replication_slot('${config.relay.slot}', 'pgoutput')`,
+    owned('slot', config.relay.slot, 'created'),
   ]);
   // the printed dry run: the lock in the header, every statement, each step explained
   const text = formatPlan(plan);
@@ -349,7 +356,10 @@ test('a dry run that cannot reach the database prints the plan for an empty one 
   assert.ok(planned.includes(`CREATE PUBLICATION "fraiseql_relay_outbox" FOR TABLE "fraiseql_relay".outbox WITH (publish = 'insert')`));
   assert.ok(planned.includes(`ALTER TABLE "tb_order" REPLICA IDENTITY FULL`));
   assert.ok(planned.includes(`CREATE PUBLICATION "fraiseql_relay_tables" FOR TABLE "tb_order" WITH (publish = 'insert, update')`));
-  assert.equal(planned.at(-1), `SELECT pg_create_logical_replication_slot('${config.relay.slot}', 'pgoutput')`);
+  assert.deepEqual(planned.slice(-2), [
+    `SELECT pg_create_logical_replication_slot('${config.relay.slot}', 'pgoutput')`,
+    owned('slot', config.relay.slot, 'created'),
+  ]);
   const text = formatPlan(plan);
   assert.match(text, /^-- could not reach the database/, 'the first line says so');
 });

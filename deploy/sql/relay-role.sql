@@ -13,7 +13,7 @@ GRANT USAGE ON SCHEMA fraiseql_relay TO fraiseql_relay_app;
 GRANT SELECT, DELETE ON fraiseql_relay.outbox TO fraiseql_relay_app;
 -- inbox (exactly-once handler calls), dead letters, the relay's own state
 GRANT SELECT, INSERT, UPDATE, DELETE ON fraiseql_relay.inbox, fraiseql_relay.dead_letter, fraiseql_relay.relay_state TO fraiseql_relay_app;
-GRANT SELECT ON fraiseql_relay.migrations TO fraiseql_relay_app;
+GRANT SELECT ON fraiseql_relay.migrations, fraiseql_relay.owned_objects TO fraiseql_relay_app;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA fraiseql_relay TO fraiseql_relay_app;
 -- subscribed SQL handlers run as this role: grant EXECUTE on them (and what they touch), or
 -- make them SECURITY DEFINER. FraiseQL's change log has row-level security: replay needs

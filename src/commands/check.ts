@@ -12,6 +12,8 @@ import { filterCovers } from '../sink/subjects.js';
 import { checkHandler } from '../inbound/inbox.js';
 import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
 import { readSlot } from '../schema/slot.js';
+import { inspectOwnership, ownershipProbes } from '../schema/ownership.js';
+import { probeStream } from '../sink/stream.js';
 import { loadMutationMap, type MutationInfo } from '../route/changelog.js';
 
 type Status = 'ok' | 'warn' | 'fail';
@@ -74,6 +76,12 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
     if (needsSlot(config)) {
       const slot = config.relay.slot;
       const row = await readSlot(client, slot);
+      // whose the slot and publications are: what migrate, run, teardown and reconcile would refuse
+      const owned = await inspectOwnership(client, config, {
+        slot: row,
+        publications: config.observers.rules.length > 0 ? ['outbox', 'tables'] : ['outbox'],
+      });
+      out.push(...ownershipProbes(owned, config));
       const allowed = await allowedPlugins(client);
       if (allowed && !allowed.includes(config.relay.plugin)) {
         out.push({
@@ -85,7 +93,9 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
         out.push({ what: 'plugin', status: 'ok', detail: config.relay.plugin });
       }
       if (!row.exists) out.push({ what: 'slot', status: 'fail', detail: `${slot} is missing: run fraiseql-relay migrate` });
-      else if (row.plugin !== config.relay.plugin) {
+      else if (owned.slot?.ownership.state === 'foreign') {
+        out.push({ what: 'slot', status: 'fail', detail: `${slot} is not this relay's (see ownership)` });
+      } else if (row.plugin !== config.relay.plugin) {
         out.push({
           what: 'slot',
           status: 'fail',
@@ -286,6 +296,7 @@ async function probeNats(config: Config, out: Probe[]): Promise<void> {
       return;
     }
     const cfg = config.relay.stream;
+    out.push(...(await probeStream(nc, jsm, config, requiredSubjects(config))));
     let subjects: string[] | null = null;
     try {
       subjects = (await jsm.streams.info(cfg.name)).config.subjects ?? [];

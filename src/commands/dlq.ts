@@ -1,5 +1,5 @@
-import { headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
-import { jetstream } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { Republisher } from '../outbound/republish.js';
 import type { Config } from '../config/load.js';
 import { connectOnce } from '../sink/nats.js';
 import { parseDuration } from '../config/load.js';
@@ -96,6 +96,7 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
   if (missing.length > 0) throw new UsageError(`dlq retry: no dead letter with id ${missing.join(', ')}`);
   const inbox = new InboxExecutor(config.database.url, config.relay.schema, 1);
   let nc: NatsConnection | null = null;
+  let publisher: Republisher | null = null;
   let ok = 0;
   let failed = 0;
   try {
@@ -120,10 +121,14 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
         } else if (r.direction === 'outbound') {
           if (!config.observers.nats_url) throw new Error('[observers] nats_url is needed to re-publish');
           nc ??= await connectOnce(config, 'dlq');
-          const h = natsHeaders();
-          for (const [k, v] of Object.entries(r.headers ?? {})) h.set(k, v);
+          publisher ??= new Republisher(config, nc, log);
           const eventId = r.original_keys?.['event_id'] ?? r.event_id;
-          await jetstream(nc).publish(subject!, body, { msgID: `${eventId}:${subject}`, headers: h });
+          if (!subject || !eventId) throw new Error('no subject or event id recorded for this dead letter');
+          // the relay's own publisher: the same checks, signature and de-duplication as `run`
+          const msg = { subject, eventId, headers: r.headers ?? {}, body: typeof body === 'string' ? Buffer.from(body, 'utf8') : body };
+          const problem = await publisher.check(msg);
+          if (problem !== null) throw new Error(`it can never be published: ${problem}`);
+          await publisher.publish(msg);
           await withClient(config.database.url, (c) => c.query(`DELETE FROM ${table(config)} WHERE id = $1`, [r.id]).then(() => undefined));
           log.info({ id: r.id, subject: r.subject }, 'dead letter re-published');
         } else {
@@ -142,6 +147,7 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
       }
     }
   } finally {
+    publisher?.close();
     await inbox.close();
     await nc?.close();
   }

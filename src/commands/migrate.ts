@@ -10,8 +10,14 @@ export async function runMigrate(config: Config, log: Logger, opts: { dryRun: bo
   }
   const r = await migrate(config, log.child({ component: 'migrate' }));
   log.info(
-    { applied: r.applied, publicationCreated: r.publicationCreated, slotCreated: r.slotCreated, schema: config.relay.schema },
-    r.applied.length === 0 && !r.publicationCreated && !r.slotCreated ? 'already up to date' : 'migrated',
+    {
+      applied: r.applied,
+      publicationCreated: r.publicationCreated,
+      slotCreated: r.slotCreated,
+      adopted: r.adopted,
+      schema: config.relay.schema,
+    },
+    r.applied.length === 0 && !r.publicationCreated && !r.slotCreated && r.adopted.length === 0 ? 'already up to date' : 'migrated',
   );
   return 0;
 }

@@ -6,6 +6,7 @@ import { quoteIdent, withClient } from '../util/db.js';
 import { UsageError } from '../util/errors.js';
 import { republishOutbox } from '../outbound/republish.js';
 import { readSlot } from '../schema/slot.js';
+import { assertOwnership, hasOwnedTable, recordOwnedSql } from '../schema/ownership.js';
 
 /** `--since`: an ISO time, or a duration meaning "that long ago" (e.g. 2h). */
 function parseSince(s: string, now = Date.now()): Date {
@@ -26,10 +27,11 @@ export async function runReplay(config: Config, log: Logger, opts: { since: stri
   const since = parseSince(opts.since);
   const nc = await nats(config);
   try {
-    const r = await republishOutbox(config, nc, since);
+    const r = await republishOutbox(config, nc, since, log);
     log.info({ since: since.toISOString(), ...r }, 'replay done');
     process.stdout.write(
-      `replayed ${r.rows} outbox rows since ${since.toISOString()}: ${r.published} published, ${r.duplicates} already in the stream, ${r.unrouted} unrouted\n`,
+      `replayed ${r.rows} outbox rows since ${since.toISOString()}: ${r.published} published, ${r.duplicates} already in the stream, ` +
+        `${r.unrouted} unrouted, ${r.deadLettered} dead-lettered (can never be published: see \`fraiseql-relay dlq list\`)\n`,
     );
     return 0;
   } finally {
@@ -47,6 +49,9 @@ export async function runReconcile(config: Config, log: Logger, opts: { yes: boo
   const marginMs = parseDuration(opts.margin);
   const plan = await withClient(config.database.url, async (c) => {
     const stats = await readSlot(c, slot);
+    // only this relay's own slot is dropped and recreated (a slot of another database, or one this
+    // relay's schema did not create, is refused before anything changes)
+    await assertOwnership(c, config, 'reconcile', { slot: stats, publications: [] });
     const s = quoteIdent(config.relay.schema);
     const state = (
       await c.query<{ last_event_id: string | null; last_published_at: Date | null; created_at: Date | null }>(
@@ -76,14 +81,15 @@ export async function runReconcile(config: Config, log: Logger, opts: { yes: boo
   await withClient(config.database.url, async (c) => {
     if (plan.stats.exists) await c.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
     await c.query(`SELECT pg_create_logical_replication_slot($1, $2)`, [slot, config.relay.plugin]);
+    if (await hasOwnedTable(c, config.relay.schema)) await c.query(recordOwnedSql(config.relay.schema, 'slot', slot, 'created'));
   });
   log.info({ slot }, 'recreated replication slot');
   const nc = await nats(config);
   try {
-    const r = await republishOutbox(config, nc, since);
+    const r = await republishOutbox(config, nc, since, log);
     process.stdout.write(
       `reconciled: slot "${slot}" recreated; ${r.rows} retained outbox rows since ${since.toISOString()} re-published ` +
-        `(${r.published} new to the stream, ${r.duplicates} already there, ${r.unrouted} unrouted)\n`,
+        `(${r.published} new to the stream, ${r.duplicates} already there, ${r.unrouted} unrouted, ${r.deadLettered} dead-lettered)\n`,
     );
     return 0;
   } finally {

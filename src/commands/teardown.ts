@@ -4,9 +4,13 @@ import { withClient, quoteIdent } from '../util/db.js';
 import { UsageError } from '../util/errors.js';
 import { outboxPublication } from '../schema/plan.js';
 import { tablesPublication } from '../schema/tables.js';
-import { readSlot } from '../schema/slot.js';
+import { assertOwnership, hasOwnedTable, OWNED_TABLE } from '../schema/ownership.js';
 
-/** Drops the slot and publications: the way to stop holding WAL. Tables and data stay. */
+/**
+ * Drops the slot and publications: the way to stop holding WAL. Tables and data stay. Only this
+ * relay's own: a slot of another database, or a slot or publication this relay's schema did not
+ * create (see schema/ownership.ts), is refused before anything is dropped.
+ */
 export async function runTeardown(config: Config, log: Logger, yes: boolean): Promise<number> {
   const slot = config.relay.slot;
   const pubs = [outboxPublication(config), tablesPublication(config)];
@@ -17,18 +21,32 @@ export async function runTeardown(config: Config, log: Logger, yes: boolean): Pr
     );
   }
   await withClient(config.database.url, async (c) => {
-    const row = await readSlot(c, slot);
+    const report = await assertOwnership(c, config, 'teardown', { slot: true, publications: ['outbox', 'tables'] });
+    const row = report.slot!.stats;
+    if (row.exists && row.activePid !== null) {
+      throw new Error(`replication slot "${slot}" is in use by process ${row.activePid}; stop the relay first`);
+    }
+    const dropped = report.publications.filter((p) => p.ownership.state !== 'absent').map((p) => p.name);
     if (row.exists) {
-      if (row.activePid !== null) {
-        throw new Error(`replication slot "${slot}" is in use by process ${row.activePid}; stop the relay first`);
-      }
       await c.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
       log.info({ slot }, 'dropped replication slot');
     }
-    for (const p of pubs) {
-      await c.query(`DROP PUBLICATION IF EXISTS ${quoteIdent(p)}`);
+    for (const p of dropped) await c.query(`DROP PUBLICATION IF EXISTS ${quoteIdent(p)}`);
+    log.info({ publications: dropped }, 'dropped publications');
+    // what no longer exists is no longer this relay's: a later slot of that name is recorded anew by migrate
+    if (await hasOwnedTable(c, config.relay.schema)) {
+      await c
+        .query(
+          `DELETE FROM ${quoteIdent(config.relay.schema)}.${OWNED_TABLE} WHERE (kind = 'slot' AND name = $1) OR (kind = 'publication' AND name = ANY($2::text[]))`,
+          [slot, pubs],
+        )
+        .catch((err: unknown) =>
+          log.warn(
+            { err: (err as Error).message, table: `${config.relay.schema}.${OWNED_TABLE}` },
+            'could not forget the dropped slot and publications; delete their rows as the schema owner',
+          ),
+        );
     }
-    log.info({ publications: pubs }, 'dropped publications');
   });
   return 0;
 }

@@ -4,7 +4,7 @@
  * and key. Values of secret keys (URLs) are never put into messages.
  */
 import { z } from 'zod';
-import { DURATION_HINT, parseByteSize, parseDuration, SIZE_HINT } from './duration.js';
+import { DURATION_HINT, formatDuration, parseByteSize, parseDuration, SIZE_HINT } from './duration.js';
 import { checkPgName, checkSubject, isEnvName, isQualifiedIdentifier } from './names.js';
 
 /** The message of a required key that is absent; report.ts turns it into an "add …" hint. */
@@ -76,7 +76,44 @@ export const filePath = () =>
     error: 'must not contain a NUL character',
   });
 
-export const duration = () =>
+/**
+ * The longest delay Node.js timers (setTimeout, setInterval) honour: 2^31-1 ms, about 24.8 days.
+ * A longer one is not an error to Node: it prints a TimeoutOverflowWarning and fires after 1 ms.
+ */
+const TIMER_MAX_MS = 2 ** 31 - 1;
+
+/** The longest duration NATS takes: an int64 of nanoseconds (2^63-1 ns, about 292 years), in whole ms. */
+const NATS_DURATION_MAX_MS = Math.floor((2 ** 63 - 1) / 1e6);
+
+/** The longest `[relay] retention`: 100 years, "keep them" in practice. */
+const RETENTION_MAX_MS = 36_500 * 86_400_000;
+
+/** Why a duration key has an upper limit, for its error message. */
+export const DURATION_LIMITS = {
+  /** waited for by a Node.js timer */
+  timer: {
+    max: TIMER_MAX_MS,
+    why: `the longest wait a Node.js timer can honour (2^31-1 ms; Node.js would fire a longer one after 1 ms)`,
+  },
+  /** sent to NATS as nanoseconds */
+  nats: {
+    max: NATS_DURATION_MAX_MS,
+    why: 'the longest duration NATS can hold (2^63-1 nanoseconds)',
+  },
+  retention: {
+    max: RETENTION_MAX_MS,
+    why: 'the longest retention the relay accepts (100 years: keep the rows, in practice)',
+  },
+} as const;
+
+export interface DurationBounds {
+  /** the value must be longer than zero; `zero` says why (what 0 would silently turn into) */
+  positive?: { zero: string };
+  /** the longest value, and why */
+  limit?: { max: number; why: string };
+}
+
+export const duration = (bounds: DurationBounds = {}) =>
   z
     .string({
       error: (iss: RawIssue) =>
@@ -85,16 +122,31 @@ export const duration = () =>
           : expected(DURATION_HINT)(iss),
     })
     .transform((s, ctx) => {
+      let ms: number;
       try {
-        return parseDuration(s);
+        ms = parseDuration(s);
       } catch (e) {
         ctx.addIssue({ code: 'custom', message: e instanceof Error ? e.message : String(e), input: s });
         return z.NEVER;
       }
+      if (bounds.positive && ms <= 0) {
+        ctx.addIssue({ code: 'custom', message: `must be longer than zero${bounds.positive.zero}; expected ${DURATION_HINT}`, input: s });
+        return z.NEVER;
+      }
+      const limit = bounds.limit;
+      if (limit && ms > limit.max) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `${describeValue(s)} is longer than ${formatDuration(limit.max)}, ${limit.why}; use at most "${formatDuration(limit.max)}"`,
+          input: s,
+        });
+        return z.NEVER;
+      }
+      return ms;
     });
 
 /** A duration of at least 1 ms. */
-export const positiveDuration = () => duration().refine((ms) => ms > 0, { error: `must be longer than zero; expected ${DURATION_HINT}` });
+export const positiveDuration = (limit?: DurationBounds['limit']) => duration({ positive: { zero: '' }, ...(limit && { limit }) });
 
 export const byteSize = () =>
   z.unknown().transform((v, ctx) => {

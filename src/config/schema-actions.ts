@@ -1,6 +1,19 @@
 /** `[[….actions]]`: the webhook actions of a publish entry or a table rule. */
 import { z } from 'zod';
-import { arrayOfTables, checked, describeValue, duration, envName, expected, int, MISSING, type RawIssue, str, table } from './fields.js';
+import {
+  arrayOfTables,
+  checked,
+  describeValue,
+  duration,
+  DURATION_LIMITS,
+  envName,
+  expected,
+  int,
+  MISSING,
+  type RawIssue,
+  str,
+  table,
+} from './fields.js';
 import { isHeaderName } from './names.js';
 
 const HTTP_URL = 'an http:// or https:// URL';
@@ -24,7 +37,8 @@ export const actionShape = {
     .transform((s) => s.toUpperCase())
     .default('POST'),
   headers: z.record(z.string(), str('a string'), table('header name = "value"')).default({}),
-  timeout: duration().prefault('30s'),
+  // a setTimeout around each request
+  timeout: duration({ positive: { zero: '' }, limit: DURATION_LIMITS.timer }).prefault('30s'),
   max_attempts: int(1).default(8),
   signing_secret_env: envName().optional(),
 };

@@ -6,6 +6,7 @@ import {
   checked,
   describeValue,
   duration,
+  DURATION_LIMITS,
   expected,
   ignored,
   int,
@@ -87,8 +88,15 @@ export const subscribeShape = {
     return p && `is not a valid consumer name: it ${p}`;
   }).optional(),
   max_deliver: int(1).default(5),
-  ack_wait: duration().prefault('30s'),
-  backoff: z.array(duration(), { error: expected('an array of durations such as ["1s", "10s", "1m"]') }).default([]),
+  // sent to NATS, and the relay extends a message's deadline on a timer of half of it
+  ack_wait: duration({
+    positive: { zero: ': JetStream replaces a zero ack_wait with its default (30s)' },
+    limit: DURATION_LIMITS.timer,
+  }).prefault('30s'),
+  // redelivery delays sent to NATS with each NAK (nanoseconds), no timer of the relay's
+  backoff: z
+    .array(duration({ limit: DURATION_LIMITS.nats }), { error: expected('an array of durations such as ["1s", "10s", "1m"]') })
+    .default([]),
   concurrency: int(1).default(1),
 };
 

@@ -7,6 +7,7 @@ import {
   checked,
   describeValue,
   duration,
+  DURATION_LIMITS,
   envName,
   expected,
   filePath,
@@ -26,7 +27,11 @@ export const streamShape = {
     return p && `is not a valid stream name: it ${p}`;
   }).default('FRAISEQL'),
   create: bool().default(true),
-  duplicate_window: duration().prefault('10m'),
+  // sent to NATS in nanoseconds; a zero window would be JetStream's default instead
+  duplicate_window: duration({
+    positive: { zero: ': JetStream replaces a zero duplicate window with its default (2m)' },
+    limit: DURATION_LIMITS.nats,
+  }).prefault('10m'),
   subjects: z.array(subject(true), { error: expected('an array of NATS subjects such as ["fraiseql.>"]') }).default([]),
   storage: oneOf('stream storage', ['file', 'memory']).default('file'),
   replicas: intRange(1, 5).default(1),
@@ -95,16 +100,19 @@ export const relayShape = {
   }).default('0.0.0.0:9464'),
   max_in_flight: int(1).default(1024),
   max_in_flight_bytes: byteSize().prefault(64 * 1024 * 1024),
-  retention: duration().prefault('24h'),
-  shutdown_timeout: duration().prefault('10s'),
+  // compared with the rows' age (the cleanup runs every min(60s, retention/4)), never a timer
+  retention: duration({ limit: DURATION_LIMITS.retention }).prefault('24h'),
+  shutdown_timeout: duration({ limit: DURATION_LIMITS.timer }).prefault('10s'),
   plugin: oneOf('logical decoding plugin', ['pgoutput', 'wal2json']).default('pgoutput'),
   change_log: changeLog(),
   schema_file: filePath().optional(),
   subscription_prefix: subject(false).default('fraiseql.subscription'),
-  heartbeat: positiveDuration().prefault('10s'),
+  heartbeat: positiveDuration(DURATION_LIMITS.timer).prefault('10s'), // a setInterval
+  // compared with the time since the last heartbeat came back, never a timer: > heartbeat is its only bound
   heartbeat_timeout: positiveDuration().prefault('60s'),
   max_lag: byteSize().prefault('1GiB'),
   database_ca_file: filePath().optional(),
+  signing_key_env: envName().optional(),
   stream: z.strictObject(streamShape, table('[relay.stream]')).prefault({}),
   nats: natsSchema.prefault({}),
 };

@@ -145,6 +145,12 @@ export interface RelayConfig {
   max_lag: number;
   /** absolute path of a CA bundle for TLS to PostgreSQL */
   database_ca_file?: string;
+  /**
+   * name of the environment variable holding the message-signing key(s), comma-separated: the
+   * first signs published messages and keys table-rule event ids, every one verifies subscribed
+   * messages (unsigned or mis-signed ones are dead-lettered before the inbox)
+   */
+  signing_key_env?: string;
   stream: StreamConfig;
   /** always present, defaults filled in */
   nats: NatsConfig;

@@ -10,6 +10,7 @@ import { sleep, within } from '../util/sleep.js';
 import { deadLetterThenTerm, eventIdOf, headerObject, runConsumer, type DurableUpkeep } from './loop.js';
 import type { InboxExecutor } from './inbox.js';
 import { isTransient, isUnstorable, sqlState } from './sqlerrors.js';
+import { SIGNATURE_HEADER, type MessageKeys } from '../sink/signing.js';
 
 /** What became of one delivery of an inbound event. */
 export type HandlerOutcome = 'applied' | 'duplicate' | 'failed' | 'dead_lettered';
@@ -34,6 +35,8 @@ export class InboundWorker {
     private readonly onOutcome: (consumer: string, outcome: HandlerOutcome, seconds?: number) => void,
     private readonly durable: DurableUpkeep,
     private readonly log: Logger,
+    /** `[relay] signing_key_env`: only messages signed with one of these keys reach the inbox */
+    private readonly keys: MessageKeys | null = null,
   ) {}
 
   start(): void {
@@ -58,6 +61,17 @@ export class InboundWorker {
   private async handle(m: JsMsg): Promise<void> {
     const { rule } = this;
     const eventId = eventIdOf(m);
+    if (this.keys !== null) {
+      // before anything else: a forged message must not claim its event id in the inbox
+      const refused = this.keys.verify(m.headers?.get('Fraiseql-Event-Id'), m.subject, m.data, m.headers?.get(SIGNATURE_HEADER));
+      if (refused !== null) {
+        // recorded under its stream position, not the id it claims: neither this dead letter nor
+        // a `dlq retry` of it can take the real event's place (the claimed id stays in its headers)
+        const where = `unverified:${m.info.stream}:${m.seq}:${m.info.timestampNanos}`;
+        await this.toDeadLetter(m, where, m.string(), refused, isUtf8(m.data) ? undefined : m.data);
+        return;
+      }
+    }
     if (!isUtf8(m.data)) {
       await this.toDeadLetter(m, eventId, m.string(), 'message body is not valid UTF-8', m.data);
       return;

@@ -10,14 +10,29 @@ import { formatLsn, PG_EPOCH_OFFSET_MS } from '../source/lsn.js';
 import type { Router, RouterFor } from '../route/router.js';
 import type { OutboundMessage, Sink } from '../sink/sink.js';
 import type { DeadLetterWriter } from '../sink/deadletter.js';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, RelayError } from '../util/errors.js';
+import { UndeliverableError } from '../sink/limits.js';
 import { heartbeatTime } from './heartbeat.js';
 import { sleep, within } from '../util/sleep.js';
 
 type RowMessage = Extract<PgoutputMessage, { tag: 'insert' | 'update' | 'delete' }>;
 
+/**
+ * Per relay (keyed by the stats object its sessions share): the message ids (`<event id>:<subject>`)
+ * a session had sent without an answer when it failed, or whose answer never came. JetStream may
+ * have stored them: when the answer of a failed session's message still comes, it settles the
+ * question; when the next session's re-send is acknowledged as a duplicate first, that is the first
+ * acknowledgement this relay sees for it, so it counts as its publication. Bounded; emptied as the
+ * answers come.
+ */
+const unacknowledged = new WeakMap<OutboundStats, Set<string>>();
+const MAX_UNACKNOWLEDGED = 100_000;
+
 export interface OutboundStats {
+  /** messages JetStream stored (a re-sent duplicate is not counted) */
   published: number;
+  /** re-sent messages JetStream already held (after a reconnect): acknowledged, not stored again */
+  duplicates?: number;
   unrouted: number;
   deadLettered: number;
   transactions: number;
@@ -34,7 +49,7 @@ export interface OutboundDeps {
   onDurable?: (lsn: bigint) => void;
   /** a heartbeat's transaction became durable: it was emitted at `emittedAt` (ms) */
   onHeartbeat?: (emittedAt: number) => void;
-  /** a message was acknowledged by the sink */
+  /** a message was acknowledged by the sink and stored (not called for a re-sent duplicate) */
   onPublished?: (msg: OutboundMessage) => void;
   /** a message could never be published and was recorded in the dead-letter table */
   onDeadLetter?: (msg: OutboundMessage) => void;
@@ -66,6 +81,8 @@ export class OutboundSession {
   private asyncWork: Promise<void> | null = null;
   private settleRun!: (err?: Error) => void;
   private readonly finished: Promise<void>;
+  /** messages sent and not yet answered (for {@link unacknowledged} when the session fails) */
+  private readonly sending = new Set<OutboundMessage>();
 
   constructor(private readonly deps: OutboundDeps) {
     this.watermark = new AckWatermark(
@@ -148,6 +165,8 @@ export class OutboundSession {
   private fail(err: Error): void {
     if (this.failure || this.stopping) return;
     this.failure = err;
+    for (const m of this.sending) this.unanswered(m);
+    this.sending.clear();
     this.conn?.stream.pause();
     this.settleRun(err);
   }
@@ -285,7 +304,8 @@ export class OutboundSession {
     const { sink } = this.deps;
     for (let i = 0; i < messages.length; i++) {
       const msg = messages[i]!;
-      const problem = sink.check(msg);
+      // the router's refusal (a reserved header) holds for every sink
+      const problem = msg.refused ?? sink.check(msg);
       if (problem === null) {
         this.publish(t, msg);
       } else if (typeof problem === 'string') {
@@ -303,22 +323,65 @@ export class OutboundSession {
     return undefined;
   }
 
+  /**
+   * Publishes one message; its transaction's ticket is settled exactly once: when it is
+   * acknowledged, or when a refusal that will not change on retry (UndeliverableError) has been
+   * written to the dead-letter table. Any other error ends the session unsettled, so the message
+   * is read again from the slot, in order.
+   */
   private publish(t: TxnTicket, msg: OutboundMessage): void {
     this.watermark.add(t);
     msg.commitMs = this.commitMs;
-    this.deps.sink.publish(msg, (err) => {
-      if (err) this.fail(new Error(`publish to ${msg.subject} failed: ${errorMessage(err)}`, { cause: err }));
-      else {
-        this.deps.stats.published++;
-        this.deps.onPublished?.(msg);
-        this.watermark.settle(t);
+    this.sending.add(msg);
+    this.deps.sink.publish(msg, (err, duplicate) => {
+      this.sending.delete(msg);
+      if (err instanceof UndeliverableError) this.recordDeadLetter(t, msg, err.reason);
+      else if (err) {
+        // no answer (a timeout, the connection): JetStream may have stored it; a refusal says it did not
+        if (!(err instanceof RelayError)) this.unanswered(msg);
+        this.fail(new Error(`publish to ${msg.subject} failed: ${errorMessage(err)}`, { cause: err }));
+      } else {
+        const stats = this.deps.stats;
+        // a failed session's message answered late: counted only if JetStream stored it now
+        const first = this.answered(msg) && !this.failure;
+        if (duplicate === true && !first) stats.duplicates = (stats.duplicates ?? 0) + 1;
+        else {
+          stats.published++;
+          this.deps.onPublished?.(msg);
+        }
+        // a failed session confirms nothing more: the next one reads this transaction again
+        if (!this.failure) this.watermark.settle(t);
       }
     });
   }
 
+  /** Remembers a message whose answer this session will not see (see {@link unacknowledged}). */
+  private unanswered(msg: OutboundMessage): void {
+    let ids = unacknowledged.get(this.deps.stats);
+    if (!ids) unacknowledged.set(this.deps.stats, (ids = new Set()));
+    if (ids.size >= MAX_UNACKNOWLEDGED) ids.delete(ids.values().next().value!);
+    ids.add(`${msg.eventId}:${msg.subject}`);
+  }
+
+  /** Was `msg` sent by a failed session that never saw its answer? (forgets it: it is answered now) */
+  private answered(msg: OutboundMessage): boolean {
+    const ids = unacknowledged.get(this.deps.stats);
+    if (ids === undefined || ids.size === 0) return false;
+    return ids.delete(`${msg.eventId}:${msg.subject}`);
+  }
+
+  /** A message that can never be published: one more message of `t`, settled once it is recorded. */
   private deadLetter(t: TxnTicket, msg: OutboundMessage, reason: string): void {
     this.watermark.add(t);
-    this.deps.log.warn({ event_id: msg.eventId, subject: msg.subject, reason }, 'outbound event dead-lettered');
+    this.recordDeadLetter(t, msg, reason);
+  }
+
+  /** Writes the dead letter of a message already counted in `t`, then settles it (a failed write ends the session). */
+  private recordDeadLetter(t: TxnTicket, msg: OutboundMessage, reason: string): void {
+    // a session that already failed is read again from the slot: the next one records it
+    if (this.failure) return;
+    this.answered(msg);
+    this.deps.log.warn({ event_id: msg.eventId, subject: msg.subject.slice(0, 256), reason }, 'outbound event dead-lettered');
     this.deps.deadLetters
       .write({
         direction: 'outbound',
@@ -333,7 +396,7 @@ export class OutboundSession {
         () => {
           this.deps.stats.deadLettered++;
           this.deps.onDeadLetter?.(msg);
-          this.watermark.settle(t);
+          if (!this.failure) this.watermark.settle(t);
         },
         (err: unknown) => this.fail(new Error(`could not record a dead letter: ${errorMessage(err)}`)),
       );

@@ -13,7 +13,7 @@ export type RelayEvents = {
   active: [active: boolean];
   /** the slot may be confirmed up to this position: everything before it is published */
   durable: [lsn: bigint];
-  /** JetStream (or the webhook endpoint) acknowledged a message */
+  /** JetStream (or the webhook endpoint) acknowledged a message it did not hold yet (a re-sent duplicate is not told) */
   published: [message: OutboundMessage];
   /** an event went to the dead-letter table (the subject, when known) */
   deadLetter: [direction: DeadLetter['direction'], subject: string | null];

@@ -12,9 +12,11 @@ import { natsAuthOptions } from '../sink/natsauth.js';
 import { ensureStream, findStream } from '../sink/stream.js';
 import { JetStreamSink } from '../sink/jetstream.js';
 import { DeadLetterWriter } from '../sink/deadletter.js';
+import { MessageKeys } from '../sink/signing.js';
 import type { Sink } from '../sink/sink.js';
 import { needsSlot, outboxPublication } from '../schema/plan.js';
 import { resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
+import { assertRunOwnership } from '../schema/ownership.js';
 import { OutboxRouter } from '../route/outbox.js';
 import { TableRouter } from '../route/tables.js';
 import { TypeCatalog, catalogQuery } from '../source/pgtypes.js';
@@ -71,6 +73,8 @@ export class Relay extends EventEmitter<RelayEvents> {
   private failure: Error | null = null;
   private readonly missing = new Map<string, string>();
   private natsUp = false;
+  /** `[relay] signing_key_env`, read from the environment at start */
+  private keys: MessageKeys | null = null;
 
   constructor(
     private readonly config: Config,
@@ -137,9 +141,17 @@ export class Relay extends EventEmitter<RelayEvents> {
       const r = await c.query<{ db: string }>('SELECT current_database() AS db');
       return r.rows[0]!.db;
     });
+    // before anything changes: the slot and publications it would stream must be this relay's
+    await assertRunOwnership(config);
     // webhook targets resolve their URLs and secrets from the environment now: a missing
     // variable is a configuration error at start, not a dead letter later
     const webhooks = webhookRoutes(config).map((r) => ({ route: r, target: resolveWebhookTarget(r.action, process.env) }));
+    // so are the message-signing keys: a configured key that is missing must not turn verification off
+    const signing = config.relay.signing_key_env;
+    this.keys = signing === undefined ? null : MessageKeys.fromEnv(signing, process.env);
+    if (this.keys !== null) {
+      log.info({ key_fingerprints: this.keys.fingerprints, env: signing }, 'message signing on: the first key signs, any of them verifies');
+    }
     let streamSubjects: string[] = [];
     if (nats) {
       log.info({ database }, 'connecting to NATS');
@@ -178,6 +190,7 @@ export class Relay extends EventEmitter<RelayEvents> {
           timeoutMs: this.opts.publishTimeoutMs ?? 10_000,
           streamSubjects: subjects,
           log: log.child({ component: 'publisher' }),
+          keys: this.keys,
         });
       };
       const publications =
@@ -227,7 +240,7 @@ export class Relay extends EventEmitter<RelayEvents> {
       const { perRule } = await withClient(config.database.url, (c) => resolveRuleTables(c, config));
       // column types beyond the built-in ones are read from the catalog once, on a normal connection
       const types = new TypeCatalog(catalogQuery(config.database.url));
-      tables = new TableRouter(config, perRule, database, ruleWebhookSubject(config), types);
+      tables = new TableRouter(config, perRule, database, ruleWebhookSubject(config), types, this.keys);
     }
     let changeLog: { schema: string; name: string; router: Router } | null = null;
     if (table) {
@@ -314,6 +327,7 @@ export class Relay extends EventEmitter<RelayEvents> {
         onOutcome,
         this.durableUpkeep(jsm, rule, log),
         log.child({ consumer: rule.consumer }),
+        this.keys,
       );
       w.start();
       this.workers.push(w);

@@ -6,6 +6,7 @@ import { publishTargets } from './targets.js';
 import { IGNORED, UNROUTED, type RouteResult, type Router, type RowChange } from './router.js';
 import type { MutationClaim, MutationTwins } from './twins.js';
 import type { OutboundMessage } from '../sink/sink.js';
+import { appHeaderProblem } from '../sink/limits.js';
 
 /** The outbox columns the router reads, in one fixed shape (text as PostgreSQL wrote it). */
 interface OutboxValues {
@@ -172,11 +173,15 @@ export class OutboxRouter implements Router {
 
     const headers: Record<string, string> = {};
     const userHeaders = r.headers;
+    // a row written without emit() can carry a name the broker or the relay owns: never published
+    let refused: string | undefined;
     if (typeof userHeaders === 'string') {
       const parsed: unknown = JSON.parse(userHeaders);
       if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) {
         for (const [k, v] of Object.entries(parsed as Record<string, unknown>)) {
-          if (v !== null && v !== undefined) headers[k] = headerValue(typeof v === 'string' ? v : JSON.stringify(v));
+          if (v === null || v === undefined) continue;
+          refused ??= appHeaderProblem(k) ?? undefined;
+          headers[k] = headerValue(typeof v === 'string' ? v : JSON.stringify(v));
         }
       }
     }
@@ -191,6 +196,7 @@ export class OutboxRouter implements Router {
     if (typeof tp === 'string') headers['traceparent'] = headerValue(tp);
 
     const messages = fanOut(targets, eventId, headers, body, this.subscriptionPrefix);
+    if (refused !== undefined) for (const m of messages) m.refused = refused;
     if (this.twins !== null && typeof mutation === 'string' && typeof explicit !== 'string') {
       this.twins.claim(xid, claimOf(eventId, mutation, r, op, messages));
     }

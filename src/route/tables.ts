@@ -8,6 +8,7 @@ import { envelopeBody, sourceJsonPrefix } from './envelope.js';
 import { UNROUTED, type RouteResult, type Router, type RowChange } from './router.js';
 
 import type { ResolvedTable } from '../schema/tables.js';
+import type { MessageKeys } from '../sink/signing.js';
 
 /** `tb_order` → `Order`, `order_line` → `OrderLine`: FraiseQL's table ↔ type convention. */
 export function entityTypeOf(table: string): string {
@@ -22,9 +23,12 @@ export function entityTypeOf(table: string): string {
 /**
  * A stable event id for a row change: the change's WAL position (which redelivery keeps) and
  * transaction id, plus a hash of the database name, written as a version 8 UUID so consumers
- * can store it like an outbox id.
+ * can store it like an outbox id. Without `keys` the id is predictable (anyone who can guess the
+ * WAL position can compute it); with `[relay] signing_key_env` set it is a keyed hash of the
+ * same inputs, which only holders of the signing key can compute.
  */
-export function walEventId(lsn: bigint, xid: number, database = ''): string {
+export function walEventId(lsn: bigint, xid: number, database = '', keys: MessageKeys | null = null): string {
+  if (keys !== null) return keys.eventId(lsn, xid, database);
   const l = lsn.toString(16).padStart(16, '0');
   const x = (xid >>> 0).toString(16).padStart(8, '0');
   let h = 0x811c9dc5;
@@ -58,6 +62,8 @@ export class TableRouter implements Router {
     private readonly database: string,
     webhookSubject: (ruleIndex: number, actionIndex: number) => string | null = () => null,
     private readonly types: TypeCatalog = new TypeCatalog(null),
+    /** `[relay] signing_key_env`: event ids keyed with the signing key (unpredictable) */
+    private readonly keys: MessageKeys | null = null,
   ) {
     this.values = new ValueWriter(types);
     config.observers.rules.forEach((rule, i) => {
@@ -103,7 +109,7 @@ export class TableRouter implements Router {
 
     const { newTuple, oldTuple } = change;
     const oldIsKeyOnly = change.oldIsKey;
-    const eventId = walEventId(parseLsn(change.lsn), change.xid, this.database);
+    const eventId = walEventId(parseLsn(change.lsn), change.xid, this.database, this.keys);
     const after = newTuple ? rowToJson(rel, newTuple, this.values, oldIsKeyOnly ? null : oldTuple) : null;
     const before = oldTuple ? rowToJson(rel, oldTuple, this.values, null, oldIsKeyOnly) : null;
     const idIndex = rel.columns.findIndex((c) => c.name === 'id');

@@ -5,6 +5,7 @@ import { UsageError, errorMessage } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { DEFAULT_CHANGE_LOG } from './tables.js';
 import { readSlot, type SlotStats } from './slot.js';
+import { assertOwnership } from './ownership.js';
 import { buildPlan, emptyDatabaseState, inspectDatabase, migrateLockSql, needsSlot, type MigrationPlan } from './plan.js';
 
 /**
@@ -51,8 +52,13 @@ function unreachableNote(config: Config, err: unknown): string {
  */
 async function readPlan(client: pg.Client, config: Config): Promise<MigrationPlan> {
   const slot = needsSlot(config) ? await readSlot(client, config.relay.slot) : null;
+  // the slot and the publications migrate would create, alter or adopt must be this relay's
+  const owned = await assertOwnership(client, config, 'migrate', {
+    slot: slot ?? false,
+    publications: config.observers.rules.length > 0 ? ['outbox', 'tables'] : ['outbox'],
+  });
   if (slot) await assertSlotUsable(client, config, slot);
-  return buildPlan(config, await inspectDatabase(client, config, slot));
+  return buildPlan(config, await inspectDatabase(client, config, slot, owned));
 }
 
 export interface MigrateResult {
@@ -61,6 +67,8 @@ export interface MigrateResult {
   tableProblems: string[];
   publicationCreated: boolean;
   slotCreated: boolean;
+  /** the slot and publications of an installation from before ownership was recorded, now recorded as this relay's */
+  adopted: string[];
 }
 
 export interface MigrateOptions {
@@ -144,7 +152,7 @@ async function assertLogicalWal(client: pg.Client): Promise<void> {
 export async function migrate(config: Config, log: Logger = createLogger('silent'), opts: MigrateOptions = {}): Promise<MigrateResult> {
   const schema = config.relay.schema;
   const client = await connect(config.database.url);
-  const result: MigrateResult = { applied: [], tableProblems: [], publicationCreated: false, slotCreated: false };
+  const result: MigrateResult = { applied: [], tableProblems: [], publicationCreated: false, slotCreated: false, adopted: [] };
   try {
     await assertLogicalWal(client);
     await client.query(migrateLockSql(schema, 'pg_advisory_lock'));
@@ -203,6 +211,13 @@ async function runPlan(
           for (const p of plan.tableProblems) log.warn({ table: p.table }, p.problem);
         } else if (step.create) {
           log.info({ publication: step.publication, tables: step.tables, publish: step.publish }, 'created publication');
+        }
+        break;
+      case 'ownership':
+        for (const sql of step.statements) await run(sql);
+        for (const o of step.adopted) {
+          result.adopted.push(`${o.kind} ${o.name}`);
+          log.info({ [o.kind]: o.name }, `adopted the ${o.kind} of this installation (created before ownership was recorded)`);
         }
         break;
       case 'replica-identity':

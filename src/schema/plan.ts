@@ -11,6 +11,7 @@ import type pg from 'pg';
 import type { Config } from '../config/load.js';
 import { quoteIdent, quoteQualified, quoteLiteral } from '../util/db.js';
 import type { SlotStats } from './slot.js';
+import { adoptableObjects, OWNED_TABLE, recordOwnedSql, type ObjectKind, type OwnershipReport } from './ownership.js';
 import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from './tables.js';
 
 export interface Migration {
@@ -70,6 +71,8 @@ export interface DatabaseState {
   ruleTables: PlannedRuleTable[];
   /** FraiseQL's change log, streamed through the outbox publication */
   changeLog: { sql: string; name: string } | null;
+  /** the slot and publications that are this relay's by proof but not recorded yet (see ownership.ts) */
+  adopt: { kind: ObjectKind; name: string; proof: string }[];
 }
 
 interface StepBase {
@@ -87,6 +90,8 @@ type PlanStep = StepBase &
     | { kind: 'publication'; role: 'outbox' | 'tables'; publication: string; tables: string[]; publish: string; create: boolean }
     | { kind: 'replica-identity'; table: string }
     | { kind: 'slot'; slot: string; plugin: string }
+    /** statements record existing objects as this relay's (an installation from before sql/007) */
+    | { kind: 'ownership'; adopted: { kind: ObjectKind; name: string }[] }
   );
 
 export interface MigrationPlan {
@@ -103,9 +108,15 @@ export interface MigrationPlan {
 /**
  * A read-only look at what exists. Rule tables and the change log are resolved the way the relay
  * resolves them (search path, `[relay] change_log`); a missing rule table or configured change
- * log is a UsageError. `slot` is the slot as read by readSlot (null when none is needed).
+ * log is a UsageError. `slot` is the slot as read by readSlot (null when none is needed); `owned`
+ * says whose the slot and publications are (what migrate adopts).
  */
-export async function inspectDatabase(client: pg.Client, config: Config, slot: SlotStats | null): Promise<DatabaseState> {
+export async function inspectDatabase(
+  client: pg.Client,
+  config: Config,
+  slot: SlotStats | null,
+  owned: OwnershipReport | null = null,
+): Promise<DatabaseState> {
   const schema = config.relay.schema;
   const s = quoteIdent(schema);
   const r = await client.query<{ schema_exists: boolean; migrations_exists: boolean }>(
@@ -149,6 +160,7 @@ export async function inspectDatabase(client: pg.Client, config: Config, slot: S
     changeLog: changeLog
       ? { sql: `${quoteIdent(changeLog.schema)}.${quoteIdent(changeLog.name)}`, name: `${changeLog.schema}.${changeLog.name}` }
       : null,
+    adopt: owned ? adoptableObjects(owned) : [],
   };
 }
 
@@ -183,6 +195,7 @@ export function emptyDatabaseState(config: Config): DatabaseState {
       problem: null,
     })),
     changeLog: typeof setting === 'string' ? { sql: quoteQualified(setting), name: setting } : null,
+    adopt: [],
   };
 }
 
@@ -213,11 +226,24 @@ export function buildPlan(config: Config, state: DatabaseState, assumption: stri
     });
   }
 
+  if (state.adopt.length > 0) {
+    steps.push({
+      kind: 'ownership',
+      adopted: state.adopt.map(({ kind, name }) => ({ kind, name })),
+      comment: [
+        `this installation's slot and publications, created before ${schema}.${OWNED_TABLE} recorded them, are recorded as this relay's:`,
+        ...state.adopt.map((a) => `  ${a.kind} ${a.name}: ${a.proof}`),
+      ],
+      statements: state.adopt.map((a) => recordOwnedSql(schema, a.kind, a.name, 'adopted')),
+    });
+  }
+
   const outboxPub = outboxPublication(config);
   const outboxTables = [`${s}.outbox`, ...(state.changeLog ? [state.changeLog.sql] : [])];
   const streamed = `inserts into ${schema}.outbox${state.changeLog ? ` and FraiseQL's change log ${state.changeLog.name}` : ''}`;
   steps.push(
     publicationStep(
+      schema,
       'outbox',
       outboxPub,
       outboxTables,
@@ -255,6 +281,7 @@ export function buildPlan(config: Config, state: DatabaseState, assumption: stri
       const left = tableProblems.map((p) => `left out: ${p.problem}`);
       steps.push(
         publicationStep(
+          schema,
           'tables',
           pub,
           ok,
@@ -274,8 +301,13 @@ export function buildPlan(config: Config, state: DatabaseState, assumption: stri
       kind: 'slot',
       slot,
       plugin,
-      comment: [`permanent logical replication slot ${slot} with plugin ${plugin} (never silently recreated)`],
-      statements: [`SELECT pg_create_logical_replication_slot(${quoteLiteral(slot)}, ${quoteLiteral(plugin)})`],
+      comment: [
+        `permanent logical replication slot ${slot} with plugin ${plugin} (never silently recreated), recorded as this relay's in ${schema}.${OWNED_TABLE}`,
+      ],
+      statements: [
+        `SELECT pg_create_logical_replication_slot(${quoteLiteral(slot)}, ${quoteLiteral(plugin)})`,
+        recordOwnedSql(schema, 'slot', slot, 'created'),
+      ],
     });
   }
 
@@ -283,6 +315,7 @@ export function buildPlan(config: Config, state: DatabaseState, assumption: stri
 }
 
 function publicationStep(
+  schema: string,
   role: 'outbox' | 'tables',
   publication: string,
   tables: string[],
@@ -291,8 +324,12 @@ function publicationStep(
   comment: string[],
 ): PlanStep {
   const pub = quoteIdent(publication);
+  // a publication migrate creates is recorded as this relay's right after it
   const statements = create
-    ? [`CREATE PUBLICATION ${pub} FOR TABLE ${tables.join(', ')} WITH (publish = ${quoteLiteral(publish)})`]
+    ? [
+        `CREATE PUBLICATION ${pub} FOR TABLE ${tables.join(', ')} WITH (publish = ${quoteLiteral(publish)})`,
+        recordOwnedSql(schema, 'publication', publication, 'created'),
+      ]
     : [`ALTER PUBLICATION ${pub} SET TABLE ${tables.join(', ')}`, `ALTER PUBLICATION ${pub} SET (publish = ${quoteLiteral(publish)})`];
   return { kind: 'publication', role, publication, tables, publish, create, comment, statements };
 }

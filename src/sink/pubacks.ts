@@ -1,8 +1,11 @@
 import { createInbox, type MsgHdrs, type NatsConnection, type Subscription, type Msg } from '@nats-io/transport-node';
 import { PublishRefusedError, StreamMissingError } from '../util/errors.js';
 
+/** A publish's end: an error, or stored (`duplicate`: JetStream already held its message id, nothing was stored). */
+type PublishDone = (err?: Error, duplicate?: boolean) => void;
+
 interface Pending {
-  done: (err?: Error) => void;
+  done: PublishDone;
   sentAt: number;
   subject: string;
 }
@@ -54,9 +57,11 @@ export class PubAckPublisher {
 
   /**
    * Publishes `body` with the header lines `headerLines` ("Key: value\r\n"…, keys and values
-   * already valid) and `Nats-Msg-Id: msgId`.
+   * already valid) and `Nats-Msg-Id: msgId`. The id is the first header: nats-server 2.9 reads a
+   * header at the first place its name occurs in the block, so the relay's id must come before any
+   * other header that mentions it.
    */
-  publish(subject: string, body: Uint8Array, headerLines: string, msgId: string, done: (err?: Error) => void): void {
+  publish(subject: string, body: Uint8Array, headerLines: string, msgId: string, done: PublishDone): void {
     if (this.closed) {
       done(new Error('publisher closed'));
       return;
@@ -64,7 +69,7 @@ export class PubAckPublisher {
     const n = ++this.seq;
     this.pending.set(n, { done, sentAt: Date.now(), subject });
     try {
-      const block = 'NATS/1.0\r\n' + headerLines + 'Nats-Msg-Id: ' + msgId + '\r\n\r\n';
+      const block = 'NATS/1.0\r\nNats-Msg-Id: ' + msgId + '\r\n' + headerLines + '\r\n';
       const hlen = Buffer.byteLength(block, 'utf8');
       const reply = this.inbox + '.' + n;
       const w = this.writer;
@@ -101,7 +106,7 @@ export class PubAckPublisher {
       return;
     }
     // {"stream":"S","seq":1} or {"error":{"code":…,"err_code":…,"description":"…"},…}
-    if (data.length > 9 && indexOfError(data)) {
+    if (data.length > 9 && contains(data, ERR)) {
       let refused = new PublishRefusedError(p.subject, null, 'JetStream rejected the message');
       try {
         const e = (JSON.parse(new TextDecoder().decode(data)) as { error?: { code?: number; err_code?: number; description?: string } })
@@ -113,7 +118,8 @@ export class PubAckPublisher {
       p.done(refused);
       return;
     }
-    p.done();
+    // {"stream":"S", "seq":1,"duplicate": true} (2.9's spacing): a re-send the stream already held
+    p.done(undefined, duplicateAck(data));
   }
 
   private sweep(): void {
@@ -142,13 +148,24 @@ export class PubAckPublisher {
   }
 }
 
-const ERR = [0x22, 0x65, 0x72, 0x72, 0x6f, 0x72, 0x22]; // "error"
+const ERR = Buffer.from('"error"');
+const DUPLICATE = Buffer.from('"duplicate"');
 
-/** Does the reply contain `"error"`? (checked on bytes: no decoding for the common case) */
-function indexOfError(d: Uint8Array): boolean {
-  outer: for (let i = 0; i + ERR.length <= d.length; i++) {
-    for (let j = 0; j < ERR.length; j++) if (d[i + j] !== ERR[j]) continue outer;
-    return true;
+/** Where `pattern` ends in the reply, or -1 (checked on bytes: no decoding for the common case). */
+function find(d: Uint8Array, pattern: Uint8Array): number {
+  outer: for (let i = 0; i + pattern.length <= d.length; i++) {
+    for (let j = 0; j < pattern.length; j++) if (d[i + j] !== pattern[j]) continue outer;
+    return i + pattern.length;
   }
-  return false;
+  return -1;
+}
+
+const contains = (d: Uint8Array, pattern: Uint8Array): boolean => find(d, pattern) >= 0;
+
+/** Does the PubAck say `"duplicate": true` (any spacing)? */
+function duplicateAck(d: Uint8Array): boolean {
+  let i = find(d, DUPLICATE);
+  if (i < 0) return false;
+  while (i < d.length && (d[i] === 0x20 || d[i] === 0x3a)) i++; // spaces and the colon
+  return d[i] === 0x74; // t(rue)
 }
