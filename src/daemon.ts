@@ -112,11 +112,14 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
     const back = o.heartbeatBack?.at.getTime() ?? o.activeSince;
     const silent = Date.now() - back;
     if (silent > config.relay.heartbeat_timeout) {
-      const where = !o.connected
-        ? `the replication connection is down (${o.lastError ?? 'connecting'})`
-        : o.inFlight.messages > 0
-          ? `${o.inFlight.messages} messages are waiting for JetStream acknowledgements`
-          : 'changes are not arriving from PostgreSQL (is the walsender stuck, or the slot in use elsewhere?)';
+      const where =
+        o.lastFailure === 'nats' && o.lastError
+          ? `publishing to JetStream fails (${o.lastError})`
+          : !o.connected
+            ? `the replication connection is down (${o.lastError ?? 'connecting'})`
+            : o.inFlight.messages > 0
+              ? `${o.inFlight.messages} messages are waiting for JetStream acknowledgements`
+              : 'changes are not arriving from PostgreSQL (is the walsender stuck, or the slot in use elsewhere?)';
       health.set('heartbeat', false, `no heartbeat back for ${Math.round(silent / 1000)} s: ${where}`);
       if (!stuckLogged) olog.warn({ silent_ms: silent, where }, 'no heartbeat came back in time: the data path is stuck');
       stuckLogged = true;

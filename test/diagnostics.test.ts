@@ -85,3 +85,54 @@ test(
     assert.ok(!JSON.stringify(last.body).includes('pw-one-9x'), 'no password in the reasons');
   },
 );
+
+test(
+  'a full stream: /readyz says publishing to JetStream fails, and the reconnects count NATS, not PostgreSQL',
+  { timeout: 90_000 },
+  async (t) => {
+    const toml = `
+[project]
+name = "full"
+[database]
+url = "\${DATABASE_URL}"
+[observers]
+nats_url = "\${NATS_URL}"
+[[observers.publish]]
+mutation = "create_order"
+subject = "fraiseql.full.x"
+[relay]
+listen = "127.0.0.1:0"
+heartbeat = "1s"
+heartbeat_timeout = "3s"
+[relay.stream]
+name = "FULL"
+create = false
+`;
+    const env = await TestEnv.create({ toml });
+    let daemon: Awaited<ReturnType<typeof startDaemon>> | null = null;
+    const nc = await env.natsClient();
+    t.after(async () => {
+      await daemon?.stop();
+      await nc.close();
+      await env.destroy();
+    });
+    await env.migrate();
+    const { jetstreamManager, DiscardPolicy } = await import('@nats-io/jetstream');
+    await (
+      await jetstreamManager(nc)
+    ).streams.add({ name: 'FULL', subjects: ['fraiseql.full.>'], max_msgs: 3, discard: DiscardPolicy.New });
+    daemon = await startDaemon(env.config(), createLogger('silent'), { backoffMinMs: 100, backoffMaxMs: 500, publishTimeoutMs: 1000 });
+    await env.sql(`SELECT fraiseql_relay.emit('fraiseql.full.x', jsonb_build_object('n', g)) FROM generate_series(1, 6) g`);
+    let reason = '';
+    for (let i = 0; i < 200 && !/publishing to JetStream fails/.test(reason); i++) {
+      await sleep(100);
+      const r = await fetch(`http://127.0.0.1:${daemon.port}/readyz`);
+      reason = ((await r.json()) as { reasons?: Record<string, string> }).reasons?.['heartbeat'] ?? '';
+    }
+    assert.match(reason, /publishing to JetStream fails \(publish to fraiseql\.full\.x failed: .*maximum messages/);
+    assert.doesNotMatch(reason, /not arriving from PostgreSQL|replication connection is down/);
+    const metrics = await (await fetch(`http://127.0.0.1:${daemon.port}/metrics`)).text();
+    assert.match(metrics, /^fraiseql_relay_reconnects_total\{target="nats"\} [1-9]/m);
+    assert.match(metrics, /^fraiseql_relay_reconnects_total\{target="postgres"\} 0$/m);
+  },
+);

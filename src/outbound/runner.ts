@@ -6,7 +6,7 @@ import { quoteIdent } from '../util/db.js';
 import { OutboundSession, type OutboundDeps, type OutboundStats } from './session.js';
 import type { OutboundMessage, Sink } from '../sink/sink.js';
 import { OutboxRetention } from './retention.js';
-import { errorMessage, SlotError, SlotLostError, tlsHint } from '../util/errors.js';
+import { errorMessage, SlotError, SlotLostError, tlsHint, PublishFailedError } from '../util/errors.js';
 import { formatLsn } from '../source/lsn.js';
 import { backoffDelay } from '../util/backoff.js';
 import { sleep } from '../util/sleep.js';
@@ -42,7 +42,7 @@ export interface RunnerEvents {
   /** the slot was inspected */
   onSlot?: (s: SlotStats) => void;
   /** the replication session failed and will be reconnected */
-  onReconnect?: () => void;
+  onReconnect?: (cause: 'postgres' | 'nats') => void;
   /** PostgreSQL answered (null) or could not be reached, and why (leader election) */
   onPostgres?: (problem: string | null) => void;
   /** the relay cannot continue (slot invalidated): it should stop and exit non-zero */
@@ -78,6 +78,8 @@ export class OutboundRunner {
   private stateDirty = false;
   activeSince = 0;
   lastError: string | null = null;
+  /** what the last session failure was about: the replication stream, or publishing to NATS */
+  lastFailure: 'postgres' | 'nats' | null = null;
   connected = false;
 
   constructor(
@@ -179,6 +181,9 @@ export class OutboundRunner {
           this.confirmed = lsn;
           this.stateDirty = true;
           attempt = 0;
+          // progress: the last failure is over
+          this.lastError = null;
+          this.lastFailure = null;
           this.events.onDurable?.(lsn);
         },
         onHeartbeat: (at) => {
@@ -204,7 +209,8 @@ export class OutboundRunner {
       } catch (err) {
         this.connected = false;
         if (this.stopping || !this.active) break;
-        this.lastError = errorMessage(err) + tlsHint(err, '[relay] database_ca_file');
+        this.lastFailure = err instanceof PublishFailedError ? 'nats' : 'postgres';
+        this.lastError = errorMessage(err) + (this.lastFailure === 'postgres' ? tlsHint(err, '[relay] database_ca_file') : '');
         if (err instanceof SlotLostError) {
           this.fatal(new Error(lostSlotMessage(this.config.relay.slot)));
           break;
@@ -215,7 +221,7 @@ export class OutboundRunner {
             { err: this.lastError, confirmed: formatLsn(this.confirmed) },
             'outbound stream interrupted; reconnecting from the confirmed position',
           );
-        this.events.onReconnect?.();
+        this.events.onReconnect?.(this.lastFailure);
       } finally {
         this.connected = false;
         sink.close();

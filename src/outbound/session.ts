@@ -10,7 +10,7 @@ import { formatLsn, PG_EPOCH_OFFSET_MS } from '../source/lsn.js';
 import type { Router, RouterFor } from '../route/router.js';
 import type { OutboundMessage, Sink } from '../sink/sink.js';
 import type { DeadLetterWriter } from '../sink/deadletter.js';
-import { errorMessage, RelayError } from '../util/errors.js';
+import { errorMessage, PublishFailedError, RelayError } from '../util/errors.js';
 import { UndeliverableError } from '../sink/limits.js';
 import { heartbeatTime } from './heartbeat.js';
 import { sleep, within } from '../util/sleep.js';
@@ -339,7 +339,7 @@ export class OutboundSession {
       else if (err) {
         // no answer (a timeout, the connection): JetStream may have stored it; a refusal says it did not
         if (!(err instanceof RelayError)) this.unanswered(msg);
-        this.fail(new Error(`publish to ${msg.subject} failed: ${errorMessage(err)}`, { cause: err }));
+        this.fail(new PublishFailedError(`publish to ${msg.subject} failed: ${errorMessage(err)}`, { cause: err }));
       } else {
         const stats = this.deps.stats;
         // a failed session's message answered late: counted only if JetStream stored it now

@@ -23,8 +23,8 @@ export type RelayEvents = {
   heartbeat: [lagMs: number];
   /** the replication slot was inspected */
   slot: [stats: SlotStats];
-  /** the replication stream failed and is being reconnected */
-  reconnect: [target: 'postgres'];
+  /** the replication session failed and is being reconnected; `cause`: the stream from PostgreSQL, or publishing to NATS */
+  reconnect: [cause: 'postgres' | 'nats'];
   /** PostgreSQL answered the leader election (true) or could not be reached, with the reason */
   postgres: [up: boolean, reason: string | null];
   /** the NATS connection went down (false) or came back (true) */
@@ -64,6 +64,8 @@ export interface OutboundState {
   connected: boolean;
   /** why the last session ended, when it failed */
   lastError: string | null;
+  /** what that failure was about: the replication stream, or publishing to NATS */
+  lastFailure: 'postgres' | 'nats' | null;
   confirmedLsn: bigint;
   /** the last heartbeat that came back */
   heartbeatBack: { at: Date; lagMs: number } | null;

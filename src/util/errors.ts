@@ -8,6 +8,7 @@
  *   ├─ SlotError             the replication slot is missing or unusable: retrying cannot help until it is fixed
  *   │  └─ SlotLostError      the slot was invalidated (wal_status = lost): the relay must not go on
  *   ├─ StreamMissingError    no JetStream stream captures a subject
+ *   ├─ PublishFailedError    a publish failed for a reason of NATS: the session reconnects
  *   └─ PublishRefusedError   JetStream answered a publish with an error
  */
 export class RelayError extends Error {
@@ -37,6 +38,9 @@ export class StreamMissingError extends RelayError {
     super(message);
   }
 }
+
+/** A publish failed in a way that ends the replication session (NATS, not PostgreSQL, is the cause). */
+export class PublishFailedError extends RelayError {}
 
 /** JetStream answered a publish with an error; `code` is its `err_code` (e.g. 10071 wrong last sequence). */
 export class PublishRefusedError extends RelayError {
