@@ -272,6 +272,7 @@ async function forge(nc: NatsConnection, subject: string, eventId: string, body:
 }
 
 interface DeadLetterRow {
+  id: string;
   event_id: string;
   direction: string;
   consumer: string;
@@ -317,7 +318,7 @@ describe('two relays sharing a signing key', () => {
   /** Dead letters of messages claiming an event id (in their Fraiseql-Event-Id header). */
   const deadLetters = (eventId: string) =>
     inventory.sql<DeadLetterRow>(
-      `SELECT event_id, direction, consumer, error, attempts, headers, body FROM fraiseql_relay.dead_letter
+      `SELECT id::text, event_id, direction, consumer, error, attempts, headers, body FROM fraiseql_relay.dead_letter
         WHERE headers->>'Fraiseql-Event-Id' = $1 ORDER BY id`,
       [eventId],
     );
@@ -371,6 +372,15 @@ describe('two relays sharing a signing key', () => {
     assert.equal(stored.length, 1);
     assert.match(stored[0]!.headers[SIGNATURE_HEADER]!, /^v1=[A-Za-z0-9+/]{43}=$/);
     assert.equal((await deadLetters(id)).length, 3, 'nothing more was refused');
+
+    // dlq retry does not apply a refused (unverified) message either
+    const { dlqRetry } = await import('../src/commands/dlq.js');
+    const ids = (await deadLetters(id)).map((d) => d.id);
+    assert.equal(await dlqRetry(inventory.config(), createLogger('silent'), { ids, all: false }), 1, 'the retry fails');
+    assert.deepEqual(await reserved(id), [{ order_id: 'order-real', calls: 1 }], 'the forged bodies were never applied');
+    const after = await deadLetters(id);
+    assert.equal(after.length, 3);
+    for (const d of after) assert.match(d.error, /signature did not verify/);
   });
 
   test('an unsigned message is refused while a key is configured', async () => {

@@ -109,6 +109,12 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
           const sub = config.observers.subscribe.find((s) => s.consumer === r.consumer);
           const handler = sub?.handler ?? r.handler;
           if (!handler || !r.consumer) throw new Error('no handler recorded for this dead letter');
+          if (r.event_id?.startsWith('unverified:')) {
+            throw new Error(
+              'this message was refused because its signature did not verify ([relay] signing_key_env): it is not applied; ' +
+                'delete it with `dlq purge` once it is understood',
+            );
+          }
           const outcome = await inbox.process(
             r.consumer,
             r.event_id ?? `dead-letter:${r.id}`,
