@@ -5,14 +5,20 @@
  * example config names, run commands the CLI has, and give the relay more time to stop than its
  * `shutdown_timeout`.
  *
+ * Readiness means healthy, not leader: every healthy replica (a standby too) is Ready, so the
+ * rollout keeps replicas available (maxUnavailable below the replica count) and the
+ * PodDisruptionBudget lets a drain evict one relay at a time.
+ *
  * The manifests are parsed as YAML; when `kubectl` (kustomize) or `helm` is on PATH, the
- * rendered objects are checked the same way.
+ * rendered objects are checked the same way. (No helm here: `helm` is neither a Debian nor an npm
+ * package, so the Helm rendering test runs where a developer has it.)
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { basename, dirname, join, posix, resolve } from 'node:path';
+import { cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join, posix, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml, parseAllDocuments } from 'yaml';
 import { parseConfig, parseDuration, type Config } from '../src/config/load.js';
@@ -21,7 +27,16 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const DEPLOY = join(ROOT, 'deploy');
 const BASE = join(DEPLOY, 'kubernetes', 'base');
 const CHART = join(DEPLOY, 'helm', 'fraiseql-relay');
-const PKG = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+const PKG = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as {
+  version: string;
+  license: string;
+  files: string[];
+  engines: { node: string };
+  dependencies: Record<string, string>;
+  devDependencies: Record<string, string>;
+};
+/** The optional Secret whose keys the Kustomize base projects beside fraiseql.toml. */
+const FILES_SECRET = 'fraiseql-relay-files';
 
 /** The port the README and the Dockerfile promise for `[relay] listen`. */
 const CONTRACT_PORT = 9464;
@@ -162,12 +177,28 @@ function resolvePort(container: K8s, port: unknown, what: string): number {
   return named.containerPort as number;
 }
 
-/** k8s rounds maxUnavailable percentages down. */
-function maxUnavailable(value: unknown, replicas: number): number {
+/** k8s rounds maxUnavailable percentages down, maxSurge percentages up. */
+function rolloutCount(value: unknown, replicas: number, round: (n: number) => number, what: string): number {
+  if (value === undefined) return round((25 * replicas) / 100); // the Deployment default, 25%
   if (typeof value === 'number') return value;
-  const m = /^(\d+)%$/.exec(String(value));
-  assert.ok(m, `maxUnavailable ${String(value)} is a number or a percentage`);
-  return Math.floor((Number(m[1]) * replicas) / 100);
+  const m = /^(\d+)%$/.exec(typeof value === 'string' ? value : '');
+  assert.ok(m, `${what} ${JSON.stringify(value)} is a number or a percentage`);
+  return round((Number(m[1]) * replicas) / 100);
+}
+
+/**
+ * Every healthy replica is Ready (readiness means healthy, not leader): a rollout must keep
+ * replicas available, and must be able to progress at all.
+ */
+function checkRollout(rollingUpdate: K8s, replicas: number, what: string): void {
+  const unavailable = rolloutCount(rollingUpdate?.maxUnavailable, replicas, Math.floor, 'maxUnavailable');
+  const surge = rolloutCount(rollingUpdate?.maxSurge, replicas, Math.ceil, 'maxSurge');
+  assert.ok(
+    unavailable < replicas,
+    `${what}: maxUnavailable (${String(rollingUpdate?.maxUnavailable)}) leaves a replica available (standbys are Ready)`,
+  );
+  assert.ok(unavailable <= 1, `${what}: at most one replica unavailable during a rollout`);
+  assert.ok(surge + unavailable > 0, `${what}: maxSurge or maxUnavailable lets the rollout progress`);
 }
 
 // ---------------------------------------------------------------- Kubernetes objects
@@ -179,28 +210,48 @@ interface Workload {
   configPath: string;
 }
 
+/** The ConfigMap (and item list) of a volume: a configMap volume, or the configMap source of a projected one. */
+function configMapOf(volume: K8s): { name: string; items?: K8s[] } | undefined {
+  if (volume?.configMap?.name) return volume.configMap;
+  const sources = (volume?.projected?.sources ?? []).filter((src: K8s) => src.configMap);
+  assert.ok(sources.length <= 1, `the projected volume ${volume?.name} has one ConfigMap source`);
+  return sources[0]?.configMap;
+}
+
 /**
- * Checks a Deployment's or Job's pod: the command and its -c file, the ConfigMap mounted there,
- * the environment (from Secrets) the config needs, the security context. Returns the parsed
- * config.
+ * Checks a container of a Deployment's or Job's pod: the command and its -c file, the ConfigMap
+ * mounted there, the environment (from Secrets) the config needs, the security context. Returns
+ * the parsed config.
  */
-function checkPod(objects: K8s[], pod: K8s, command: string, what: string): Workload {
-  assert.equal(pod.containers?.length, 1, `${what}: one container`);
-  const container = pod.containers[0];
+function checkContainer(objects: K8s[], pod: K8s, container: K8s, command: string, what: string): Workload {
   const configPath = checkInvocation(container.args, command, what);
   assert.equal(container.command, undefined, `${what}: keeps the image's entrypoint (tini, node, bin/fraiseql-relay.js)`);
 
-  // the config file: a ConfigMap key mounted at the directory of the -c path
+  // the config file: a ConfigMap key mounted at the directory of the -c path (a configMap volume,
+  // or a projected one that puts the files the config names beside it)
   const mount = (container.volumeMounts ?? []).find((m: K8s) => m.mountPath === posix.dirname(configPath));
   assert.ok(mount, `${what}: a volume is mounted at ${posix.dirname(configPath)} (the directory of -c ${configPath})`);
   const volume = (pod.volumes ?? []).find((v: K8s) => v.name === mount.name);
-  assert.ok(volume?.configMap?.name, `${what}: the volume ${mount.name} is a ConfigMap`);
-  const item = (volume.configMap.items ?? []).find((i: K8s) => i.path === posix.basename(configPath));
+  const source = configMapOf(volume);
+  assert.ok(source?.name, `${what}: the volume ${mount.name} is (or projects) a ConfigMap`);
+  const item = (source.items ?? []).find((i: K8s) => i.path === posix.basename(configPath));
   const key = item ? item.key : posix.basename(configPath);
-  const cm = objects.find((o) => o.kind === 'ConfigMap' && o.metadata?.name === volume.configMap.name);
-  assert.ok(cm, `${what}: the ConfigMap ${volume.configMap.name} exists`);
+  const cm = objects.find((o) => o.kind === 'ConfigMap' && o.metadata?.name === source.name);
+  assert.ok(cm, `${what}: the ConfigMap ${source.name} exists`);
   const toml = cm.data?.[key];
-  assert.equal(typeof toml, 'string', `${what}: the ConfigMap ${volume.configMap.name} has the key ${key} (the file -c reads)`);
+  assert.equal(typeof toml, 'string', `${what}: the ConfigMap ${source.name} has the key ${key} (the file -c reads)`);
+  for (const src of volume.projected?.sources ?? []) {
+    if (src.secret) {
+      // files beside fraiseql.toml never shadow it
+      for (const i of src.secret.items ?? [])
+        assert.notEqual(i.path, posix.basename(configPath), `${what}: the Secret ${src.secret.name} does not replace the config file`);
+    }
+  }
+  if (volume.projected) {
+    const mode = volume.projected.defaultMode as number;
+    assert.equal(mode & 0o007, 0, `${what}: the files in ${mount.mountPath} (keys, credentials) are not world-readable`);
+    assert.equal(mode & 0o040, 0o040, `${what}: the relay's group (fsGroup) reads the files in ${mount.mountPath}`);
+  }
 
   // the environment: every variable the config names, resolved from its Secret
   const env: Record<string, string> = {};
@@ -242,17 +293,27 @@ function checkPod(objects: K8s[], pod: K8s, command: string, what: string): Work
   return { pod, container, config, configPath };
 }
 
+/** Checks a Deployment's or Job's pod and its one container (see {@link checkContainer}). */
+function checkPod(objects: K8s[], pod: K8s, command: string, what: string): Workload {
+  assert.equal(pod.containers?.length, 1, `${what}: one container`);
+  return checkContainer(objects, pod, pod.containers[0], command, what);
+}
+
 function one(objects: K8s[], kind: string, what: string, filter: (o: K8s) => boolean = () => true): K8s {
   const found = objects.filter((o) => o.kind === kind && filter(o));
   assert.equal(found.length, 1, `${what}: exactly one ${kind} (found ${found.length})`);
   return found[0];
 }
 
+/** How `migrate` runs before the relay: a Job (Helm's hook), an init container of the relay pods (Kustomize), or not at all. */
+type Migrate = 'job' | 'init' | 'none';
+
 /** The checks every rendering of the manifests (static, kustomize, helm) must pass. */
-function checkManifests(objects: K8s[], what: string, opts: { serviceMonitor: boolean; job: boolean }): void {
+function checkManifests(objects: K8s[], what: string, opts: { serviceMonitor: boolean; migrate: Migrate }): void {
   const deployment = one(objects, 'Deployment', what);
   const d = `${what} Deployment`;
-  const relay = checkPod(objects, deployment.spec.template.spec, 'run', d);
+  const podSpec = deployment.spec.template.spec;
+  const relay = checkPod(objects, podSpec, 'run', d);
   const podLabels = deployment.spec.template.metadata.labels as Record<string, string>;
   labelsMatch(deployment.spec.selector.matchLabels, podLabels, `${d} selector`);
 
@@ -270,43 +331,66 @@ function checkManifests(objects: K8s[], what: string, opts: { serviceMonitor: bo
   assert.equal(resolvePort(relay.container, live.port, d), listenPort, `${d}: livenessProbe on the listen port`);
   assert.equal(resolvePort(relay.container, ready.port, d), listenPort, `${d}: readinessProbe on the listen port`);
 
-  // two replicas, one active; the rollout must not wait for standbys to become Ready (they never do)
+  // two replicas, one leader; every healthy replica is Ready, so the rollout keeps one available
   const replicas = deployment.spec.replicas as number;
-  assert.ok(replicas >= 2, `${d}: at least 2 replicas (one active, one standby)`);
+  assert.ok(replicas >= 2, `${d}: at least 2 replicas (one leader, one standby)`);
   assert.equal(deployment.spec.strategy?.type, 'RollingUpdate', `${d}: RollingUpdate`);
+  checkRollout(deployment.spec.strategy.rollingUpdate, replicas, d);
+
+  // the replicas spread over nodes (and zones), softly
+  const spread = (podSpec.topologySpreadConstraints ?? []) as K8s[];
   assert.ok(
-    maxUnavailable(deployment.spec.strategy.rollingUpdate?.maxUnavailable, replicas) >= replicas,
-    `${d}: maxUnavailable covers every replica (only the active relay is Ready; a lower value stalls the rollout)`,
+    spread.some((c) => c.topologyKey === 'kubernetes.io/hostname'),
+    `${d}: a topology spread constraint over nodes (kubernetes.io/hostname)`,
   );
+  for (const c of spread) {
+    labelsMatch(c.labelSelector?.matchLabels, podLabels, `${d} topologySpreadConstraint ${c.topologyKey}`);
+    assert.equal(c.whenUnsatisfiable, 'ScheduleAnyway', `${d}: spreading over ${c.topologyKey} never blocks scheduling`);
+  }
 
   // shutdown: the kubelet waits longer than the relay's own bound
-  const grace = deployment.spec.template.spec.terminationGracePeriodSeconds as number;
+  const grace = podSpec.terminationGracePeriodSeconds as number;
   assert.equal(typeof grace, 'number', `${d}: terminationGracePeriodSeconds is set`);
   assert.ok(
     grace * 1000 > relay.config.relay.shutdown_timeout,
     `${d}: terminationGracePeriodSeconds ${grace}s > [relay] shutdown_timeout ${relay.config.relay.shutdown_timeout / 1000}s`,
   );
 
-  // migration Job: same config, `migrate`
+  // migrate: same config, `migrate`, before the relay starts
   const jobs = objects.filter((o) => o.kind === 'Job');
-  if (opts.job) {
+  const inits = (podSpec.initContainers ?? []) as K8s[];
+  let m: Workload | null = null;
+  let mw = '';
+  if (opts.migrate === 'job') {
     const job = one(objects, 'Job', what);
-    const j = `${what} Job`;
-    const m = checkPod(objects, job.spec.template.spec, 'migrate', j);
-    assert.equal(job.spec.template.spec.restartPolicy, 'OnFailure', `${j}: restartPolicy OnFailure`);
-    assert.equal(m.configPath, relay.configPath, `${j}: reads the same config path as the relay`);
-    assert.equal(m.config.relay.schema, relay.config.relay.schema, `${j}: migrates the schema the relay uses`);
-    assert.equal(m.config.relay.slot, relay.config.relay.slot, `${j}: creates the slot the relay uses`);
+    mw = `${what} Job`;
+    m = checkPod(objects, job.spec.template.spec, 'migrate', mw);
+    assert.equal(job.spec.template.spec.restartPolicy, 'OnFailure', `${mw}: restartPolicy OnFailure`);
   } else {
     assert.equal(jobs.length, 0, `${what}: no migration Job`);
   }
+  if (opts.migrate === 'init') {
+    assert.equal(inits.length, 1, `${d}: one init container (migrate)`);
+    mw = `${d} init container ${inits[0].name}`;
+    m = checkContainer(objects, podSpec, inits[0], 'migrate', mw);
+    assert.equal(inits[0].image, relay.container.image, `${mw}: the relay's image (migrations of the version that runs)`);
+  } else {
+    assert.equal(inits.length, 0, `${d}: no init container`);
+  }
+  if (m) {
+    assert.equal(m.configPath, relay.configPath, `${mw}: reads the same config path as the relay`);
+    assert.equal(m.config.relay.schema, relay.config.relay.schema, `${mw}: migrates the schema the relay uses`);
+    assert.equal(m.config.relay.slot, relay.config.relay.slot, `${mw}: creates the slot the relay uses`);
+  }
 
-  // PodDisruptionBudget over the relay pods
+  // PodDisruptionBudget over the relay pods: a drain evicts one relay at a time
   const pdb = one(objects, 'PodDisruptionBudget', what);
   assert.equal(pdb.spec.minAvailable, 1, `${what} PodDisruptionBudget: minAvailable 1`);
+  assert.ok(pdb.spec.minAvailable < replicas, `${what} PodDisruptionBudget: a drain can evict a replica (standbys are Ready)`);
+  assert.equal(pdb.spec.maxUnavailable, undefined, `${what} PodDisruptionBudget: minAvailable only`);
   labelsMatch(pdb.spec.selector.matchLabels, podLabels, `${what} PodDisruptionBudget`);
 
-  // Service for metrics, on the relay pods' metrics port, standbys included
+  // Service for metrics, on the relay pods' metrics port, every replica included
   const service = one(objects, 'Service', what);
   const s = `${what} Service`;
   labelsMatch(service.spec.selector, podLabels, s);
@@ -314,18 +398,19 @@ function checkManifests(objects: K8s[], what: string, opts: { serviceMonitor: bo
   assert.ok(sp, `${s}: a port named metrics`);
   assert.equal(sp.port, listenPort, `${s}: port ${listenPort}`);
   assert.equal(resolvePort(relay.container, sp.targetPort ?? sp.port, s), listenPort, `${s}: targets the relay's listen port`);
-  assert.equal(service.spec.publishNotReadyAddresses, true, `${s}: publishes standbys (not Ready) for scraping`);
+  // standbys are Ready; a replica that is not (an outage: all of them) is the one whose metrics say why
+  assert.equal(service.spec.publishNotReadyAddresses, true, `${s}: publishes replicas that are not Ready, for scraping`);
 
   // ServiceMonitor
   const monitors = objects.filter((o) => o.kind === 'ServiceMonitor');
   if (opts.serviceMonitor) {
     const sm = one(objects, 'ServiceMonitor', what);
-    const m = `${what} ServiceMonitor`;
-    assert.equal(sm.apiVersion, 'monitoring.coreos.com/v1', `${m}: monitoring.coreos.com/v1`);
-    labelsMatch(sm.spec.selector.matchLabels, service.metadata.labels, m);
-    assert.equal(sm.spec.endpoints?.length, 1, `${m}: one endpoint`);
-    assert.equal(sm.spec.endpoints[0].port, 'metrics', `${m}: scrapes the Service port metrics`);
-    assert.equal(sm.spec.endpoints[0].path, '/metrics', `${m}: path /metrics`);
+    const sw = `${what} ServiceMonitor`;
+    assert.equal(sm.apiVersion, 'monitoring.coreos.com/v1', `${sw}: monitoring.coreos.com/v1`);
+    labelsMatch(sm.spec.selector.matchLabels, service.metadata.labels, sw);
+    assert.equal(sm.spec.endpoints?.length, 1, `${sw}: one endpoint`);
+    assert.equal(sm.spec.endpoints[0].port, 'metrics', `${sw}: scrapes the Service port metrics`);
+    assert.equal(sm.spec.endpoints[0].path, '/metrics', `${sw}: path /metrics`);
   } else {
     assert.equal(monitors.length, 0, `${what}: no ServiceMonitor`);
   }
@@ -361,10 +446,31 @@ function exampleSecret(): K8s {
   return secret;
 }
 
+/** The base's Deployment projects the optional files Secret beside fraiseql.toml, for relay and migrate alike. */
+function checkFilesSecret(objects: K8s[], what: string): void {
+  const pod = one(objects, 'Deployment', what).spec.template.spec;
+  const volume = pod.volumes.find((v: K8s) => v.name === 'config');
+  const secret = (volume?.projected?.sources ?? []).find((src: K8s) => src.secret)?.secret;
+  assert.equal(
+    secret?.name,
+    FILES_SECRET,
+    `${what}: the config volume projects the Secret ${FILES_SECRET} (CA files, client certificate, NATS credentials)`,
+  );
+  assert.equal(secret.optional, true, `${what}: the Secret ${FILES_SECRET} is optional (a config without such files needs none)`);
+  for (const c of [...(pod.initContainers ?? []), ...pod.containers]) {
+    assert.ok(
+      (c.volumeMounts ?? []).some((m: K8s) => m.name === 'config'),
+      `${what}: the ${c.name} container mounts the config volume (the files are the same for migrate and run)`,
+    );
+  }
+}
+
 test('kustomize base: the manifests agree with the code', () => {
   const { objects, kustomization } = kustomizeBaseStatic();
   assert.ok(!(kustomization.resources as string[]).includes('secret.example.yaml'), 'the example Secret is not applied with the base');
-  checkManifests([...objects, exampleSecret()], 'kustomize base', { serviceMonitor: true, job: true });
+  // migrate is an init container: re-applying the base never meets an immutable Job
+  checkManifests([...objects, exampleSecret()], 'kustomize base', { serviceMonitor: true, migrate: 'init' });
+  checkFilesSecret(objects, 'kustomize base');
   const image = (kustomization.images ?? []).find((i: K8s) => i.name === 'fraiseql-relay');
   assert.equal(image?.newTag, PKG.version, 'kustomization images: the tag is package.json version');
 });
@@ -380,10 +486,118 @@ test('kustomize base: `kubectl kustomize` renders the same (when kubectl is on P
     objects.some((o) => o.kind === 'ConfigMap' && /^fraiseql-relay-config-[a-z0-9]+$/.test(o.metadata.name)),
     'the generated ConfigMap carries a content hash',
   );
-  checkManifests([...objects, exampleSecret()], 'kubectl kustomize', { serviceMonitor: true, job: true });
+  // the generated (hashed) ConfigMap name reaches the projected volume of the Deployment
+  checkManifests([...objects, exampleSecret()], 'kubectl kustomize', { serviceMonitor: true, migrate: 'init' });
+  checkFilesSecret(objects, 'kubectl kustomize');
+  assert.deepEqual(
+    objects.filter((o) => o.kind === 'Job'),
+    [],
+    'no Job: nothing immutable, so `kubectl apply -k` of a new image or config is always clean',
+  );
+});
+
+test('kustomize example overlay: the base with the monitoring component (when kubectl is on PATH)', () => {
+  const dir = join(DEPLOY, 'kubernetes', 'examples', 'monitoring');
+  const r = spawnSync('kubectl', ['kustomize', dir], { encoding: 'utf8', timeout: 60_000 });
+  if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') {
+    return; // no kubectl here: test/monitoring.test.ts checks the component's files statically
+  }
+  assert.equal(r.status, 0, `kubectl kustomize ${relative(ROOT, dir)} failed: ${r.stderr}`);
+  const objects = yamlDocs(r.stdout, 'kubectl kustomize (monitoring)');
+  checkManifests([...objects, exampleSecret()], 'kubectl kustomize (monitoring)', { serviceMonitor: true, migrate: 'init' });
+
+  const rule = one(objects, 'PrometheusRule', 'monitoring overlay');
+  assert.equal(rule.apiVersion, 'monitoring.coreos.com/v1');
+  assert.deepEqual(
+    rule.spec,
+    parseYaml(read(join(DEPLOY, 'monitoring', 'alerts.yaml'))),
+    'the PrometheusRule holds the groups of deploy/monitoring/alerts.yaml',
+  );
+  const dashboard = one(objects, 'ConfigMap', 'monitoring overlay', (o) => o.metadata.labels?.grafana_dashboard === '1');
+  const files = Object.keys(dashboard.data ?? {});
+  assert.equal(files.length, 1, 'the dashboard ConfigMap holds one file');
+  assert.match(files[0]!, /\.json$/, 'the Grafana sidecar loads *.json files');
+  assert.deepEqual(
+    JSON.parse(dashboard.data[files[0]!]),
+    JSON.parse(read(join(DEPLOY, 'monitoring', 'dashboard.json'))),
+    'the ConfigMap holds deploy/monitoring/dashboard.json',
+  );
+  for (const o of [rule, one(objects, 'ServiceMonitor', 'monitoring overlay')])
+    assert.ok(o.metadata.labels?.release, `the example patch labels the ${o.kind} for kube-prometheus-stack's selector`);
 });
 
 // ---------------------------------------------------------------- Helm chart
+
+/** The JSON Schema keywords values.schema.json may use: those {@link schemaErrors} checks. */
+const SCHEMA_KEYWORDS = new Set([
+  '$schema',
+  'title',
+  'description',
+  'type',
+  'properties',
+  'additionalProperties',
+  'required',
+  'items',
+  'enum',
+  'minimum',
+  'maximum',
+  'minLength',
+  'pattern',
+  'anyOf',
+]);
+
+/** What a value breaks of a (draft-07, self-contained) schema, as Helm would report it; [] when it validates. */
+function schemaErrors(schema: K8s, value: unknown, path = 'values'): string[] {
+  const errors: string[] = [];
+  for (const k of Object.keys(schema)) if (!SCHEMA_KEYWORDS.has(k)) errors.push(`${path}: unsupported schema keyword ${k}`);
+  if (schema.anyOf && !(schema.anyOf as K8s[]).some((alt) => schemaErrors(alt, value, path).length === 0))
+    errors.push(`${path}: matches none of anyOf`);
+  const type = Array.isArray(value) ? 'array' : value === null ? 'null' : Number.isInteger(value) ? 'integer' : typeof value;
+  if (schema.type !== undefined && !(type === schema.type || (schema.type === 'number' && type === 'integer'))) {
+    errors.push(`${path}: a ${type}, not a ${String(schema.type)}`);
+    return errors;
+  }
+  if (schema.enum && !(schema.enum as unknown[]).includes(value)) errors.push(`${path}: ${JSON.stringify(value)} is not one of the enum`);
+  if (typeof value === 'number') {
+    if (schema.minimum !== undefined && value < schema.minimum) errors.push(`${path}: below ${schema.minimum}`);
+    if (schema.maximum !== undefined && value > schema.maximum) errors.push(`${path}: above ${schema.maximum}`);
+  }
+  if (typeof value === 'string') {
+    if (schema.minLength !== undefined && value.length < schema.minLength) errors.push(`${path}: shorter than ${schema.minLength}`);
+    if (schema.pattern !== undefined && !new RegExp(schema.pattern as string, 'u').test(value))
+      errors.push(`${path}: does not match ${schema.pattern}`);
+  }
+  if (type === 'object') {
+    const obj = value as Record<string, unknown>;
+    for (const r of schema.required ?? []) if (!(r in obj)) errors.push(`${path}: ${r} is required`);
+    for (const [k, v] of Object.entries(obj)) {
+      const sub = schema.properties?.[k];
+      if (sub) errors.push(...schemaErrors(sub, v, `${path}.${k}`));
+      else if (schema.additionalProperties === false) errors.push(`${path}: unknown key ${k}`);
+      else if (typeof schema.additionalProperties === 'object')
+        errors.push(...schemaErrors(schema.additionalProperties, v, `${path}.${k}`));
+    }
+  }
+  if (type === 'array' && schema.items)
+    (value as unknown[]).forEach((v, i) => errors.push(...schemaErrors(schema.items, v, `${path}[${i}]`)));
+  return errors;
+}
+
+/** A copy of a values tree with one key path set (what `--set a.b=c` does). */
+function withValue(values: K8s, path: string, value: unknown): K8s {
+  const copy = structuredClone(values);
+  const keys = path.split('.');
+  let node = copy;
+  for (const k of keys.slice(0, -1)) node = node[k] ??= {};
+  node[keys.at(-1)!] = value;
+  return copy;
+}
+
+/** The names of the alerts in deploy/monitoring/alerts.yaml. */
+function alertNames(): string[] {
+  const rules = parseYaml(read(join(DEPLOY, 'monitoring', 'alerts.yaml'))) as { groups: { rules: { alert?: string }[] }[] };
+  return rules.groups.flatMap((g) => g.rules.flatMap((r) => (r.alert ? [r.alert] : [])));
+}
 
 function helmHelper(helpers: string, name: string): string {
   const m = new RegExp(`\\{\\{-? define "fraiseql-relay\\.${name}" -?\\}\\}(.*?)\\{\\{-? end -?\\}\\}`).exec(helpers);
@@ -411,11 +625,23 @@ test('helm chart: values and templates agree with the code', () => {
     'values: terminationGracePeriodSeconds > shutdown_timeout',
   );
   assert.ok(values.replicaCount >= 2, 'values: at least 2 replicas');
+  checkRollout(values.strategy?.rollingUpdate, values.replicaCount, 'values.strategy');
   assert.ok(
-    maxUnavailable(values.strategy?.rollingUpdate?.maxUnavailable, values.replicaCount) >= values.replicaCount,
-    'values: maxUnavailable covers every replica',
+    (values.topologySpreadConstraints as K8s[]).some((c) => c.topologyKey === 'kubernetes.io/hostname'),
+    'values: the replicas spread over nodes',
   );
+  assert.deepEqual(values.configFiles?.secrets, [], 'values: configFiles.secrets exists (empty: the example config names no files)');
+  assert.equal(values.configFiles.defaultMode & 0o007, 0, 'values: configFiles.defaultMode is not world-readable');
+  assert.deepEqual(values.extraVolumes, [], 'values: extraVolumes exists');
+  assert.deepEqual(values.extraVolumeMounts, [], 'values: extraVolumeMounts exists');
   assert.equal(values.serviceMonitor?.enabled, false, 'values: serviceMonitor.enabled exists (off: it needs the CRDs)');
+  assert.equal(values.prometheusRule?.enabled, false, 'values: prometheusRule.enabled exists (off: it needs the CRDs)');
+  assert.equal(values.grafanaDashboard?.enabled, false, 'values: grafanaDashboard.enabled exists (off)');
+  assert.equal(
+    values.grafanaDashboard?.labels?.grafana_dashboard,
+    '1',
+    "values: the dashboard carries the Grafana sidecar's default label",
+  );
   assert.equal(values.migrationJob?.enabled, true, 'values: migrationJob.enabled exists (on)');
   assert.equal(values.existingSecret, '', 'values: existingSecret exists');
   assert.equal(values.securityContext?.readOnlyRootFilesystem, true, 'values: readOnlyRootFilesystem');
@@ -437,7 +663,38 @@ test('helm chart: values and templates agree with the code', () => {
   const dargs = /args: \["(\w+)", "-c", \{\{ include "fraiseql-relay\.configFile" \. \| quote \}\}\]/.exec(deployment);
   assert.ok(dargs, 'deployment.yaml: args [<command>, -c, configFile]');
   checkInvocation([dargs[1], '-c', configFile], 'run', 'helm deployment.yaml');
-  assert.match(deployment, /mountPath: \{\{ include "fraiseql-relay\.configDir" \. \}\}/, 'deployment.yaml mounts the config at configDir');
+  const mounts = helpers.slice(helpers.indexOf('define "fraiseql-relay.volumeMounts"'));
+  assert.match(
+    mounts,
+    /^- name: config\n {2}mountPath: \{\{ include "fraiseql-relay\.configDir" \. \}\}\n {2}readOnly: true\n- name: tmp\n {2}mountPath: \/tmp\n/m,
+    'fraiseql-relay.volumeMounts mounts the config volume at configDir, and /tmp',
+  );
+  const volume = helpers.slice(helpers.indexOf('define "fraiseql-relay.configVolume"'));
+  assert.match(
+    volume,
+    /^projected:\n {2}defaultMode: \{\{ \.Values\.configFiles\.defaultMode \}\}\n {2}sources:\n {4}- configMap:\n {8}name: \{\{ \$configMap \}\}\n {4}\{\{- range \.Values\.configFiles\.secrets \}\}\n {4}- secret:/m,
+    'fraiseql-relay.configVolume projects the ConfigMap and the configFiles Secrets',
+  );
+  for (const [file, configMap] of [
+    ['deployment.yaml', '(printf "%s-config" (include "fraiseql-relay.fullname" .))'],
+    ['migrate-job.yaml', '$name'],
+  ] as const) {
+    const text = t(file);
+    assert.ok(
+      text.includes('volumeMounts:\n            {{- include "fraiseql-relay.volumeMounts" . | nindent 12 }}'),
+      `${file}: the container mounts fraiseql-relay.volumeMounts`,
+    );
+    assert.ok(
+      text.includes(`- name: config\n          {{- include "fraiseql-relay.configVolume" (list . ${configMap}) | trim | nindent 10 }}`),
+      `${file}: the config volume is fraiseql-relay.configVolume of its ConfigMap`,
+    );
+    assert.ok(text.includes('{{- with .Values.extraVolumes }}'), `${file}: adds extraVolumes`);
+  }
+  assert.match(
+    deployment,
+    /topologySpreadConstraints:\n\s+\{\{- toYaml \$spread \| nindent 8 \}\}/,
+    'deployment.yaml renders the spread constraints',
+  );
   assert.match(
     deployment,
     /- name: metrics\n\s+containerPort: \{\{ \.Values\.port \}\}/,
@@ -483,6 +740,92 @@ test('helm chart: values and templates agree with the code', () => {
     'the Service port metrics = values.port',
   );
   assert.match(t('secret.yaml'), /^\{\{- if not \.Values\.existingSecret \}\}/, 'secret.yaml is skipped with existingSecret');
+  assert.doesNotMatch(
+    [t('service.yaml'), t('pdb.yaml'), t('NOTES.txt'), read(join(CHART, 'values.yaml'))].join('\n'),
+    /standbys? (?:are|is) (?:live but )?not ready|only the active relay is ready|not ready \(standbys\)|100%/i,
+    'nothing says standbys are not Ready any more',
+  );
+
+  // monitoring: behind their flags, from the chart's copies of deploy/monitoring (test/monitoring.test.ts compares them)
+  const rule = t('prometheusrule.yaml');
+  assert.match(rule, /^\{\{- if \.Values\.prometheusRule\.enabled \}\}/, 'prometheusrule.yaml is behind prometheusRule.enabled');
+  assert.ok(rule.includes('.Files.Get "files/alerts.yaml" | fromYaml'), 'prometheusrule.yaml reads files/alerts.yaml');
+  assert.ok(rule.includes('(has $rule.alert $.Values.prometheusRule.disabledAlerts)'), 'prometheusrule.yaml leaves out disabledAlerts');
+  const dash = t('dashboard-configmap.yaml');
+  assert.match(dash, /^\{\{- if \.Values\.grafanaDashboard\.enabled \}\}/, 'dashboard-configmap.yaml is behind grafanaDashboard.enabled');
+  assert.ok(dash.includes('.Files.Get "files/dashboard.json"'), 'dashboard-configmap.yaml reads files/dashboard.json');
+  for (const f of ['alerts.yaml', 'dashboard.json']) assert.ok(existsSync(join(CHART, 'files', f)), `the chart ships files/${f}`);
+
+  // without helm to render them, the templates are checked for what breaks a render: every
+  // .Values path exists in values.yaml, and every block ends
+  const templates = readdirSync(join(CHART, 'templates')).filter((f) => /\.(yaml|tpl|txt)$/.test(f));
+  for (const f of templates) {
+    const text = t(f);
+    for (const [, path] of text.matchAll(/\.Values((?:\.[A-Za-z_][A-Za-z0-9_]*)+)/g)) {
+      let node: K8s = values;
+      for (const key of path!.slice(1).split('.')) {
+        assert.ok(node !== null && typeof node === 'object' && key in node, `${f}: .Values${path} exists in values.yaml`);
+        node = node[key];
+      }
+    }
+    const opens = [...text.matchAll(/\{\{-?\s*(if|with|range|define)\b/g)].length;
+    const ends = [...text.matchAll(/\{\{-?\s*end\s*-?\}\}/g)].length;
+    assert.equal(opens, ends, `${f}: every if/with/range/define has its end`);
+  }
+});
+
+test('helm chart: values.schema.json accepts values.yaml and refuses what would break the release', () => {
+  const schema = JSON.parse(read(join(CHART, 'values.schema.json')));
+  const values = parseYaml(read(join(CHART, 'values.yaml')));
+  assert.equal(schema.$schema, 'http://json-schema.org/draft-07/schema#', 'draft-07, which every Helm 3 validates');
+  assert.doesNotMatch(JSON.stringify(schema), /"\$ref"|"\$id"/, 'self-contained: Helm 3.18.5+ refuses remote references');
+  assert.deepEqual(schemaErrors(schema, values), [], 'values.yaml validates');
+  assert.equal(schema.additionalProperties, false, 'a misspelt top-level value is an error, not ignored');
+  assert.deepEqual(
+    Object.keys(schema.properties)
+      .filter((k) => k !== 'global')
+      .sort(),
+    Object.keys(values).sort(),
+    'the schema describes every top-level value (and `global`, which a parent chart passes)',
+  );
+  assert.deepEqual(
+    [...schema.properties.prometheusRule.properties.disabledAlerts.items.enum].sort(),
+    alertNames().sort(),
+    'prometheusRule.disabledAlerts takes the names of the alerts in files/alerts.yaml',
+  );
+
+  const accepted: [string, unknown][] = [
+    [
+      'configFiles.secrets',
+      [
+        { name: 'tls', items: [{ key: 'ca.crt', path: 'certs/nats-ca.pem' }] },
+        { name: 'creds', optional: true },
+      ],
+    ],
+    ['prometheusRule.disabledAlerts', ['FraiseqlRelayNatsDown']],
+    ['podDisruptionBudget.minAvailable', '50%'],
+    ['strategy.rollingUpdate.maxUnavailable', 1],
+    ['extraVolumeMounts', [{ name: 'csi', mountPath: '/mnt/secrets' }]],
+  ];
+  for (const [path, value] of accepted)
+    assert.deepEqual(schemaErrors(schema, withValue(values, path, value)), [], `the schema accepts ${path}=${JSON.stringify(value)}`);
+  const refused: [string, unknown][] = [
+    ['replicaCount', 'two'],
+    ['replicaCount', 0],
+    ['port', 70000],
+    ['logLevel', 'verbose'],
+    ['secretKeys', ['DATABASE-URL']],
+    ['configFiles.secrets', [{ items: [] }]],
+    ['configFiles.secrets', [{ name: 'tls', items: [{ key: 'ca.crt', path: '/etc/ca.pem' }] }]],
+    ['configFiles.defaultMode', 1000],
+    ['prometheusRule.disabledAlerts', ['FraiseqlRelayNoSuchAlert']],
+    ['podDisruptionBudget.minAvailable', 'half'],
+    ['topologySpreadConstraints', [{ topologyKey: 'kubernetes.io/hostname' }]],
+    ['migrationJob.databseUrlKey', 'MIGRATE_DATABASE_URL'],
+    ['serviceMonitorr', { enabled: true }],
+  ];
+  for (const [path, value] of refused)
+    assert.notDeepEqual(schemaErrors(schema, withValue(values, path, value)), [], `the schema refuses ${path}=${JSON.stringify(value)}`);
 });
 
 function helm(args: string[]): { status: number | null; stdout: string; stderr: string } {
@@ -502,7 +845,7 @@ test('helm chart: `helm template` renders objects that agree with the code (when
   const r = helm(['template', 'orders', CHART, '--set', 'serviceMonitor.enabled=true']);
   assert.equal(r.status, 0, `helm template: ${r.stderr}`);
   const objects = yamlDocs(r.stdout, 'helm template');
-  checkManifests(objects, 'helm template', { serviceMonitor: true, job: true });
+  checkManifests(objects, 'helm template', { serviceMonitor: true, migrate: 'job' });
   const deployment = one(objects, 'Deployment', 'helm template');
   assert.equal(
     deployment.spec.template.spec.containers[0].image,
@@ -532,7 +875,13 @@ test('helm chart: `helm template` renders objects that agree with the code (when
   // defaults: no ServiceMonitor (it needs the CRDs)
   const plain = helm(['template', 'orders', CHART]);
   assert.equal(plain.status, 0, `helm template (defaults): ${plain.stderr}`);
-  checkManifests(yamlDocs(plain.stdout, 'helm template (defaults)'), 'helm template (defaults)', { serviceMonitor: false, job: true });
+  const plainObjects = yamlDocs(plain.stdout, 'helm template (defaults)');
+  checkManifests(plainObjects, 'helm template (defaults)', { serviceMonitor: false, migrate: 'job' });
+  assert.deepEqual(
+    plainObjects.filter((o) => o.kind === 'PrometheusRule' || o.metadata.labels?.grafana_dashboard),
+    [],
+    'helm: no PrometheusRule or dashboard by default',
+  );
 
   // existingSecret: no Secret rendered, every secretKeyRef points at it
   const ext = helm(['template', 'orders', CHART, '--set', 'existingSecret=orders-relay-env', '--set', 'migrationJob.enabled=false']);
@@ -553,7 +902,7 @@ test('helm chart: `helm template` renders objects that agree with the code (when
     metadata: { name: 'orders-relay-env' },
     stringData: { DATABASE_URL: 'postgres://relay@db/orders', NATS_URL: 'nats://nats:4222' },
   };
-  checkManifests([...extObjects, standIn], 'helm template (existingSecret)', { serviceMonitor: false, job: false });
+  checkManifests([...extObjects, standIn], 'helm template (existingSecret)', { serviceMonitor: false, migrate: 'none' });
 
   // migrate as the schema owner, the relay as the least-privilege role
   const owner = helm([
@@ -572,12 +921,92 @@ test('helm chart: `helm template` renders objects that agree with the code (when
       ?.valueFrom?.secretKeyRef?.key;
   assert.equal(dbKey('Job'), 'MIGRATE_DATABASE_URL', 'helm: migrationJob.databaseUrlKey gives migrate its own DATABASE_URL');
   assert.equal(dbKey('Deployment'), 'DATABASE_URL', 'helm: the relay keeps DATABASE_URL');
-  checkManifests(ownerObjects, 'helm template (databaseUrlKey)', { serviceMonitor: false, job: true });
+  checkManifests(ownerObjects, 'helm template (databaseUrlKey)', { serviceMonitor: false, migrate: 'job' });
 
   // a key the chart should create but has no value for: a render error, not a broken pod
   const missing = helm(['template', 'orders', CHART, '--set', 'secretKeys={DATABASE_URL,NATS_URL,HOOK_TOKEN}']);
   assert.notEqual(missing.status, 0, 'helm: a secretKeys entry without secretValues fails the render');
   assert.match(missing.stderr, /secretValues\.HOOK_TOKEN/, 'helm: the render error names the key');
+
+  // values.schema.json: a wrong value fails the render
+  const bad = helm(['template', 'orders', CHART, '--set', 'replicaCount=two']);
+  assert.notEqual(bad.status, 0, 'helm: values.schema.json refuses replicaCount=two');
+
+  // monitoring, the files the config names, more volumes
+  const dir = mkdtempSync(join(tmpdir(), 'fraiseql-relay-helm-'));
+  try {
+    const file = join(dir, 'values.yaml');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        prometheusRule: {
+          enabled: true,
+          labels: { release: 'kps' },
+          ruleLabels: { team: 'orders' },
+          disabledAlerts: ['FraiseqlRelayNatsDown'],
+        },
+        grafanaDashboard: { enabled: true, annotations: { grafana_folder: 'FraiseQL' } },
+        configFiles: {
+          secrets: [
+            { name: 'orders-nats-tls', items: [{ key: 'ca.crt', path: 'certs/nats-ca.pem' }] },
+            { name: 'orders-nats-creds', optional: true },
+          ],
+        },
+        extraVolumes: [{ name: 'extra', emptyDir: {} }],
+        extraVolumeMounts: [{ name: 'extra', mountPath: '/mnt/extra' }],
+      }),
+    );
+    const mon = helm(['template', 'orders', CHART, '-f', file]);
+    assert.equal(mon.status, 0, `helm template (monitoring): ${mon.stderr}`);
+    const monObjects = yamlDocs(mon.stdout, 'helm template (monitoring)');
+    checkManifests(monObjects, 'helm template (monitoring)', { serviceMonitor: false, migrate: 'job' });
+    const rule = one(monObjects, 'PrometheusRule', 'helm (monitoring)');
+    assert.equal(rule.metadata.labels.release, 'kps', 'helm: prometheusRule.labels label the PrometheusRule');
+    const expected = parseYaml(read(join(DEPLOY, 'monitoring', 'alerts.yaml'))) as { groups: { rules: K8s[] }[] };
+    const got = rule.spec.groups as { rules: K8s[] }[];
+    assert.deepEqual(
+      got.flatMap((g) => g.rules.map((r) => r.alert)),
+      alertNames().filter((a) => a !== 'FraiseqlRelayNatsDown'),
+      'helm: the alerts of alerts.yaml, less disabledAlerts',
+    );
+    for (const r of got.flatMap((g) => g.rules)) {
+      const original = expected.groups.flatMap((g) => g.rules).find((x) => x.alert === r.alert);
+      assert.deepEqual(
+        r,
+        { ...original, labels: { ...original.labels, team: 'orders' } },
+        `helm: ${r.alert} as in alerts.yaml, plus ruleLabels`,
+      );
+    }
+    const dash = one(monObjects, 'ConfigMap', 'helm (monitoring)', (o) => o.metadata.labels?.grafana_dashboard === '1');
+    assert.equal(dash.metadata.annotations?.grafana_folder, 'FraiseQL', 'helm: grafanaDashboard.annotations');
+    assert.deepEqual(
+      JSON.parse(dash.data['fraiseql-relay.json']),
+      JSON.parse(read(join(DEPLOY, 'monitoring', 'dashboard.json'))),
+      'helm: the dashboard ConfigMap holds deploy/monitoring/dashboard.json',
+    );
+    for (const kind of ['Deployment', 'Job']) {
+      const pod = one(monObjects, kind, `helm (monitoring) ${kind}`).spec.template.spec;
+      const sources = pod.volumes.find((v: K8s) => v.name === 'config').projected.sources as K8s[];
+      assert.deepEqual(
+        sources.filter((src) => src.secret).map((src) => src.secret),
+        [
+          { name: 'orders-nats-tls', items: [{ key: 'ca.crt', path: 'certs/nats-ca.pem' }] },
+          { name: 'orders-nats-creds', optional: true },
+        ],
+        `helm ${kind}: configFiles.secrets are projected beside fraiseql.toml`,
+      );
+      assert.ok(
+        pod.volumes.some((v: K8s) => v.name === 'extra'),
+        `helm ${kind}: extraVolumes`,
+      );
+      assert.ok(
+        pod.containers[0].volumeMounts.some((m: K8s) => m.mountPath === '/mnt/extra'),
+        `helm ${kind}: extraVolumeMounts`,
+      );
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 // ---------------------------------------------------------------- compose
@@ -596,6 +1025,18 @@ test('compose.yaml: PostgreSQL with logical WAL, NATS with JetStream, migrate th
     'compose: NATS runs with JetStream',
   );
 
+  // the image: built once, from deploy/Dockerfile with the repository as context, by one service
+  const builders = Object.entries(services).filter(([, svc]) => svc.build);
+  assert.equal(builders.length, 1, `compose: one service builds the image (${builders.map(([n]) => n).join(', ')})`);
+  const [builderName, builder] = builders[0]!;
+  const context = resolve(DEPLOY, builder.build.context);
+  assert.equal(context, ROOT, `compose ${builderName}: build context is the repository root`);
+  assert.ok(
+    existsSync(join(context, builder.build.dockerfile)),
+    `compose ${builderName}: the Dockerfile ${builder.build.dockerfile} exists in the context`,
+  );
+  assert.equal(typeof builder.image, 'string', `compose ${builderName}: names the image it builds`);
+
   let relayConfig: Config | undefined;
   for (const [name, command] of [
     ['migrate', 'migrate'],
@@ -603,11 +1044,8 @@ test('compose.yaml: PostgreSQL with logical WAL, NATS with JetStream, migrate th
   ] as const) {
     const svc = services[name];
     const what = `compose ${name}`;
-    // the image: built from deploy/Dockerfile with the repository as context
-    assert.ok(svc.build, `${what}: built from the repository`);
-    const context = resolve(DEPLOY, svc.build.context);
-    assert.equal(context, ROOT, `${what}: build context is the repository root`);
-    assert.ok(existsSync(join(context, svc.build.dockerfile)), `${what}: the Dockerfile ${svc.build.dockerfile} exists in the context`);
+    assert.equal(svc.image, builder.image, `${what}: runs the image ${builderName} builds`);
+    if (!svc.build) assert.equal(svc.pull_policy, 'never', `${what}: never pulls ${svc.image} from a registry: it is built here`);
     const configPath = checkInvocation(svc.command, command, what);
     // the config: a bind mount of a file in deploy/
     const mount = (svc.volumes as string[]).map((v) => v.split(':')).find((p) => p[1] === configPath);
@@ -648,6 +1086,24 @@ test('compose.yaml: PostgreSQL with logical WAL, NATS with JetStream, migrate th
         assert.ok(services[dep]?.healthcheck?.test, `compose: ${name} waits for ${dep} to be healthy, which has a healthcheck`);
     }
   }
+
+  // a way to look at the messages: the NATS CLI, on demand, with the commands documented
+  const box = services['nats-box'];
+  assert.ok(box, 'compose: a nats-box service (the NATS CLI)');
+  assert.match(String(box.image), /^natsio\/nats-box:\d+\.\d+\.\d+$/, 'compose nats-box: a pinned natsio/nats-box image');
+  assert.ok((box.profiles as string[] | undefined)?.includes('tools'), 'compose nats-box: in the tools profile, not started by `up`');
+  assert.equal(
+    box.environment?.NATS_URL,
+    (migrate.environment as Record<string, string>).NATS_URL,
+    'compose nats-box: the NATS the relay uses',
+  );
+  const text = read(join(DEPLOY, 'compose.yaml'));
+  const stream = relayConfig.relay.stream.name;
+  assert.ok(
+    text.includes(`docker compose -f deploy/compose.yaml run --rm nats-box nats stream view ${stream}`),
+    `compose.yaml documents \`nats stream view ${stream}\` (the relay's stream)`,
+  );
+  assert.match(text, /run --rm nats-box nats sub 'fraiseql\.>'/, 'compose.yaml documents `nats sub`');
 });
 
 // ---------------------------------------------------------------- Dockerfile
@@ -684,7 +1140,8 @@ test('Dockerfile: non-root, tini, the listen port, the files the runtime reads',
   const ins = dockerfile(read(join(DEPLOY, 'Dockerfile')));
   const froms = ins.filter((i) => i.op === 'FROM');
   assert.ok(froms.length >= 2, 'multi-stage');
-  for (const f of froms) assert.match(f.args, /^node:20-bookworm-slim\b/, `FROM node:20-bookworm-slim: ${f.args}`);
+  for (const f of froms) assert.match(f.args, /^node:22-bookworm-slim\b/, `FROM node:22-bookworm-slim: ${f.args}`);
+  assert.match(PKG.engines.node, /^>=20$/, 'the package still supports Node.js 20 and later; the image runs 22');
   const last = froms.length - 1;
   const build = ins
     .filter((i) => i.stage < last && i.op === 'RUN')
@@ -695,6 +1152,32 @@ test('Dockerfile: non-root, tini, the listen port, the files the runtime reads',
   assert.match(build, /\bnpm prune --omit=dev\b/, 'the build stage drops the devDependencies');
   const runtime = ins.filter((i) => i.stage === last);
   const at = (op: string): Instruction[] => runtime.filter((i) => i.op === op);
+
+  // OCI labels: what the image is, which version, under which licence
+  const args = new Map<string, string>();
+  for (const i of at('ARG')) {
+    const [name, ...rest] = i.args.split('=');
+    args.set(name!, rest.join('=').replace(/^"(.*)"$/, '$1'));
+  }
+  const labels = new Map<string, string>();
+  for (const i of at('LABEL')) {
+    for (const m of i.args.matchAll(/([\w.-]+)="([^"]*)"/g))
+      labels.set(
+        m[1]!,
+        m[2]!.replace(/\$\{(\w+)\}/g, (_, a: string) => args.get(a) ?? ''),
+      );
+  }
+  for (const k of ['title', 'description', 'version', 'revision', 'created', 'source', 'licenses', 'base.name'])
+    assert.ok(labels.has(`org.opencontainers.image.${k}`), `LABEL org.opencontainers.image.${k}`);
+  assert.equal(labels.get('org.opencontainers.image.version'), PKG.version, 'the version label defaults to package.json version');
+  assert.equal(labels.get('org.opencontainers.image.licenses'), PKG.license, 'the licenses label is package.json license');
+  assert.equal(
+    labels.get('org.opencontainers.image.base.name'),
+    `docker.io/library/${froms[last]!.args.split(/\s+/)[0]}`,
+    'the base.name label is the runtime stage base image',
+  );
+  const prune = build.split('\n').find((l) => /npm prune --omit=dev/.test(l)) ?? '';
+  assert.match(prune, /test ! -e node_modules\/tsx/, 'the build proves tsx is not in the runtime dependencies');
 
   // non-root user, the uid the manifests ask for
   const user = at('USER').at(-1);
@@ -784,3 +1267,80 @@ test('Dockerfile: non-root, tini, the listen port, the files the runtime reads',
     .map((l) => l.trim().replace(/^\/|\/$/g, ''));
   for (const p of ['node_modules', 'dist', '.git']) assert.ok(ignore.includes(p), `.dockerignore lists ${p}`);
 });
+
+// ---------------------------------------------------------------- the package at run time
+
+/** Every file under a directory, relative to it. */
+function walk(dir: string, base = dir): string[] {
+  return readdirSync(dir).flatMap((f) => {
+    const p = join(dir, f);
+    return statSync(p).isDirectory() ? walk(p, base) : [relative(base, p)];
+  });
+}
+
+test(
+  'the runtime: dist/ as built for the package has no source maps, and `npm ci --omit=dev` runs the CLI without tsx',
+  { timeout: 300_000 },
+  () => {
+    assert.equal(PKG.dependencies['tsx'], undefined, 'tsx is not a runtime dependency');
+    assert.ok(PKG.devDependencies['tsx'], 'tsx is a devDependency (bin/ runs src/ through it in a checkout without dist/)');
+    const dir = mkdtempSync(join(tmpdir(), 'fraiseql-relay-runtime-'));
+    try {
+      // the build `npm run build` (prepare) makes for the package and the image
+      const tsc = spawnSync(
+        process.execPath,
+        [join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(ROOT, 'tsconfig.build.json'), '--outDir', join(dir, 'dist')],
+        { cwd: ROOT, encoding: 'utf8', timeout: 240_000 },
+      );
+      assert.equal(tsc.status, 0, `tsc -p tsconfig.build.json: ${tsc.stdout}${tsc.stderr}`);
+      const built = walk(join(dir, 'dist'));
+      assert.ok(built.includes('cli.js') && built.includes('index.d.ts'), 'the build emits dist/cli.js and the declarations');
+      // src/ is not in the package (package.json files): a map would point at files nobody has
+      assert.ok(!PKG.files.includes('src'), 'src/ is not shipped');
+      assert.deepEqual(
+        built.filter((f) => f.endsWith('.map')),
+        [],
+        'no source maps or declaration maps (they would point at src/, which is not shipped)',
+      );
+      const withMapUrl = built.filter((f) => /\.(js|d\.ts)$/.test(f) && /sourceMappingURL=/.test(read(join(dir, 'dist', f))));
+      assert.deepEqual(withMapUrl, [], 'no sourceMappingURL comment points at a missing map');
+
+      // the production install the image makes (npm ci, build, npm prune --omit=dev)
+      for (const f of ['package.json', 'package-lock.json']) cpSync(join(ROOT, f), join(dir, f));
+      for (const d of ['bin', 'sql']) cpSync(join(ROOT, d), join(dir, d), { recursive: true });
+      const npm = spawnSync('npm', ['ci', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--prefer-offline'], {
+        cwd: dir,
+        encoding: 'utf8',
+        timeout: 240_000,
+      });
+      assert.equal(npm.status, 0, `npm ci --omit=dev: ${npm.stderr}`);
+      assert.ok(!existsSync(join(dir, 'node_modules', 'tsx')), 'tsx is not installed with --omit=dev');
+      assert.ok(!existsSync(join(dir, 'node_modules', 'typescript')), 'typescript is not installed with --omit=dev');
+      const env = { ...process.env, NODE_ENV: 'production', NODE_OPTIONS: '' };
+      const help = spawnSync(process.execPath, [join(dir, 'bin', 'fraiseql-relay.js'), '--help'], { cwd: dir, encoding: 'utf8', env });
+      assert.equal(help.status, 0, `fraiseql-relay --help from dist/ without devDependencies: ${help.stderr}`);
+      assert.match(help.stdout, /^Commands:/m, 'the CLI lists its commands');
+
+      // without dist/ and without tsx: a clear message, not a stack trace
+      rmSync(join(dir, 'dist'), { recursive: true });
+      const none = spawnSync(process.execPath, [join(dir, 'bin', 'fraiseql-relay.js'), '--help'], { cwd: dir, encoding: 'utf8', env });
+      assert.equal(none.status, 1, 'no dist/ and no tsx: exit 1');
+      assert.match(none.stderr, /dist\/ is missing: build it with `npm run build`/, 'says how to build dist/');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+
+    // a development checkout without dist/: bin/ runs src/ through tsx
+    const dev = mkdtempSync(join(tmpdir(), 'fraiseql-relay-dev-'));
+    try {
+      cpSync(join(ROOT, 'bin'), join(dev, 'bin'), { recursive: true });
+      cpSync(join(ROOT, 'package.json'), join(dev, 'package.json'));
+      for (const d of ['src', 'node_modules', 'sql']) symlinkSync(join(ROOT, d), join(dev, d));
+      const r = spawnSync(process.execPath, [join(dev, 'bin', 'fraiseql-relay.js'), '--help'], { cwd: dev, encoding: 'utf8' });
+      assert.equal(r.status, 0, `fraiseql-relay --help from src/ through tsx: ${r.stderr}`);
+      assert.match(r.stdout, /^Commands:/m, 'the CLI lists its commands');
+    } finally {
+      rmSync(dev, { recursive: true, force: true });
+    }
+  },
+);

@@ -95,3 +95,42 @@ Argument: (list $ secretName isRelay).
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+The volume mounted at configDir: the ConfigMap with fraiseql.toml and, beside it, the files of
+configFiles.secrets (CA bundles, client certificate and key, NATS credentials).
+Argument: (list $ configMapName).
+*/}}
+{{- define "fraiseql-relay.configVolume" -}}
+{{- $configMap := index . 1 }}
+{{- with index . 0 }}
+projected:
+  defaultMode: {{ .Values.configFiles.defaultMode }}
+  sources:
+    - configMap:
+        name: {{ $configMap }}
+    {{- range .Values.configFiles.secrets }}
+    - secret:
+        name: {{ required "configFiles.secrets: every entry needs a name" .name }}
+        {{- with .items }}
+        items:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+        {{- if hasKey . "optional" }}
+        optional: {{ .optional }}
+        {{- end }}
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The volume mounts of the relay and migrate containers: the config directory, /tmp, extraVolumeMounts. */}}
+{{- define "fraiseql-relay.volumeMounts" -}}
+- name: config
+  mountPath: {{ include "fraiseql-relay.configDir" . }}
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
