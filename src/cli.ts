@@ -3,6 +3,8 @@ import { resolve } from 'node:path';
 import { loadConfig, type Config } from './config/load.js';
 import { createLogger, type Logger } from './util/log.js';
 import { UsageError, errorMessage } from './util/errors.js';
+import { VERSION } from './util/version.js';
+import { MissingBinaryError } from './local/binaries.js';
 import { setDatabaseCaFile } from './util/db.js';
 import { runMigrate } from './commands/migrate.js';
 import { runDaemon } from './daemon.js';
@@ -39,28 +41,51 @@ function setup(opts: GlobalOpts): { config: Config; log: Logger } {
   return { config, log };
 }
 
-/** Runs an action and maps errors to the exit codes: 0 success, 2 usage or configuration error, 1 anything else. */
+/** The command being run (`status`, `dlq purge`, …), for error messages; set before each action. */
+let operation = 'fraiseql-relay';
+
+/**
+ * Runs an action and maps errors to the exit codes: 0 success, 2 usage or configuration error
+ * (nothing was changed; also a missing local binary for `demo`), 1 anything else. Errors go to
+ * stderr; stdout carries only the command's output.
+ */
 async function guard(fn: () => Promise<number | void>): Promise<void> {
   try {
     const code = await fn();
     process.exitCode = code ?? 0;
   } catch (err) {
-    if (err instanceof UsageError) {
+    if (err instanceof UsageError || err instanceof MissingBinaryError) {
       process.stderr.write(`fraiseql-relay: ${err.message}\n`);
       process.exitCode = err.exitCode;
     } else {
-      process.stderr.write(`fraiseql-relay: ${errorMessage(err)}\n`);
+      // the failure says where (host) and what to do; this says which operation failed
+      process.stderr.write(`fraiseql-relay: ${operation} failed: ${errorMessage(err)}\n`);
       process.exitCode = 1;
     }
   }
 }
+
+const EXIT_CODES = `
+Exit codes:
+  0  success (check: every probe passed or warned)
+  1  a failure: a server unreachable, a statement or publish failed, a check probe failed,
+     a dead letter still failing after dlq retry
+  2  usage or configuration error, or a refusal (a missing --yes, another relay's slot): nothing was changed
+
+Logs (pino JSON, pretty on a terminal) go to stderr; stdout carries only the command's output
+(--json: one JSON document).`;
 
 export function buildProgram(): Command {
   const program = new Command();
   program
     .name('fraiseql-relay')
     .description('Transactional outbox relay for FraiseQL: PostgreSQL logical decoding ▶ NATS JetStream, and back to SQL handlers')
+    .version(VERSION, '-V, --version', 'print the version and exit')
     .showHelpAfterError()
+    .addHelpText('after', EXIT_CODES)
+    .hook('preAction', (_program, action) => {
+      operation = action.parent && action.parent !== program ? `${action.parent.name()} ${action.name()}` : action.name();
+    })
     .exitOverride((err: { exitCode: number }) => {
       // usage errors exit 2 (help and version exit 0)
       process.exit(err.exitCode === 0 ? 0 : 2);
@@ -69,19 +94,21 @@ export function buildProgram(): Command {
   withCommon(program.command('migrate'))
     .description("create or upgrade the relay's schema, functions, publication and slot (idempotent)")
     .option('--dry-run', 'print the SQL and change nothing')
-    .action((o: GlobalOpts & { dryRun?: boolean }) =>
+    .option('--json', 'print the result (with --dry-run: the plan) as one JSON document')
+    .action((o: GlobalOpts & { dryRun?: boolean; json?: boolean }) =>
       guard(async () => {
         const { config, log } = setup(o);
-        return runMigrate(config, log, { dryRun: o.dryRun === true });
+        return runMigrate(config, log, { dryRun: o.dryRun === true, json: o.json === true });
       }),
     );
 
   withCommon(program.command('run'))
     .description('run the relay until SIGTERM/SIGINT')
-    .action((o: GlobalOpts) =>
+    .option('--migrate', 'run `migrate` first (under its advisory lock); without it, an unmigrated database exits 2')
+    .action((o: GlobalOpts & { migrate?: boolean }) =>
       guard(async () => {
         const { config, log } = setup(o);
-        return runDaemon(config, log);
+        return runDaemon(config, log, { migrate: o.migrate === true });
       }).then(() => {
         // the relay has stopped and confirmed what it published; a connection attempt still
         // pending (say, to an unreachable NATS) must not keep the process alive
@@ -91,10 +118,11 @@ export function buildProgram(): Command {
 
   withCommon(program.command('check'))
     .description('validate the configuration and probe PostgreSQL and NATS without changing anything')
-    .action((o: GlobalOpts) =>
+    .option('--json', 'machine-readable output')
+    .action((o: GlobalOpts & { json?: boolean }) =>
       guard(async () => {
         const { config, log } = setup(o);
-        return runCheck(config, log);
+        return runCheck(config, log, { json: o.json === true });
       }),
     );
 
@@ -109,7 +137,7 @@ export function buildProgram(): Command {
     );
 
   withCommon(program.command('status'))
-    .description('active relay, slot lag, last event, heartbeat, consumers, dead letters')
+    .description('active relay and standbys, lag, slot, last event, heartbeat, consumers, dead letters')
     .option('--json', 'machine-readable output')
     .action((o: GlobalOpts & { json?: boolean }) => guard(async () => runStatus(setup(o).config, { json: o.json === true })));
 
@@ -154,10 +182,14 @@ export function buildProgram(): Command {
       }),
     );
   withCommon(dlq.command('purge'))
-    .description('delete dead letters')
+    .description('delete dead letters: by id, --older-than, or all of them with --yes')
+    .argument('[ids...]', 'dead-letter ids from `dlq list`')
     .option('--older-than <duration>', 'only those recorded longer ago than this (e.g. 7d)')
-    .action((o: GlobalOpts & { olderThan?: string }) =>
-      guard(async () => dlqPurge(setup(o).config, o.olderThan === undefined ? {} : { olderThan: o.olderThan })),
+    .option('--yes', 'with no ids and no --older-than: really delete every dead letter')
+    .action((ids: string[], o: GlobalOpts & { olderThan?: string; yes?: boolean }) =>
+      guard(async () =>
+        dlqPurge(setup(o).config, { ids, yes: o.yes === true, ...(o.olderThan === undefined ? {} : { olderThan: o.olderThan }) }),
+      ),
     );
 
   program

@@ -160,6 +160,7 @@ async function openDaemon(config: Config, log: Logger, opts: RelayOptions): Prom
   const relay = new Relay(config, log, opts);
   const metrics = new RelayMetrics({
     version: VERSION,
+    nats: config.observers.backend === 'nats',
     consumers: config.observers.subscribe.map((s) => s.consumer),
     subjects: requiredSubjects(config).filter((s) => !/[*>]/.test(s)),
     deadLetterCounts: () => relay.deadLetterCounts(),
@@ -210,9 +211,10 @@ export async function startDaemon(config: Config, log: Logger, opts: RelayOption
 /**
  * `fraiseql-relay run`: runs until SIGTERM/SIGINT, then stops cleanly (exit code 0). A condition
  * the relay must not run on (an invalidated slot) stops it with exit code 1 and the explanation
- * on stderr. A second signal exits at once.
+ * on stderr. A second signal exits at once. `migrate`: `run --migrate`, migrate first; without it a
+ * database migrate has not prepared exits 2 at once, saying to run it.
  */
-export async function runDaemon(config: Config, log: Logger): Promise<number> {
+export async function runDaemon(config: Config, log: Logger, opts: Pick<RelayOptions, 'migrate'> = {}): Promise<number> {
   let signalled: NodeJS.Signals | null = null;
   const stopped = new Promise<'signal'>((resolve) => {
     const onSignal = (sig: NodeJS.Signals) => {
@@ -227,7 +229,7 @@ export async function runDaemon(config: Config, log: Logger): Promise<number> {
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
-  const daemon = await openDaemon(config, log, {});
+  const daemon = await openDaemon(config, log, opts);
   const failed = new Promise<Error>((resolve) => daemon.relay.once('fatal', resolve));
   await startRelay(daemon, stopped);
   if (!signalled) {

@@ -110,7 +110,7 @@ after(async () => {
 
 test("migrate adds FraiseQL's change log to the insert-only publication", async () => {
   const t = await env.sql<{ t: string }>(
-    `SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = 'fraiseql_relay_outbox' ORDER BY 1`,
+    `SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = '${env.config().relay.publication}_outbox' ORDER BY 1`,
   );
   assert.deepEqual(
     t.map((r) => r.t),

@@ -15,6 +15,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { TestEnv, BASE_TOML, CLI, ROOT, RelayProcess, waitForRows } from './fixture.js';
 import { LocalPostgres } from '../src/local/postgres.js';
 import { getFreePort } from '../src/local/ports.js';
+import type { StatusReport } from '../src/commands/status.js';
 
 const SECRET = 's3cr3t-pw';
 
@@ -218,8 +219,12 @@ test('migrate --dry-run prints the SQL, exits 0 and changes nothing', async () =
   const r = await cli(['migrate', '--dry-run', '-c', env.configFile], cliEnv({ DATABASE_URL: secretUrl(env.pg, 'app') }));
   assert.equal(r.code, 0, r.stderr);
   assert.ok(r.stdout.includes('CREATE TABLE IF NOT EXISTS "fraiseql_relay".outbox'), r.stdout);
-  assert.match(r.stdout, /CREATE PUBLICATION "fraiseql_relay_outbox" FOR TABLE "fraiseql_relay"\.outbox WITH \(publish = 'insert'\)/);
-  assert.match(r.stdout, /pg_create_logical_replication_slot\('fraiseql_relay', 'pgoutput'\)/);
+  // the default names, derived from [project] name "test-service" and the database "app"
+  assert.match(
+    r.stdout,
+    /CREATE PUBLICATION "fraiseql_relay_test_service_app_outbox" FOR TABLE "fraiseql_relay"\.outbox WITH \(publish = 'insert'\)/,
+  );
+  assert.match(r.stdout, /pg_create_logical_replication_slot\('fraiseql_relay_test_service_app', 'pgoutput'\)/);
   assert.equal(await schemaExists(env.dbUrl), false, 'schema fraiseql_relay does not exist after a dry run');
   assert.deepEqual(await env.sql(`SELECT slot_name FROM pg_replication_slots`), []);
   assert.deepEqual(await env.sql(`SELECT pubname FROM pg_publication`), []);
@@ -236,6 +241,13 @@ test('check before migrate exits 1 and says to run migrate; after migrate it exi
   const m = await cli(['migrate', '-c', env.configFile], e);
   assert.equal(m.code, 0, m.stdout + m.stderr);
   assert.equal(await schemaExists(env.dbUrl), true);
+  // for a person: what was applied and created, no JSON (the log lines are on stderr)
+  assert.match(m.stdout, /^migrated schema fraiseql_relay in database 127\.0\.0\.1:\d+\/app:$/m);
+  assert.match(m.stdout, /^ {2}applied migrations +001_core\.sql, 002_consume\.sql/m);
+  assert.match(m.stdout, /^ {2}created publication +\S+_outbox$/m);
+  assert.match(m.stdout, /^ {2}created slot +\S+ \(plugin pgoutput\)$/m);
+  assert.doesNotMatch(m.stdout, /[{}]/);
+  assert.match(m.stderr, /"msg":"applied migration"/);
 
   const after = await cli(['check', '-c', env.configFile], e);
   assert.equal(after.code, 0, after.stdout + after.stderr);
@@ -247,7 +259,7 @@ test('check before migrate exits 1 and says to run migrate; after migrate it exi
   // migrate again is a no-op
   const again = await cli(['migrate', '-c', env.configFile], e);
   assert.equal(again.code, 0, again.stdout + again.stderr);
-  assert.match(again.stdout, /already up to date/);
+  assert.match(again.stdout, /^schema fraiseql_relay in database 127\.0\.0\.1:\d+\/app is already up to date/);
 });
 
 test('teardown needs --yes; with it, it drops the slot and the outbox publication', async () => {
@@ -311,7 +323,7 @@ test('run with [relay.stream] create = false and no stream for the subject: exit
   assert.equal(r.code, 2, r.stdout + r.stderr);
   assert.match(r.stderr, /create = false/);
   assert.match(r.stderr, /fraiseql\.order\.created/);
-  assert.doesNotMatch(r.stdout, /relay running/);
+  assert.equal(r.stdout, '', 'run writes nothing on stdout: its logs go to stderr');
   const nc2 = await env.natsClient();
   try {
     const jsm = await jetstreamManager(nc2);
@@ -348,7 +360,10 @@ test('run stops cleanly on SIGTERM: exit 0 within the shutdown bound', async () 
     assert.match(relay.output(), /relay stopped/);
     // the slot is released (the server's walsender may take a moment to notice the disconnect)
     const released = await waitForRows(
-      () => env.sql<{ active: boolean }>(`SELECT active FROM pg_replication_slots WHERE slot_name = 'fraiseql_relay' AND NOT active`),
+      () =>
+        env.sql<{ active: boolean }>(
+          `SELECT active FROM pg_replication_slots WHERE slot_name = '${env.config().relay.slot}' AND NOT active`,
+        ),
       5_000,
     );
     assert.equal(released.length, 1, 'the slot exists and is inactive after the relay exited');
@@ -356,6 +371,214 @@ test('run stops cleanly on SIGTERM: exit 0 within the shutdown bound', async () 
     if (relay.child.exitCode === null && relay.child.signalCode === null) await relay.kill('SIGKILL');
   }
   assert.ok(!relay.output().includes(SECRET));
+});
+
+// ---------------------------------------------------------------------------------------------
+// CLI conventions: --version, data on stdout and logs on stderr, --json in one key style, --yes
+
+/** Every key of a JSON value, at any depth, with its path. */
+function jsonKeys(v: unknown, path = '$'): string[] {
+  if (Array.isArray(v)) return v.flatMap((x, i) => jsonKeys(x, `${path}[${i}]`));
+  if (v !== null && typeof v === 'object') {
+    return Object.entries(v).flatMap(([k, x]) => [`${path}.${k}`, ...jsonKeys(x, `${path}.${k}`)]);
+  }
+  return [];
+}
+
+/** stdout is exactly one JSON document (nothing else: no log line), every key snake_case. */
+function parseJsonOutput<T>(what: string, r: { stdout: string; stderr: string }): T {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(r.stdout);
+  } catch (err) {
+    assert.fail(`${what}: stdout is not one JSON document (${(err as Error).message}):\n${r.stdout}\n--- stderr:\n${r.stderr}`);
+  }
+  const bad = jsonKeys(parsed).filter((p) => !/^[a-z][a-z0-9]*(_[a-z0-9]+)*$/.test(p.slice(p.lastIndexOf('.') + 1)));
+  assert.deepEqual(bad, [], `${what}: keys that are not snake_case`);
+  return parsed as T;
+}
+
+test('--version (and -V): the package version on stdout, exit 0', async () => {
+  const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  for (const flag of ['--version', '-V']) {
+    const r = await cli([flag], cliEnv());
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, `${pkg.version}\n`);
+    assert.equal(r.stderr, '');
+  }
+});
+
+test('--json of migrate --dry-run, migrate, check, status and dlq list: one JSON document on stdout, snake_case keys, the warning on stderr', async () => {
+  const url = await env.pg.createDatabase('jsonout');
+  // FraiseQL [observers] keys the relay ignores: every command logs a warning about them
+  const toml = BASE_TOML.replace('backend = "nats"\n', 'backend = "nats"\nenabled = true\nmax_concurrency = 4\n').replace(
+    '[relay]\n',
+    '[[observers.subscribe]]\nsubject = "fraiseql.order.created"\nhandler = "fn_noop"\n\n[relay]\n',
+  );
+  const file = await writeToml('json.toml', toml);
+  const e = cliEnv({ DATABASE_URL: secretUrl(env.pg, 'jsonout') });
+  const warned = (what: string, r: { stderr: string }) => {
+    assert.match(r.stderr, /"level":40.*keys the relay does not use are ignored/, `${what}: the warning is logged on stderr`);
+    for (const line of r.stderr.split('\n').filter((l) => l.trim() !== '')) {
+      assert.doesNotThrow(() => JSON.parse(line), `${what}: each stderr line is a pino JSON line: ${line}`);
+    }
+  };
+
+  const dry = await cli(['migrate', '--dry-run', '--json', '-c', file], e);
+  assert.equal(dry.code, 0, dry.stderr);
+  warned('migrate --dry-run --json', dry);
+  const plan = parseJsonOutput<{
+    dry_run: boolean;
+    database: string;
+    assumption: string | null;
+    steps: { kind: string; name: string | null; statements: string[] }[];
+  }>('migrate --dry-run --json', dry);
+  assert.equal(plan.dry_run, true);
+  assert.equal(plan.assumption, null, 'read from the database');
+  assert.match(plan.database, /^127\.0\.0\.1:\d+\/jsonout$/);
+  assert.deepEqual([...new Set(plan.steps.map((s) => s.kind))], ['schema', 'migration', 'publication', 'slot']);
+  assert.ok(plan.steps.some((s) => s.kind === 'migration' && s.name === '001_core.sql'));
+  assert.equal(await schemaExists(url), false, 'a dry run changes nothing');
+
+  const m = await cli(['migrate', '--json', '-c', file], e);
+  assert.equal(m.code, 0, m.stderr);
+  warned('migrate --json', m);
+  const res = parseJsonOutput<{
+    up_to_date: boolean;
+    applied_migrations: string[];
+    created_publications: string[];
+    created_slot: { name: string; plugin: string } | null;
+  }>('migrate --json', m);
+  const slot = plan.steps.find((s) => s.kind === 'slot')!.name;
+  assert.equal(res.up_to_date, false);
+  assert.deepEqual(
+    res.applied_migrations,
+    plan.steps.filter((s) => s.kind === 'migration').map((s) => s.name),
+  );
+  assert.deepEqual(res.created_publications, [plan.steps.find((s) => s.kind === 'publication')!.name]);
+  assert.deepEqual(res.created_slot, { name: slot, plugin: 'pgoutput' });
+  const again = await cli(['migrate', '--json', '-c', file], e);
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(parseJsonOutput<{ up_to_date: boolean }>('migrate --json (again)', again).up_to_date, true);
+
+  await query(url, `CREATE FUNCTION fn_noop(p jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$`);
+  await query(
+    url,
+    `INSERT INTO fraiseql_relay.dead_letter (direction, event_id, subject, consumer, handler, headers, body, error)
+     VALUES ('inbound', 'e-1', 'fraiseql.order.created', 'c', 'fn_noop', '{"Fraiseql-Event-Id": "e-1", "Nats-Msg-Id": "e-1"}', '{}', 'boom')`,
+  );
+
+  const c = await cli(['check', '--json', '-c', file], e);
+  warned('check --json', c);
+  const chk = parseJsonOutput<{ ok: boolean; probes: { what: string; status: string; detail: string }[] }>('check --json', c);
+  assert.equal(c.code, chk.ok ? 0 : 1, 'the exit code follows ok');
+  assert.equal(chk.ok, true, JSON.stringify(chk.probes.filter((p) => p.status === 'fail')));
+  for (const what of ['config', 'postgres', 'wal_level', 'schema', 'slot', 'nats']) {
+    assert.equal(chk.probes.find((p) => p.what === what)?.status, 'ok', `check --json: ${what}`);
+  }
+
+  const s = await cli(['status', '--json', '-c', file], e);
+  assert.equal(s.code, 0, s.stderr);
+  warned('status --json', s);
+  const st = parseJsonOutput<StatusReport>('status --json', s);
+  assert.equal(st.role, 'none');
+  assert.equal(st.leader, null);
+  assert.deepEqual(st.standbys, []);
+  assert.equal(st.slot?.name, slot);
+  assert.equal(st.slot?.exists, true);
+  assert.equal(typeof st.slot?.lag_bytes, 'number');
+  assert.deepEqual(st.dead_letters, { outbound: 0, inbound: 1, webhook: 0 });
+  assert.equal(st.consumers[0]?.consumer, 'test-service-fraiseql_order_created');
+  assert.equal(typeof st.consumers[0]?.error, 'string', 'no stream yet: the consumer says why');
+
+  const l = await cli(['dlq', 'list', '--json', '-c', file], e);
+  assert.equal(l.code, 0, l.stderr);
+  warned('dlq list --json', l);
+  const dl = parseJsonOutput<{ count: number; dead_letters: { id: number; headers: { name: string; value: string }[] }[] }>(
+    'dlq list --json',
+    l,
+  );
+  assert.equal(dl.count, 1);
+  assert.deepEqual(
+    dl.dead_letters[0]!.headers.sort((a, b) => a.name.localeCompare(b.name)),
+    [
+      { name: 'Fraiseql-Event-Id', value: 'e-1' },
+      { name: 'Nats-Msg-Id', value: 'e-1' },
+    ],
+    'header names are values, not keys',
+  );
+
+  // the tables for people carry no log line either
+  const table = await cli(['status', '-c', file], e);
+  assert.equal(table.code, 0, table.stderr);
+  assert.match(table.stdout, /^relay\s+no relay is active/m);
+  assert.match(table.stdout, /^dead letters\s+1 inbound$/m);
+  assert.doesNotMatch(table.stdout, /"level"/);
+});
+
+test('dlq purge deletes everything only with --yes; ids and --older-than are filters', async () => {
+  const url = await env.pg.createDatabase('purge');
+  const file = await writeToml('purge.toml', BASE_TOML);
+  const e = cliEnv({ DATABASE_URL: secretUrl(env.pg, 'purge') });
+  const m = await cli(['migrate', '-c', file], e);
+  assert.equal(m.code, 0, m.stderr);
+  const ids = (
+    await query<{ id: string }>(
+      url,
+      `INSERT INTO fraiseql_relay.dead_letter (direction, event_id, subject, body, error)
+       SELECT 'outbound', 'e-' || g, 'fraiseql.x', '{}', 'boom' FROM generate_series(1, 3) g RETURNING id::text`,
+    )
+  ).map((r) => r.id);
+  const count = async () => (await query<{ n: number }>(url, `SELECT count(*)::int AS n FROM fraiseql_relay.dead_letter`))[0]!.n;
+
+  const no = await cli(['dlq', 'purge', '-c', file], e);
+  assert.equal(no.code, 2, no.stderr);
+  assert.match(no.stderr, /--yes/);
+  assert.match(no.stderr, /Nothing was deleted/);
+  assert.equal(no.stdout, '');
+  assert.equal(await count(), 3, 'nothing was deleted without --yes');
+
+  const bad = await cli(['dlq', 'purge', 'abc', '-c', file], e);
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(bad.stderr, /"abc" is not a dead-letter id/);
+
+  const one = await cli(['dlq', 'purge', ids[0]!, '-c', file], e);
+  assert.equal(one.code, 0, one.stderr);
+  assert.equal(one.stdout, 'purged 1 dead letter\n');
+  const old = await cli(['dlq', 'purge', '--older-than', '1d', '-c', file], e);
+  assert.equal(old.code, 0, old.stderr);
+  assert.equal(old.stdout, 'purged 0 dead letters\n', 'none is a day old');
+  assert.equal(await count(), 2);
+
+  const all = await cli(['dlq', 'purge', '--yes', '-c', file], e);
+  assert.equal(all.code, 0, all.stderr);
+  assert.equal(all.stdout, 'purged 2 dead letters\n');
+  assert.equal(await count(), 0);
+});
+
+test('PostgreSQL down: status and check name the host and what to do, exit 1, print no data', async () => {
+  const port = await getFreePort();
+  const e = cliEnv({ DATABASE_URL: `postgres://postgres:${SECRET}@127.0.0.1:${port}/app` });
+  for (const args of [['status'], ['status', '--json'], ['dlq', 'list', '--json']]) {
+    const r = await cli([...args, '-c', env.configFile], e);
+    assert.equal(r.code, 1, `${args.join(' ')}: ${r.stderr}`);
+    assert.equal(r.stdout, '', `${args.join(' ')}: no half output`);
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `^fraiseql-relay: ${args.slice(0, args[0] === 'dlq' ? 2 : 1).join(' ')} failed: PostgreSQL at 127\\.0\\.0\\.1:${port}/app: .*ECONNREFUSED.*\\(nothing accepts connections there: is PostgreSQL running`,
+        'm',
+      ),
+      `${args.join(' ')} names the operation, the host and what to do`,
+    );
+  }
+  const c = await cli(['check', '--json', '-c', env.configFile], e);
+  assert.equal(c.code, 1, c.stderr);
+  const chk = parseJsonOutput<{ ok: boolean; probes: { what: string; status: string; detail: string }[] }>('check --json', c);
+  assert.equal(chk.ok, false);
+  const pgProbe = chk.probes.find((p) => p.what === 'postgres');
+  assert.equal(pgProbe?.status, 'fail');
+  assert.match(pgProbe?.detail ?? '', new RegExp(`PostgreSQL at 127\\.0\\.0\\.1:${port}/app: .*is PostgreSQL running`));
 });
 
 test('no command printed the password', () => {

@@ -12,6 +12,7 @@ import {
   parseDuration,
   type ServiceNameSource,
 } from '../src/config/load.js';
+import { defaultRelayName, LEGACY_RELAY_NAME } from '../src/config/service.js';
 
 const ENV = {
   DATABASE_URL: 'postgres://app:s3cr3t-pw@db.internal:5432/orders',
@@ -93,6 +94,9 @@ describe('parseConfig: a valid file', () => {
         ack_wait: 30_000,
         backoff: [],
         concurrency: 1,
+        batch: 32,
+        max_wait: 0,
+        order_by: null,
       },
     ]);
     assert.deepEqual(c.observers.rules, [
@@ -106,8 +110,14 @@ describe('parseConfig: a valid file', () => {
     ]);
     assert.deepEqual(c.relay, {
       schema: 'fraiseql_relay',
-      slot: 'fraiseql_relay',
-      publication: 'fraiseql_relay',
+      // derived from [project] name and the database of DATABASE_URL (".../orders")
+      slot: 'fraiseql_relay_inventory_service_orders',
+      publication: 'fraiseql_relay_inventory_service_orders',
+      derivedNames: {
+        slot: true,
+        publication: true,
+        from: 'the service name "inventory-service" ([project] name) and the database name "orders"',
+      },
       listen: '0.0.0.0:9464',
       max_in_flight: 1024,
       max_in_flight_bytes: 64 * 1024 * 1024,
@@ -1056,5 +1066,101 @@ handler = "fn_reserve_inventory"
       assert.equal(c.project.name, 'orders', f);
       for (const s of c.observers.subscribe) assert.equal(s.consumer, defaultConsumerName('orders', s.subject), f);
     }
+  });
+});
+
+describe('the default slot and publication names', () => {
+  /** A service that publishes (it needs a slot), with `project` and `relay` lines as given. */
+  const file = (project: string, url: string, relay = '') =>
+    parseConfig(
+      `${project}[database]\nurl = "${url}"\n[observers]\nnats_url = "nats://n:4222"\n` +
+        `[[observers.publish]]\nmutation = "m"\nsubject = "a.b"\n${relay ? `[relay]\n${relay}` : ''}`,
+      'f.toml',
+      {},
+    );
+
+  it('without [project]: fraiseql_relay_<service>, the service being the database', () => {
+    const c = file('', 'postgresql://app@db/orders');
+    assert.equal(c.relay.slot, 'fraiseql_relay_orders');
+    assert.equal(c.relay.publication, 'fraiseql_relay_orders');
+    assert.deepEqual(c.relay.derivedNames, {
+      slot: true,
+      publication: true,
+      from: 'the service name "orders", which is the database\'s name',
+    });
+    // the database named by the user (PostgreSQL's default database)
+    assert.equal(file('', 'postgresql://billing:pw@db:5432').relay.slot, 'fraiseql_relay_billing');
+  });
+
+  it('with [project] name: fraiseql_relay_<service>_<database>, two databases of one cluster never share a slot', () => {
+    const a = file('[project]\nname = "order-service"\n', 'postgresql://app@db/orders_eu');
+    const b = file('[project]\nname = "order-service"\n', 'postgresql://app@db/orders_us');
+    assert.equal(a.relay.slot, 'fraiseql_relay_order_service_orders_eu');
+    assert.equal(b.relay.slot, 'fraiseql_relay_order_service_orders_us');
+    assert.equal(a.relay.publication, 'fraiseql_relay_order_service_orders_eu');
+    // pinning today's derived name as [project] name keeps today's slot
+    assert.equal(file('[project]\nname = "orders"\n', 'postgresql://app@db/orders').relay.slot, 'fraiseql_relay_orders');
+    // a URL that does not name the database (a key=value string): the database is left out, and check says so
+    const kv = parseConfig('[project]\nname = "svc"\n[database]\nurl = "host=db dbname=x"\n', 'f.toml', {});
+    assert.equal(kv.relay.slot, 'fraiseql_relay_svc');
+    assert.match(kv.relay.derivedNames!.from, /does not name the database/);
+  });
+
+  it('names written under [relay] are used as written; only the others are derived', () => {
+    const both = file('[project]\nname = "svc"\n', 'postgresql://app@db/orders', 'slot = "mine"\npublication = "pub"\n');
+    assert.equal(both.relay.slot, 'mine');
+    assert.equal(both.relay.publication, 'pub');
+    assert.equal(both.relay.derivedNames, undefined);
+    const slotOnly = file('[project]\nname = "svc"\n', 'postgresql://app@db/orders', 'slot = "fraiseql_relay"\n');
+    assert.equal(slotOnly.relay.slot, LEGACY_RELAY_NAME);
+    assert.equal(slotOnly.relay.publication, 'fraiseql_relay_svc_orders');
+    assert.deepEqual(
+      { slot: slotOnly.relay.derivedNames?.slot, publication: slotOnly.relay.derivedNames?.publication },
+      { slot: false, publication: true },
+    );
+  });
+
+  it('normalised to what PostgreSQL allows in a slot name, hashed when cut to 63 (56 for a publication) characters', () => {
+    assert.equal(defaultRelayName('Order-Service', 'EU.Orders', 63), 'fraiseql_relay_order_service_eu_orders');
+    assert.equal(defaultRelayName('--svc--', null, 63), 'fraiseql_relay_svc');
+    assert.equal(defaultRelayName('Ünïcode Svc!', null, 63), 'fraiseql_relay_n_code_svc');
+    // a name of only characters PostgreSQL does not allow: its hash
+    assert.match(defaultRelayName('日本', null, 63), /^fraiseql_relay_[0-9a-f]{8}$/);
+    assert.notEqual(defaultRelayName('日本', null, 63), defaultRelayName('中国', null, 63));
+    const long = 'a-very-long-service-name-that-goes-on-and-on';
+    for (const max of [63, 56]) {
+      const one = defaultRelayName(long, 'database_one_of_the_cluster', max);
+      const two = defaultRelayName(long, 'database_two_of_the_cluster', max);
+      assert.ok(one.length <= max && two.length <= max, `${one} ${two}`);
+      assert.match(one, /^fraiseql_relay_a_very_long_[a-z0-9_]*_[0-9a-f]{8}$/);
+      assert.notEqual(one, two, 'the hash of the whole name tells them apart');
+      assert.equal(one, defaultRelayName(long, 'database_one_of_the_cluster', max), 'stable');
+    }
+    for (const name of [defaultRelayName('x'.repeat(200), 'y'.repeat(200), 63), defaultRelayName('Ä b C', 'd', 63)]) {
+      assert.match(name, /^[a-z0-9_]{1,63}$/);
+    }
+  });
+});
+
+describe('subscription batching and ordering keys', () => {
+  const sub = (extra: string) =>
+    parseConfig(
+      `[project]\nname = "s"\n[database]\nurl = "postgres://u@h/db"\n[observers]\nnats_url = "nats://h:4222"\n[[observers.subscribe]]\nsubject = "a.b"\nhandler = "fn"\n${extra}`,
+      'fraiseql.toml',
+      {},
+    ).observers.subscribe[0]!;
+  it('order_by: true is the entity id, a name is a header, "$.a.b" is a path into the body', () => {
+    assert.deepEqual(sub('order_by = true').order_by, { path: ['id'] });
+    assert.deepEqual(sub('order_by = "Fraiseql-Entity-Id"').order_by, { header: 'Fraiseql-Entity-Id' });
+    assert.deepEqual(sub('order_by = "$.entity.customer_id"').order_by, { path: ['entity', 'customer_id'] });
+    assert.equal(sub('order_by = false').order_by, null);
+    assert.equal(sub('').order_by, null);
+  });
+  it('batch is 1 to 64 and max_wait a duration', () => {
+    assert.equal(sub('batch = 64\nmax_wait = "5ms"').batch, 64);
+    assert.equal(sub('max_wait = "5ms"').max_wait, 5);
+    assert.throws(() => sub('batch = 65'), /batch.*a whole number from 1 to 64/s);
+    assert.throws(() => sub('order_by = "$.a..b"'), /neither a header name nor a JSON path/);
+    assert.throws(() => sub('order_by = "bad header"'), /neither a header name nor a JSON path/);
   });
 });

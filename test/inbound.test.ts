@@ -167,7 +167,7 @@ test('a body that is not JSON is dead-lettered at once', async () => {
   assert.equal(dl.length, 1);
   assert.equal(dl[0]!.attempts, 1);
   assert.match(dl[0]!.error, /not JSON/);
-  const purge = await runCli(['dlq', 'purge', '-c', env.configFile], env.env);
+  const purge = await runCli(['dlq', 'purge', '--yes', '-c', env.configFile], env.env);
   assert.equal(purge.code, 0);
   assert.equal((await env.sql(`SELECT 1 FROM fraiseql_relay.dead_letter`)).length, 0);
 });

@@ -34,7 +34,7 @@ test('a transaction of 200,000 outbox rows streams through in bounded memory', a
     let lag = Infinity;
     for (const until = Date.now() + 10_000; Date.now() < until && lag >= 1024 * 1024; await sleep(100)) {
       const [r] = await env.sql<{ lag: string }>(
-        `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots WHERE slot_name = 'fraiseql_relay'`,
+        `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots WHERE slot_name = '${env.config().relay.slot}'`,
       );
       lag = Number(r!.lag);
     }

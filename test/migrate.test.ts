@@ -3,7 +3,9 @@
  * publication and names it creates, the SQL API (emit, emit_mutation) it installs, and the one
  * plan that `migrate --dry-run` prints and migrate runs.
  *
- * Replication slots are cluster-wide, so every database here gets its own slot name.
+ * Replication slots are cluster-wide, so every database here gets its own slot name; the
+ * publication is named explicitly (`fraiseql_relay`, giving `fraiseql_relay_outbox`) to keep the
+ * statements below short (the default names are tested in slot-names.test.ts).
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -50,7 +52,7 @@ mutation = "create_order"
 subject = "fraiseql.order.created"
 ${observers}
 [relay]
-${relay.includes('slot =') ? '' : `slot = "slot_${name}"\n`}${relay}
+${relay.includes('slot =') ? '' : `slot = "slot_${name}"\n`}${relay.includes('publication =') ? '' : `publication = "fraiseql_relay"\n`}${relay}
 `;
   return { url, config: parseConfig(toml, `${name}.toml`, { DATABASE_URL: url }) };
 }

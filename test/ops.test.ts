@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import { TestEnv, BASE_TOML, RelayProcess, runCli, sleep } from './fixture.js';
 import { join } from 'node:path';
+import { hostname } from 'node:os';
 import type { StatusReport } from '../src/commands/status.js';
 
 const SECRET = 's3cr3t-pw-9876';
@@ -103,7 +104,7 @@ test('the heartbeat keeps the slot moving on an idle database while another data
           `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag,
                   pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::text AS retained,
                   confirmed_flush_lsn >= $1::pg_lsn AS past
-             FROM pg_replication_slots WHERE slot_name = 'fraiseql_relay'`,
+             FROM pg_replication_slots WHERE slot_name = '${env.config().relay.slot}'`,
           [written],
         );
         lag = Number(r!.lag);
@@ -134,6 +135,16 @@ test('HA: SIGKILL the active relay under load; the standby takes over within 10 
     assert.equal((await get(pb, '/livez')).status, 200, 'a standby is live');
     assert.match((await get(pa, '/metrics')).body, /^fraiseql_relay_leader 1$/m, 'a is the leader');
     assert.match((await get(pb, '/metrics')).body, /^fraiseql_relay_leader 0$/m, 'b is a standby');
+    // status names both relay processes by host/pid: a leads, b stands by
+    const st = await runCli(['status', '--json', '-c', env.configFile], env.env);
+    assert.equal(st.code, 0, st.stderr);
+    const report = JSON.parse(st.stdout) as StatusReport;
+    assert.equal(report.role, 'active');
+    assert.deepEqual([report.leader?.host, report.leader?.pid], [hostname(), a.child.pid]);
+    assert.deepEqual(
+      report.standbys.map((s) => [s.host, s.pid]),
+      [[hostname(), b.child.pid]],
+    );
     const load = produce(env.dbUrl, 0, 10_000);
     while ((await env.streamCount()) < 3000) await sleep(20);
     const killedAt = Date.now();
@@ -184,7 +195,7 @@ test('slot invalidated → the relay refuses with the way out → reconcile → 
       await env.sql(`CHECKPOINT`);
     }
     const [{ wal_status }] = (await env.sql<{ wal_status: string }>(
-      `SELECT wal_status FROM pg_replication_slots WHERE slot_name = 'fraiseql_relay'`,
+      `SELECT wal_status FROM pg_replication_slots WHERE slot_name = '${env.config().relay.slot}'`,
     )) as [{ wal_status: string }];
     assert.equal(wal_status, 'lost');
 
@@ -218,13 +229,14 @@ test('status --json describes the relay; no secret reaches a log line', async ()
       '[[observers.subscribe]]\nsubject = "fraiseql.order.created"\nhandler = "fn_noop"\n\n[relay]\n',
     ),
   });
+  let relay: RelayProcess | undefined;
   try {
     await env.migrate();
     await env.sql(`CREATE FUNCTION fn_noop(p jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$`);
     const dbWithSecret = env.dbUrl.replace('postgres@', `postgres:${SECRET}@`);
     const natsWithSecret = env.nats.url.replace('nats://', `nats://relay:${SECRET}@`);
     const secretEnv = { ...env.env, DATABASE_URL: dbWithSecret, NATS_URL: natsWithSecret, LOG_LEVEL: 'debug' };
-    const relay = new RelayProcess(join(env.dir, 'secret.log'), ['run', '-c', env.configFile], secretEnv);
+    relay = new RelayProcess(join(env.dir, 'secret.log'), ['run', '-c', env.configFile], secretEnv);
     const port = await httpPort(relay);
     await waitStatus(port, '/readyz', 200);
     await env.sql(`SELECT fraiseql_relay.emit('fraiseql.order.created', '{"id":"x1"}')`);
@@ -234,16 +246,22 @@ test('status --json describes the relay; no secret reaches a log line', async ()
     assert.equal(s.code, 0, s.stderr);
     const st = JSON.parse(s.stdout) as StatusReport;
     assert.equal(st.role, 'active');
-    assert.equal(typeof st.slot?.lagBytes, 'number');
-    assert.equal(st.slot?.walStatus, 'reserved');
+    assert.equal(typeof st.slot?.lag_bytes, 'number');
+    assert.equal(st.slot?.wal_status, 'reserved');
+    // the relay's own process, not a PostgreSQL backend: the child spawned above
+    assert.equal(st.leader?.pid, relay.child.pid);
+    assert.equal(st.leader?.host, hostname());
+    assert.deepEqual(st.standbys, []);
+    assert.equal(typeof st.lag?.seconds, 'number');
+    assert.ok(st.lag!.seconds! < 30, `lag ${st.lag?.seconds} s on a healthy relay`);
     assert.match(st.last_event?.id ?? '', /^[0-9a-f-]{36}$/);
     assert.equal(st.last_event?.subject, 'fraiseql.order.created');
     assert.equal(typeof st.heartbeat?.age_seconds, 'number');
     assert.equal(st.consumers[0]?.consumer, 'test-service-fraiseql_order_created');
     assert.equal(typeof st.consumers[0]?.pending, 'number');
-    assert.deepEqual(st.dead_letters, {});
+    assert.deepEqual(st.dead_letters, { outbound: 0, inbound: 0, webhook: 0 });
     const table = await runCli(['status', '-c', env.configFile], secretEnv);
-    assert.match(table.stdout, /relay\s+active/);
+    assert.match(table.stdout, new RegExp(`relay\\s+active: ${hostname()}/${relay.child.pid}`));
     // a failing command with the secret in the URL: the error does not show it
     const bad = await runCli(['check', '-c', env.configFile], { ...secretEnv, DATABASE_URL: dbWithSecret.replace(/:\d+\//, ':1/') });
     relay.child.kill('SIGTERM');
@@ -253,6 +271,7 @@ test('status --json describes the relay; no secret reaches a log line', async ()
     }
     assert.ok(relay.output().includes('"level":20'), 'debug lines were written and checked');
   } finally {
+    relay?.child.kill('SIGKILL');
     await env.destroy();
   }
 });

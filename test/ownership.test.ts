@@ -1,6 +1,7 @@
 /**
- * Two services whose databases share a PostgreSQL cluster, both with the default slot name
- * (`fraiseql_relay`): service 1 migrates and publishes; service 2's `migrate`, `teardown --yes`,
+ * Two services whose databases share a PostgreSQL cluster, both naming their slot `fraiseql_relay`
+ * (every service's default in 0.1; the default names now differ, see slot-names.test.ts, so the
+ * collision needs names written in [relay]): service 1 migrates and publishes; service 2's `migrate`, `teardown --yes`,
  * `reconcile --yes` and `run` all refuse (exit 2) naming the other owner, without touching
  * service 1's slot, and service 1's events keep flowing. Then the same within one database (two
  * relay schemas), and the adoption of an installation migrated before ownership was recorded.
@@ -52,8 +53,12 @@ async function slots(): Promise<SlotRow[]> {
   ).rows;
 }
 
-test('two databases of one cluster, both with the default slot name: service 2 refuses everything, service 1 keeps flowing', async () => {
+/** The fixture's service with 0.1's names written under [relay]. */
+const SHARED_NAMES = BASE_TOML.replace('[relay]\n', '[relay]\nslot = "fraiseql_relay"\npublication = "fraiseql_relay"\n');
+
+test('two databases of one cluster, both with the slot name fraiseql_relay: service 2 refuses everything, service 1 keeps flowing', async () => {
   // service 1: database "app" (the fixture's), migrated and running
+  await env.writeConfig(SHARED_NAMES);
   await env.migrate();
   const relay1 = env.spawnRelay('service1');
   try {
@@ -61,10 +66,10 @@ test('two databases of one cluster, both with the default slot name: service 2 r
     await env.sql(`SELECT fraiseql_relay.emit('fraiseql.order.created', jsonb_build_object('n', 0))`);
     await env.waitForStreamCount(1);
 
-    // service 2: database "app2" of the same cluster, the same default slot and publication names
+    // service 2: database "app2" of the same cluster, the same slot and publication names
     const url2 = await env.pg.createDatabase('app2');
     const file2 = join(env.dir, 'service2.toml');
-    await writeFile(file2, BASE_TOML.replace('name = "test-service"', 'name = "service-2"'));
+    await writeFile(file2, SHARED_NAMES.replace('name = "test-service"', 'name = "service-2"'));
     const env2 = { ...env.env, DATABASE_URL: url2 };
     const slot1 = await slots();
     assert.deepEqual(
@@ -128,7 +133,10 @@ test('two databases of one cluster, both with the default slot name: service 2 r
     // service 2 with its own slot name (what the refusal said) works
     await writeFile(
       file2,
-      BASE_TOML.replace('name = "test-service"', 'name = "service-2"').replace('[relay]\n', '[relay]\nslot = "fraiseql_relay_app2"\n'),
+      SHARED_NAMES.replace('name = "test-service"', 'name = "service-2"').replace(
+        'slot = "fraiseql_relay"',
+        'slot = "fraiseql_relay_app2"',
+      ),
     );
     const m = await runCli(['migrate', '-c', file2], env2);
     assert.equal(m.code, 0, m.stdout + m.stderr);
@@ -160,6 +168,7 @@ test('two databases of one cluster, both with the default slot name: service 2 r
     assert.equal(await relay1.exited, 0, relay1.output().slice(-2000));
   } finally {
     if (relay1.child.exitCode === null && relay1.child.signalCode === null) await relay1.kill();
+    await env.writeConfig(BASE_TOML);
   }
 });
 
@@ -224,15 +233,16 @@ test('an installation migrated before ownership was recorded is adopted: by its 
     const adopted = (kind: string, name: string) =>
       `INSERT INTO "fraiseql_relay".owned_objects (kind, name, origin) VALUES ('${kind}', '${name}', 'adopted') ON CONFLICT (kind, name) DO NOTHING`;
     assert.ok(plan.includes(adopted('slot', slot)), plan.join('\n'));
-    assert.ok(plan.includes(adopted('publication', 'fraiseql_relay_outbox')), plan.join('\n'));
+    const pub = `${config.relay.publication}_outbox`;
+    assert.ok(plan.includes(adopted('publication', pub)), plan.join('\n'));
     assert.ok(!plan.some((s) => s.includes('pg_create_logical_replication_slot')), 'the slot is kept, not recreated');
 
     const r = await migrate(config, log);
     assert.deepEqual(r.applied, ['007_owned_objects.sql']);
-    assert.deepEqual(r.adopted.sort(), ['publication fraiseql_relay_outbox', `slot ${slot}`]);
+    assert.deepEqual(r.adopted.sort(), [`publication ${pub}`, `slot ${slot}`]);
     const owned = await query(url, `SELECT kind, name, origin FROM fraiseql_relay.owned_objects ORDER BY kind`);
     assert.deepEqual(owned, [
-      { kind: 'publication', name: 'fraiseql_relay_outbox', origin: 'adopted' },
+      { kind: 'publication', name: pub, origin: 'adopted' },
       { kind: 'slot', name: slot, origin: 'adopted' },
     ]);
     const again = await migrate(config, log);

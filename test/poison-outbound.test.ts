@@ -77,7 +77,7 @@ async function slotPassed(lsn: string, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const [r] = await env.sql<{ past: boolean }>(
-      `SELECT confirmed_flush_lsn >= $1::pg_lsn AS past FROM pg_replication_slots WHERE slot_name = 'fraiseql_relay'`,
+      `SELECT confirmed_flush_lsn >= $1::pg_lsn AS past FROM pg_replication_slots WHERE slot_name = '${env.config().relay.slot}'`,
       [lsn],
     );
     if (r!.past || Date.now() > deadline) return r!.past;

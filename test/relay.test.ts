@@ -216,7 +216,7 @@ test('the slot is confirmed up to what was published', async () => {
   let lag = -1;
   while (Date.now() < deadline) {
     const [r] = await env.sql<{ lag: string }>(
-      `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots WHERE slot_name = 'fraiseql_relay'`,
+      `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS lag FROM pg_replication_slots WHERE slot_name = '${env.config().relay.slot}'`,
     );
     lag = Number(r!.lag);
     if (lag < 1024) break;

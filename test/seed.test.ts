@@ -346,7 +346,8 @@ after(async () => {
 
 test('only the order service holds a replication slot', async () => {
   const slots = await svc.order.sql<{ slot_name: string; database: string }>(`SELECT slot_name, database FROM pg_replication_slots`);
-  assert.deepEqual(slots, [{ slot_name: 'fraiseql_relay', database: 'order' }]);
+  // [project] name "order-service" in database "order": the default name is fraiseql_relay_<service>_<database>
+  assert.deepEqual(slots, [{ slot_name: 'fraiseql_relay_order_service_order', database: 'order' }]);
 });
 
 test('fan-out: each service sees every event once; each order reserves each item once', async () => {

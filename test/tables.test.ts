@@ -106,12 +106,12 @@ after(async () => {
 
 test('migrate publishes the rule tables with the operations the rules need, and reports what it cannot', async () => {
   const pub = await env.sql<{ pubinsert: boolean; pubupdate: boolean; pubdelete: boolean; pubtruncate: boolean }>(
-    `SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = 'fraiseql_relay_tables'`,
+    `SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = '${env.config().relay.publication}_tables'`,
   );
   assert.deepEqual(pub, [{ pubinsert: true, pubupdate: true, pubdelete: true, pubtruncate: false }]);
   const tables = (
     await env.sql<{ t: string }>(
-      `SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = 'fraiseql_relay_tables' ORDER BY 1`,
+      `SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = '${env.config().relay.publication}_tables' ORDER BY 1`,
     )
   ).map((r) => r.t);
   assert.deepEqual(tables, ['app.tb_item', 'public.tb_doc', 'public.tb_doc_full', 'public.tb_order']);

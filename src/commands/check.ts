@@ -13,6 +13,7 @@ import { checkHandler } from '../inbound/inbox.js';
 import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
 import { readSlot } from '../schema/slot.js';
 import { inspectOwnership, ownershipProbes } from '../schema/ownership.js';
+import { namesProbe, resolveNames } from '../schema/names.js';
 import { probeStream } from '../sink/stream.js';
 import { loadMutationMap, type MutationInfo } from '../route/changelog.js';
 
@@ -37,6 +38,10 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
   }
   try {
     out.push({ what: 'postgres', status: 'ok', detail: 'connected' });
+    // the slot and publication names: derived, as written, or a fraiseql-relay 0.1 installation's (schema/names.ts)
+    const names = await resolveNames(client, config);
+    config = names.config;
+    out.push(namesProbe(names));
     const wal = (await client.query<{ wal_level: string }>('SHOW wal_level')).rows[0]?.wal_level;
     out.push(
       wal === 'logical'
@@ -353,14 +358,22 @@ function serviceProbes(config: Config): Probe[] {
   return out;
 }
 
-/** Validates the configuration and probes PostgreSQL and NATS. Changes nothing. */
-export async function runCheck(config: Config, _log: Logger): Promise<number> {
+/**
+ * Validates the configuration and probes PostgreSQL and NATS. Changes nothing. `--json`:
+ * `{ "ok": boolean, "probes": [{ "what", "status": "ok" | "warn" | "fail", "detail" }] }`.
+ */
+export async function runCheck(config: Config, _log: Logger, opts: { json?: boolean } = {}): Promise<number> {
   const out: Probe[] = [{ what: 'config', status: 'ok', detail: config.file }, ...serviceProbes(config)];
   await probePostgres(config, out);
   await probeNats(config, out);
+  const ok = !out.some((p) => p.status === 'fail');
+  if (opts.json) {
+    process.stdout.write(JSON.stringify({ ok, probes: out.map(({ what, status, detail }) => ({ what, status, detail })) }, null, 2) + '\n');
+    return ok ? 0 : 1;
+  }
   const w = Math.max(...out.map((p) => p.what.length));
   for (const p of out) {
     process.stdout.write(`${p.status === 'ok' ? 'ok  ' : p.status === 'warn' ? 'warn' : 'FAIL'}  ${p.what.padEnd(w)}  ${p.detail}\n`);
   }
-  return out.some((p) => p.status === 'fail') ? 1 : 0;
+  return ok ? 0 : 1;
 }

@@ -40,13 +40,21 @@ export async function dlqList(config: Config, opts: { json: boolean; limit: numb
       ).rows,
   );
   if (opts.json) {
-    process.stdout.write(
-      JSON.stringify(
-        rows.map((r) => ({ ...r, id: Number(r.id), created_at: r.created_at.toISOString() })),
-        null,
-        2,
-      ) + '\n',
-    );
+    // header names are data, not keys: a list of { name, value }, so that every key is snake_case
+    const deadLetters = rows.map((r) => ({
+      id: Number(r.id),
+      direction: r.direction,
+      event_id: r.event_id,
+      subject: r.subject,
+      consumer: r.consumer,
+      handler: r.handler,
+      headers: Object.entries(r.headers ?? {}).map(([name, value]) => ({ name, value })),
+      body: r.body,
+      error: r.error,
+      attempts: r.attempts,
+      created_at: r.created_at.toISOString(),
+    }));
+    process.stdout.write(JSON.stringify({ dead_letters: deadLetters, count: deadLetters.length, limit: opts.limit }, null, 2) + '\n');
     return 0;
   }
   if (rows.length === 0) {
@@ -161,7 +169,15 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
   return failed > 0 ? 1 : 0;
 }
 
-export async function dlqPurge(config: Config, opts: { olderThan?: string }): Promise<number> {
+/**
+ * Deletes dead letters: those given by id, those older than `--older-than`, or (with `--yes`) all.
+ * Without a filter and without `--yes` it refuses (exit 2) and deletes nothing.
+ */
+export async function dlqPurge(config: Config, opts: { olderThan?: string; ids?: string[]; yes?: boolean }): Promise<number> {
+  const ids = (opts.ids ?? []).map((s) => {
+    if (!/^\d+$/.test(s)) throw new UsageError(`dlq purge: "${s}" is not a dead-letter id (a number from \`dlq list\`)`);
+    return s;
+  });
   let ms: number | null = null;
   if (opts.olderThan !== undefined) {
     try {
@@ -170,13 +186,21 @@ export async function dlqPurge(config: Config, opts: { olderThan?: string }): Pr
       throw new UsageError(`dlq purge --older-than: ${(err as Error).message}`);
     }
   }
+  if (ids.length === 0 && ms === null && opts.yes !== true) {
+    throw new UsageError(
+      'dlq purge without ids or --older-than deletes every dead letter, and they cannot be re-driven afterwards. ' +
+        'Run again with --yes to delete them all, or name what to delete: dead-letter ids (`dlq list`) or --older-than 7d. Nothing was deleted.',
+    );
+  }
   const n = await withClient(
     config.database.url,
     async (c) =>
       (
         await c.query(
-          `DELETE FROM ${table(config)} WHERE $1::bigint IS NULL OR created_at < now() - make_interval(secs => $1::bigint / 1000.0)`,
-          [ms],
+          `DELETE FROM ${table(config)}
+            WHERE (cardinality($2::bigint[]) = 0 OR id = ANY($2::bigint[]))
+              AND ($1::bigint IS NULL OR created_at < now() - make_interval(secs => $1::bigint / 1000.0))`,
+          [ms, ids],
         )
       ).rowCount ?? 0,
   );

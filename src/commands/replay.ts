@@ -69,7 +69,10 @@ export async function runReconcile(config: Config, log: Logger, opts: { yes: boo
     );
   }
   if (plan.stats.active)
-    throw new UsageError(`replication slot "${slot}" is in use by process ${plan.stats.activePid}; stop the relay first`);
+    throw new UsageError(
+      `replication slot "${slot}" is in use (PostgreSQL walsender backend ${plan.stats.activePid}): stop the relay streaming from it first ` +
+        `(\`fraiseql-relay status\` names it by host/pid). Nothing was changed.`,
+    );
   const anchor = plan.state?.created_at ?? plan.state?.last_published_at ?? null;
   const since = anchor ? new Date(anchor.getTime() - marginMs) : new Date(0);
   if (!opts.yes) {

@@ -24,7 +24,10 @@ export async function runTeardown(config: Config, log: Logger, yes: boolean): Pr
     const report = await assertOwnership(c, config, 'teardown', { slot: true, publications: ['outbox', 'tables'] });
     const row = report.slot!.stats;
     if (row.exists && row.activePid !== null) {
-      throw new Error(`replication slot "${slot}" is in use by process ${row.activePid}; stop the relay first`);
+      throw new UsageError(
+        `replication slot "${slot}" is in use (PostgreSQL walsender backend ${row.activePid}): stop the relay streaming from it first ` +
+          `(\`fraiseql-relay status\` names it by host/pid). Nothing was dropped.`,
+      );
     }
     const dropped = report.publications.filter((p) => p.ownership.state !== 'absent').map((p) => p.name);
     if (row.exists) {

@@ -25,7 +25,7 @@ import { ConfigError, type ConfigProblem } from './errors.js';
 import { interpolate, type Interpolation } from './interpolate.js';
 import { formatKeyPath, OBSERVERS_IGNORED_KEYS } from './keys.js';
 import { defaultConsumerName } from './names.js';
-import { deriveServiceName, describeServiceNameSource } from './service.js';
+import { deriveRelayNames, deriveServiceName, describeServiceNameSource } from './service.js';
 import { observersMixProblem } from './observers-mix.js';
 import { issuesToProblems, sortByLine } from './report.js';
 import { findLine, LineIndex, scanToml, type KeyPath, type ScanResult } from './scan.js';
@@ -126,7 +126,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     project,
     database: { type: 'postgresql', url: database?.url ?? '' },
     observers: buildObservers(observers, project.name, legacy, scan, problems),
-    relay: buildRelay(parsed.relay, dirname(resolve(file))),
+    relay: buildRelay(parsed.relay, dirname(resolve(file)), relayNames(parsed.relay, project, database?.url, where, env)),
     ignoredKeys: ignoredKeys(raw, legacy),
   };
   if (problems.length > 0) throw new ConfigError(file, sortByLine(problems), secrets);
@@ -158,6 +158,26 @@ function serviceName(
     return unknown;
   }
   return { ...derived, from: describeServiceNameSource(derived.source, where) };
+}
+
+/** `[relay] slot` and `publication` as written, else derived from the service and the database (service.ts deriveRelayNames). */
+function relayNames(
+  relay: ParsedConfig['relay'],
+  project: Config['project'],
+  url: string | undefined,
+  where: string,
+  env: NodeJS.ProcessEnv,
+): Pick<RelayConfig, 'slot' | 'publication' | 'derivedNames'> {
+  const { slot, publication } = relay;
+  if (slot !== undefined && publication !== undefined) return { slot, publication };
+  // the service name or the URL is missing: that problem is reported already
+  if (url === undefined || project.name === '') return { slot: slot ?? '', publication: publication ?? '' };
+  const derived = deriveRelayNames(project, url, env, where);
+  return {
+    slot: slot ?? derived.slot,
+    publication: publication ?? derived.publication,
+    derivedNames: { slot: slot === undefined, publication: publication === undefined, from: derived.from },
+  };
 }
 
 function buildObservers(
@@ -201,6 +221,16 @@ function buildObservers(
       ack_wait: s.ack_wait,
       backoff: s.backoff,
       concurrency: s.concurrency,
+      batch: s.batch,
+      max_wait: s.max_wait,
+      order_by:
+        s.order_by === undefined || s.order_by === false
+          ? null
+          : s.order_by === true
+            ? { path: ['id'] }
+            : s.order_by.startsWith('$.')
+              ? { path: s.order_by.slice(2).split('.') }
+              : { header: s.order_by },
     };
   });
 
@@ -238,10 +268,11 @@ function buildObservers(
 }
 
 /** The relay settings, with every file path made absolute (relative to the configuration file's directory). */
-function buildRelay(r: ParsedConfig['relay'], dir: string): RelayConfig {
+function buildRelay(r: ParsedConfig['relay'], dir: string, names: Pick<RelayConfig, 'slot' | 'publication' | 'derivedNames'>): RelayConfig {
   const path = (p: string | undefined): string | undefined => (p === undefined ? undefined : resolve(dir, p));
-  const { schema_file, database_ca_file, change_log, nats, ...rest } = r;
-  const out: RelayConfig = { ...rest, nats: buildNats(nats, path) };
+  const { schema_file, database_ca_file, change_log, nats, slot: _slot, publication: _publication, ...rest } = r;
+  const out: RelayConfig = { ...rest, slot: names.slot, publication: names.publication, nats: buildNats(nats, path) };
+  if (names.derivedNames !== undefined) out.derivedNames = names.derivedNames;
   if (change_log !== undefined) out.change_log = change_log;
   const schemaFile = path(schema_file);
   if (schemaFile !== undefined) out.schema_file = schemaFile;

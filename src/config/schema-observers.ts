@@ -10,6 +10,7 @@ import {
   expected,
   ignored,
   int,
+  intRange,
   qualifiedName,
   type RawIssue,
   str,
@@ -18,7 +19,7 @@ import {
   text,
 } from './fields.js';
 import { OBSERVERS_IGNORED_KEYS } from './keys.js';
-import { checkConsumerName, isGraphQLName } from './names.js';
+import { checkConsumerName, isGraphQLName, isHeaderName } from './names.js';
 import { actions } from './schema-actions.js';
 
 const OPERATIONS = ['INSERT', 'UPDATE', 'DELETE', 'CREATE', 'CUSTOM'] as const;
@@ -98,6 +99,27 @@ export const subscribeShape = {
     .array(duration({ limit: DURATION_LIMITS.nats }), { error: expected('an array of durations such as ["1s", "10s", "1m"]') })
     .default([]),
   concurrency: int(1).default(1),
+  // events applied in one transaction (a subtransaction each: more than 64 slow other sessions down)
+  batch: intRange(1, 64).default(32),
+  // how long a batch waits for more events while a worker is free (0: not at all)
+  max_wait: duration({ limit: DURATION_LIMITS.timer }).prefault('0ms'),
+  // events with the same key apply in stream order: true (the entity id), a header name, or "$.a.b" in the body
+  order_by: z
+    .union([z.boolean(), z.string()], {
+      error: expected('true, a header name such as "Fraiseql-Entity-Id", or a JSON path into the body such as "$.entity.customer_id"'),
+    })
+    .optional()
+    .superRefine((v, ctx) => {
+      if (typeof v !== 'string') return;
+      const ok = v.startsWith('$.') ? /^\$(\.[A-Za-z_][A-Za-z0-9_]*)+$/.test(v) : isHeaderName(v);
+      if (!ok) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `${describeValue(v)} is neither a header name nor a JSON path such as "$.entity.customer_id" (dot-separated field names after "$.")`,
+          input: v,
+        });
+      }
+    }),
 };
 
 const subscribeSchema = z.strictObject(subscribeShape, table('[[observers.subscribe]]')).superRefine((s, ctx) => {

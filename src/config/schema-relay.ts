@@ -20,6 +20,7 @@ import {
   table,
 } from './fields.js';
 import { checkListen, checkStreamName, isSchemaQualifiedIdentifier } from './names.js';
+import { MAX_PUBLICATION_NAME } from './service.js';
 
 export const streamShape = {
   name: checked('a stream name such as "FRAISEQL"', (s) => {
@@ -91,9 +92,10 @@ const changeLog = () =>
 
 export const relayShape = {
   schema: pgName().default('fraiseql_relay'),
-  slot: pgName().default('fraiseql_relay'),
+  // default: derived from the service and the database (load.ts, service.ts deriveRelayNames)
+  slot: pgName().optional(),
   // the relay creates <publication>_outbox and <publication>_tables, which must fit in 63 characters
-  publication: pgName(63 - '_outbox'.length).default('fraiseql_relay'),
+  publication: pgName(MAX_PUBLICATION_NAME).optional(),
   listen: checked('"host:port"', (s) => {
     const p = checkListen(s);
     return p && `is not a listen address: it ${p}`;

@@ -12,6 +12,7 @@
  * Percent-encoding is decoded; the name is kept as written (the default consumer name replaces
  * characters outside `[A-Za-z0-9_-]`).
  */
+import { createHash } from 'node:crypto';
 import type { ServiceNameSource } from './types.js';
 
 interface UrlParts {
@@ -93,4 +94,85 @@ export function describeServiceNameSource(source: ServiceNameSource, where: stri
     case 'PGUSER':
       return `PGUSER (${where} names no database and no user, so PostgreSQL uses the database named after the user)`;
   }
+}
+
+/**
+ * The name fraiseql-relay 0.1 gave every service's slot and publication. An installation from then
+ * keeps it (schema/names.ts) until it is moved; nothing new is created under it by default.
+ */
+export const LEGACY_RELAY_NAME = 'fraiseql_relay';
+
+/** The prefix of every derived slot and publication name. */
+const PREFIX = 'fraiseql_relay';
+
+/** The first 8 hex digits of the SHA-256 of `s`. */
+const hash8 = (s: string): string => createHash('sha256').update(s, 'utf8').digest('hex').slice(0, 8);
+
+/**
+ * One part of a derived name as PostgreSQL allows it in a slot name: lower case, every run of
+ * characters other than `a-z`, `0-9` and `_` replaced by one `_`, without leading or trailing `_`;
+ * a part left empty (a name of only such characters) is the hash of the original.
+ */
+function namePart(s: string): string {
+  const part = s
+    .toLowerCase()
+    .replace(/[^a-z0-9_]+/g, '_')
+    .replace(/^_+|_+$/g, '');
+  return part === '' ? hash8(s) : part;
+}
+
+/**
+ * The default `[relay] slot` (max 63) or `publication` (max 56, for `_outbox` and `_tables`):
+ * `fraiseql_relay_<service>`, or `fraiseql_relay_<service>_<database>` when `database` is given
+ * (the service name came from `[project]`, which several databases of a cluster may share) and
+ * differs from the service name. Each part as namePart makes it; a name longer than `max` is cut
+ * to `max - 9` characters and ends in `_` and the first 8 hex digits of the SHA-256 of the whole name.
+ */
+export function defaultRelayName(service: string, database: string | null, max: number): string {
+  const svc = namePart(service);
+  const db = database === null ? null : namePart(database);
+  const full = db === null || db === svc ? `${PREFIX}_${svc}` : `${PREFIX}_${svc}_${db}`;
+  if (full.length <= max) return full;
+  return `${full.slice(0, max - 9).replace(/_+$/, '')}_${hash8(full)}`;
+}
+
+/** The longest publication name: the relay creates `<publication>_outbox` and `<publication>_tables`. */
+export const MAX_PUBLICATION_NAME = 63 - '_outbox'.length;
+
+/**
+ * The default slot and publication names of a service (see defaultRelayName): from the service
+ * name alone when it is the database's name (no `[project]`), else from `[project] name` and the
+ * name of the database `url` connects to, read the way deriveServiceName reads it. When that name
+ * cannot be read (a `key=value` connection string, a URL with no database and no user) it is left
+ * out. `from` says what the names came from in words, for `check`.
+ */
+export function deriveRelayNames(
+  project: { name: string; source: ServiceNameSource },
+  url: string,
+  env: NodeJS.ProcessEnv,
+  where: string,
+): { slot: string; publication: string; from: string } {
+  const names = (database: string | null) => ({
+    slot: defaultRelayName(project.name, database, 63),
+    publication: defaultRelayName(project.name, database, MAX_PUBLICATION_NAME),
+  });
+  if (project.source !== 'project') {
+    return { ...names(null), from: `the service name "${project.name}", which is the database's name` };
+  }
+  const db = deriveServiceName(url, env, where);
+  if ('problem' in db) {
+    return {
+      ...names(null),
+      from:
+        `the service name "${project.name}" ([project] name) alone: ${where} does not name the database, so the names do not ` +
+        `include it; if other databases of this PostgreSQL cluster run the same service, set slot and publication under [relay]`,
+    };
+  }
+  return {
+    ...names(db.name),
+    from:
+      namePart(project.name) === namePart(db.name)
+        ? `the service name "${project.name}" ([project] name), which is also the database's name`
+        : `the service name "${project.name}" ([project] name) and the database name "${db.name}"`,
+  };
 }

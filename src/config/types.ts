@@ -60,7 +60,16 @@ export interface SubscribeRule {
   backoff: number[];
   /** default 1 */
   concurrency: number;
+  /** events applied in one transaction, 1 to 64; default 32 */
+  batch: number;
+  /** ms a batch waits for more events while a worker is free; default 0 */
+  max_wait: number;
+  /** events with the same key apply in stream order; null: no order */
+  order_by: OrderBy | null;
 }
+
+/** Where an event's ordering key is read: a header, or a path of field names into the body. */
+type OrderBy = { header: string } | { path: string[] };
 
 /** `[[observers.rules]]` (or a top-level `[[observers]]` element): events from table changes. */
 export interface TableRule {
@@ -115,10 +124,21 @@ export interface NatsConfig {
 export interface RelayConfig {
   /** default 'fraiseql_relay' */
   schema: string;
-  /** default 'fraiseql_relay' */
+  /**
+   * the logical replication slot; default derived from the service and the database:
+   * `fraiseql_relay_<service>`, or `fraiseql_relay_<service>_<database>` when the service name is
+   * `[project] name` (see README "Slot and publication names")
+   */
   slot: string;
-  /** default 'fraiseql_relay'; the relay creates `<publication>_outbox` and `<publication>_tables` */
+  /** the relay creates `<publication>_outbox` and `<publication>_tables`; default derived like `slot` (at most 56 characters) */
   publication: string;
+  /**
+   * which of `slot` and `publication` are the derived defaults (not written in the file), and what
+   * they were derived from in words; absent when both are written (or the Config was built by hand).
+   * Only derived names fall back to fraiseql-relay 0.1's `fraiseql_relay` slot of an installation
+   * that still has it (schema/names.ts).
+   */
+  derivedNames?: { slot: boolean; publication: boolean; from: string };
   /** default '0.0.0.0:9464' */
   listen: string;
   /** default 1024 */

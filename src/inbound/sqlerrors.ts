@@ -13,7 +13,7 @@ const TRANSIENT_STATES = new Set([
   '53300', // too_many_connections
 ]);
 
-export function sqlState(err: unknown): string | undefined {
+function sqlState(err: unknown): string | undefined {
   const code = (err as { code?: unknown } | null)?.code;
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
 }

@@ -40,6 +40,21 @@ function whichSync(name: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Absolute path of a system command (`id`, `runuser`) on PATH.
+ * @throws MissingBinaryError saying the command itself is missing, what it is needed for and how to fix it.
+ */
+export function requireCommand(name: string, neededFor: string, packageName: string): string {
+  const found = whichSync(name);
+  if (found !== undefined) return found;
+  const pathValue = process.env['PATH'];
+  throw new MissingBinaryError(
+    name,
+    `the \`${name}\` command was not found on PATH (${pathValue ? `PATH=${pathValue}` : 'PATH is empty or unset'}); ` +
+      `it is needed ${neededFor}. Restore PATH (it usually includes /usr/sbin:/usr/bin:/sbin:/bin) or install ${packageName}.`,
+  );
+}
+
 const PG_TOOLS = ['initdb', 'pg_ctl', 'postgres'] as const;
 const PG_INSTALL_HINT =
   'Install PostgreSQL with `apt-get install -y postgresql` (Debian/Ubuntu; the binaries land in ' +
@@ -152,6 +167,13 @@ export function runCommand(file: string, args: readonly string[], opts: RunOptio
       (err, stdout, stderr) => {
         if (err === null) {
           resolve({ stdout, stderr });
+          return;
+        }
+        if (err.code === 'ENOENT' && !err.killed && (opts.cwd === undefined || fs.existsSync(opts.cwd))) {
+          // the command itself is missing, which is not a failure of what it was asked to do
+          reject(
+            new MissingBinaryError(file, `\`${file}\` could not be run: no such executable${path.isAbsolute(file) ? '' : ' on PATH'}`),
+          );
           return;
         }
         const code = typeof err.code === 'number' ? err.code : null;

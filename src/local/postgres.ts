@@ -13,7 +13,9 @@ import {
   childPids,
   findPostgresBin,
   isProcessAlive,
+  MissingBinaryError,
   registerExitCleanup,
+  requireCommand,
   runCommand,
   signalProcess,
   waitForProcessesGone,
@@ -53,17 +55,29 @@ function isRoot(): boolean {
   return typeof process.getuid === 'function' && process.getuid() === 0;
 }
 
+const AS_ROOT = `because PostgreSQL refuses to run as root and this process is root`;
+
 function lookupPgOsUser(): Promise<OsUser> {
   pgOsUser ??= (async () => {
     try {
-      const [uid, gid] = await Promise.all([runCommand('id', ['-u', PG_OS_USER]), runCommand('id', ['-g', PG_OS_USER])]);
+      // the commands themselves first: a missing `id` or `runuser` is not a missing user
+      const id = requireCommand('id', `to look up the OS user '${PG_OS_USER}' that PostgreSQL runs as, ${AS_ROOT}`, 'coreutils');
+      requireCommand('runuser', `to run PostgreSQL as the OS user '${PG_OS_USER}', ${AS_ROOT}`, 'util-linux');
+      const [uid, gid] = await Promise.all([runCommand(id, ['-u', PG_OS_USER]), runCommand(id, ['-g', PG_OS_USER])]);
       return { uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) };
-    } catch {
+    } catch (err) {
       pgOsUser = undefined;
+      if (err instanceof MissingBinaryError) throw err;
+      // `id` ran and said no: the user does not exist (exit status 1, "no such user")
+      const code = (err as { exitCode?: number | null }).exitCode;
+      if (code === null || code === undefined) {
+        throw new Error(`could not look up the OS user '${PG_OS_USER}' (${AS_ROOT}): ${(err as Error).message}`, { cause: err });
+      }
       throw new Error(
         `PostgreSQL refuses to run as root and this process is root, but the OS user '${PG_OS_USER}' ` +
           `does not exist. Create it (\`useradd --system --user-group --home-dir /var/lib/postgresql ${PG_OS_USER}\`, ` +
           'or `apt-get install -y postgresql` which creates it), or run the tests as a non-root user.',
+        { cause: err },
       );
     }
   })();
@@ -373,8 +387,12 @@ export class LocalPostgres {
   private async pgTool(tool: string, args: string[]): Promise<void> {
     const exe = path.join(this.binDir, tool);
     const opts = { cwd: this.dir, env: pgEnv(), timeoutMs: (PG_CTL_TIMEOUT_S + 30) * 1000 };
-    if (isRoot()) await runCommand('runuser', ['-u', PG_OS_USER, '--', exe, ...args], opts);
-    else await runCommand(exe, args, opts);
+    if (!isRoot()) {
+      await runCommand(exe, args, opts);
+      return;
+    }
+    const runuser = requireCommand('runuser', `to run PostgreSQL as the OS user '${PG_OS_USER}', ${AS_ROOT}`, 'util-linux');
+    await runCommand(runuser, ['-u', PG_OS_USER, '--', exe, ...args], opts);
   }
 
   private async readLog(fromByte: number): Promise<string> {

@@ -8,6 +8,8 @@ const WAL_STATUSES = ['reserved', 'extended', 'unreserved', 'lost'] as const;
 
 export interface RelayMetricsOptions {
   now?: () => number;
+  /** false: the relay uses no NATS (backend = "webhook"): no `up{target="nats"}` series */
+  nats?: boolean;
   /** the package version, for `build_info` */
   version?: string;
   /** configured durable consumers: their counters start at 0 */
@@ -284,7 +286,8 @@ export class RelayMetrics {
       registers: reg,
     });
     this.up.set({ target: 'postgres' }, 0);
-    this.up.set({ target: 'nats' }, 0);
+    // a relay without NATS (backend = "webhook") has no nats series at all, rather than a 0 that never changes
+    if (opts.nats !== false) this.up.set({ target: 'nats' }, 0);
 
     this.buildInfo = new Gauge({
       name: `${p}build_info`,

@@ -10,7 +10,7 @@ import { errorMessage, SlotError, SlotLostError, tlsHint, PublishFailedError } f
 import { formatLsn } from '../source/lsn.js';
 import { backoffDelay } from '../util/backoff.js';
 import { sleep } from '../util/sleep.js';
-import { LeaderLock } from './leader.js';
+import { LeaderLock } from '../schema/leader.js';
 import { HeartbeatEmitter } from './heartbeat.js';
 import { lostSlotMessage, readSlot, slotPool, type SlotStats } from '../schema/slot.js';
 

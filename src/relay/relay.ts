@@ -17,6 +17,8 @@ import type { Sink } from '../sink/sink.js';
 import { needsSlot, outboxPublication } from '../schema/plan.js';
 import { resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
 import { assertRunOwnership } from '../schema/ownership.js';
+import { assertMigrated, legacyNotice, resolveNames } from '../schema/names.js';
+import { migrate } from '../schema/migrate.js';
 import { OutboxRouter } from '../route/outbox.js';
 import { TableRouter } from '../route/tables.js';
 import { TypeCatalog, catalogQuery } from '../source/pgtypes.js';
@@ -48,6 +50,12 @@ export interface RelayOptions {
   leaderElection?: boolean;
   leaderPollMs?: number;
   slotPollMs?: number;
+  /**
+   * run `migrate` (under its advisory lock, so concurrent replicas apply each step once) before
+   * starting, as `run --migrate` does; without it, a database `migrate` has not prepared makes
+   * `start()` reject with a UsageError saying to run it first
+   */
+  migrate?: boolean;
 }
 
 /**
@@ -77,7 +85,8 @@ export class Relay extends EventEmitter<RelayEvents> {
   private keys: MessageKeys | null = null;
 
   constructor(
-    private readonly config: Config,
+    /** replaced by start() with the slot and publication names it resolved (schema/names.ts) */
+    private config: Config,
     log?: Logger,
     private readonly opts: RelayOptions = {},
   ) {
@@ -128,7 +137,8 @@ export class Relay extends EventEmitter<RelayEvents> {
 
   /** Connects, prepares the stream and starts streaming. Rejects on configuration problems. */
   async start(): Promise<void> {
-    const { config, log } = this;
+    const { log } = this;
+    let config = this.config;
     // every PostgreSQL connection of the process verifies against [relay] database_ca_file (the CLI sets it too)
     if (config.relay.database_ca_file !== undefined) setDatabaseCaFile(config.relay.database_ca_file);
     const nats = config.observers.backend === 'nats';
@@ -138,12 +148,23 @@ export class Relay extends EventEmitter<RelayEvents> {
       );
     }
     if (nats && !config.observers.nats_url) throw new UsageError('[observers] nats_url is required with backend = "nats"');
-    const database = await withClient(config.database.url, async (c) => {
+    if (this.opts.migrate) {
+      log.info({ schema: config.relay.schema }, 'running migrate before starting (run --migrate)');
+      await migrate(config, log.child({ component: 'migrate' }));
+    }
+    const { database, names } = await withClient(config.database.url, async (c) => {
       const r = await c.query<{ db: string }>('SELECT current_database() AS db');
-      return r.rows[0]!.db;
+      // the default names, or fraiseql-relay 0.1's slot of an installation that still streams from it
+      return { database: r.rows[0]!.db, names: await resolveNames(c, config) };
     });
+    const notice = legacyNotice(names);
+    if (notice) log.warn({ slot: names.config.relay.slot, publication: names.config.relay.publication }, notice);
+    config = this.config = names.config;
     // before anything changes: the slot and publications it would stream must be this relay's
     await assertRunOwnership(config);
+    // and there must be something to stream from: only migrate creates it, so waiting would loop for nothing
+    const outdated = await withClient(config.database.url, (c) => assertMigrated(c, names));
+    if (outdated) log.warn({ schema: config.relay.schema }, outdated);
     // webhook targets resolve their URLs and secrets from the environment now: a missing
     // variable is a configuration error at start, not a dead letter later
     const webhooks = webhookRoutes(config).map((r) => ({ route: r, target: resolveWebhookTarget(r.action, process.env) }));
@@ -273,6 +294,9 @@ export class Relay extends EventEmitter<RelayEvents> {
         ack_wait: Math.max(30_000, target.timeoutMs * 2),
         backoff: [],
         concurrency: 1,
+        batch: 1,
+        max_wait: 0,
+        order_by: null,
       };
       await ensureConsumer(jsm, stream, rule, log);
       const w = new WebhookWorker(
@@ -329,6 +353,8 @@ export class Relay extends EventEmitter<RelayEvents> {
         this.durableUpkeep(jsm, rule, log),
         log.child({ consumer: rule.consumer }),
         this.keys,
+        // an ordered subscription is consumed by one replica at a time
+        rule.order_by !== null ? config.database.url : null,
       );
       w.start();
       this.workers.push(w);

@@ -7,6 +7,7 @@ import { DEFAULT_CHANGE_LOG } from './tables.js';
 import { readSlot, type SlotStats } from './slot.js';
 import { assertOwnership } from './ownership.js';
 import { buildPlan, emptyDatabaseState, inspectDatabase, migrateLockSql, needsSlot, type MigrationPlan } from './plan.js';
+import { legacyNotice, renamedSlotProblem, resolveNames } from './names.js';
 
 /**
  * What `migrate` would run now, for `migrate --dry-run`: the same plan migrate computes, from a
@@ -24,7 +25,13 @@ export async function migrationPlan(config: Config): Promise<MigrationPlan> {
   try {
     await client.query('BEGIN TRANSACTION READ ONLY');
     await assertLogicalWal(client);
-    return await readPlan(client, config);
+    const names = await resolveNames(client, config);
+    const renamed = renamedSlotProblem(names);
+    if (renamed) throw new UsageError(`migrate refused: ${renamed}. Nothing was changed.`);
+    const plan = await readPlan(client, names.config);
+    const notice = legacyNotice(names);
+    if (notice) plan.notes.push(notice);
+    return plan;
   } finally {
     await client.query('ROLLBACK').catch(() => {});
     await client.end().catch(() => {});
@@ -69,6 +76,8 @@ export interface MigrateResult {
   slotCreated: boolean;
   /** the slot and publications of an installation from before ownership was recorded, now recorded as this relay's */
   adopted: string[];
+  /** the slot (null when the configuration streams nothing outbound) and publication migrate used: the configured or derived names, or fraiseql-relay 0.1's (`legacy`) */
+  names: { slot: string | null; publication: string; legacy: boolean };
 }
 
 export interface MigrateOptions {
@@ -149,14 +158,34 @@ async function assertLogicalWal(client: pg.Client): Promise<void> {
  * to run concurrently: under a session advisory lock it computes the plan (the same one
  * `migrate --dry-run` prints) and runs exactly its statements.
  */
-export async function migrate(config: Config, log: Logger = createLogger('silent'), opts: MigrateOptions = {}): Promise<MigrateResult> {
-  const schema = config.relay.schema;
-  const client = await connect(config.database.url);
-  const result: MigrateResult = { applied: [], tableProblems: [], publicationCreated: false, slotCreated: false, adopted: [] };
+export async function migrate(configured: Config, log: Logger = createLogger('silent'), opts: MigrateOptions = {}): Promise<MigrateResult> {
+  const schema = configured.relay.schema;
+  const client = await connect(configured.database.url);
+  let config = configured;
+  const result: MigrateResult = {
+    applied: [],
+    tableProblems: [],
+    publicationCreated: false,
+    slotCreated: false,
+    adopted: [],
+    names: { slot: needsSlot(config) ? config.relay.slot : null, publication: config.relay.publication, legacy: false },
+  };
   try {
     await assertLogicalWal(client);
     await client.query(migrateLockSql(schema, 'pg_advisory_lock'));
     try {
+      // the default names, or those of a fraiseql-relay 0.1 installation that still streams from its slot
+      const names = await resolveNames(client, configured);
+      const renamed = renamedSlotProblem(names);
+      if (renamed) throw new UsageError(`migrate refused: ${renamed}. Nothing was changed.`);
+      config = names.config;
+      const notice = legacyNotice(names);
+      if (notice) log.warn({ slot: config.relay.slot, publication: config.relay.publication }, notice);
+      result.names = {
+        slot: needsSlot(config) ? config.relay.slot : null,
+        publication: config.relay.publication,
+        legacy: names.legacy?.state === 'kept',
+      };
       const plan = await readPlan(client, config);
       await runPlan(client, plan, result, log, opts.onStatement);
       // the slot was there when the plan was made: it is still the configured one

@@ -18,6 +18,7 @@
  */
 import type pg from 'pg';
 import type { Config } from '../config/load.js';
+import { LEGACY_RELAY_NAME } from '../config/service.js';
 import { quoteIdent, quoteLiteral, withClient } from '../util/db.js';
 import { UsageError } from '../util/errors.js';
 import { needsSlot, outboxPublication } from './plan.js';
@@ -376,6 +377,53 @@ function ownershipError(report: OwnershipReport, command: OwnershipCommand, conf
   );
 }
 
+/**
+ * fraiseql-relay 0.1's slot (`fraiseql_relay`, every service's default then) as this relay sees it
+ * when its configuration derives the slot name: the configuration with the 0.1 names (the
+ * publication too, unless `[relay] publication` is written), and whether this relay has streamed
+ * from the derived slot yet. Null when that slot is not this relay's: it does not exist, belongs to
+ * another database, or another relay (schema) of this database, or a tool, owns it.
+ */
+export interface LegacySlot {
+  /** the configuration with slot (and, when derived, publication) `fraiseql_relay` */
+  config: Config;
+  /** the 0.1 slot */
+  stats: SlotStats;
+  /** the derived slot exists */
+  derivedExists: boolean;
+  /** this relay's relay_state has the derived slot's row: it streams from the derived slot (the move is done) */
+  derivedStreamed: boolean;
+}
+
+export async function findLegacySlot(client: pg.Client, config: Config): Promise<LegacySlot | null> {
+  const derived = config.relay.derivedNames;
+  if (!derived?.slot || !needsSlot(config) || config.relay.slot === LEGACY_RELAY_NAME) return null;
+  const stats = await readSlot(client, LEGACY_RELAY_NAME);
+  if (!stats.exists || stats.slotType !== 'logical') return null;
+  const legacy: Config = {
+    ...config,
+    relay: { ...config.relay, slot: LEGACY_RELAY_NAME, publication: derived.publication ? LEGACY_RELAY_NAME : config.relay.publication },
+  };
+  const report = await inspectOwnership(client, legacy, { slot: stats, publications: ['outbox'] });
+  const state = report.slot?.ownership.state;
+  if (state !== 'ours' && state !== 'adoptable') return null;
+  const current = await readSlot(client, config.relay.slot);
+  const s = quoteIdent(config.relay.schema);
+  const streamed =
+    current.exists &&
+    (
+      await client.query<{ ok: boolean }>(
+        `SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE n.nspname = $1 AND c.relname = 'relay_state' AND has_schema_privilege(n.oid, 'USAGE')
+                           AND has_table_privilege(c.oid, 'SELECT')) AS ok`,
+        [config.relay.schema],
+      )
+    ).rows[0]?.ok === true &&
+    (await client.query<{ ok: boolean }>(`SELECT EXISTS (SELECT 1 FROM ${s}.relay_state WHERE slot = $1) AS ok`, [config.relay.slot]))
+      .rows[0]?.ok === true;
+  return { config: legacy, stats, derivedExists: current.exists, derivedStreamed: streamed };
+}
+
 /** Connects, looks, and throws the refusal when `command` would act on someone else's slot or publications. */
 export async function assertOwnership(
   client: pg.Client,
@@ -383,6 +431,21 @@ export async function assertOwnership(
   command: OwnershipCommand,
   scope: OwnershipScope,
 ): Promise<OwnershipReport> {
+  if (command === 'teardown' || command === 'reconcile') {
+    // an installation from 0.1 still streams from slot fraiseql_relay, not from the derived name the
+    // command was given: it must not report "nothing to drop" nor create a new slot
+    const legacy = await findLegacySlot(client, config);
+    if (legacy && !legacy.derivedStreamed) {
+      const { slot, publication } = legacy.config.relay;
+      throw new UsageError(
+        `${command} refused: this relay still streams from fraiseql-relay 0.1's replication slot "${slot}" (this relay's, in database ` +
+          `"${legacy.stats.database}"), not from "${config.relay.slot}", the default name derived from ${config.relay.derivedNames!.from}; ` +
+          `${command} acts only on the names the configuration gives.\n  What to do: to ${command} the 0.1 slot, write its names under [relay] ` +
+          `(slot = "${slot}", publication = "${publication}") and run ${command} again; to move to the new names first, see ` +
+          `README "Slot and publication names". Nothing was changed.`,
+      );
+    }
+  }
   const report = await inspectOwnership(client, config, scope);
   const err = ownershipError(report, command, config);
   if (err) throw err;

@@ -98,6 +98,8 @@ export interface MigrationPlan {
   schema: string;
   /** null when the plan was computed from the database; otherwise what it assumed instead, and why */
   assumption: string | null;
+  /** what the dry run says besides the steps (e.g. that a fraiseql-relay 0.1 installation keeps its names) */
+  notes: string[];
   steps: PlanStep[];
   /** rule tables left out of the rules publication, with the reason and the fix */
   tableProblems: { table: string; problem: string }[];
@@ -311,7 +313,7 @@ export function buildPlan(config: Config, state: DatabaseState, assumption: stri
     });
   }
 
-  return { schema, assumption, steps, tableProblems, changeLog: state.changeLog?.name ?? null };
+  return { schema, assumption, notes: [], steps, tableProblems, changeLog: state.changeLog?.name ?? null };
 }
 
 function publicationStep(
@@ -351,6 +353,7 @@ export function formatPlan(plan: MigrationPlan): string {
     `-- fraiseql-relay migrate --dry-run (schema ${plan.schema}): the statements migrate would run, in this order. Nothing was changed.`,
     `-- migrate holds this session advisory lock while it reads the database and runs them, so concurrent runs apply each step once:`,
     `--   ${migrateLockSql(plan.schema, 'pg_advisory_lock')};`,
+    ...plan.notes.map((n) => `-- note: ${n}`),
   ];
   if (plan.steps.length === 0) out.push('', '-- nothing to do: everything is in place');
   for (const step of plan.steps) {

@@ -54,7 +54,7 @@ export class PublishRefusedError extends RelayError {
 }
 
 /** `host:port/database` of a PostgreSQL URL, for messages (no user, no password). */
-function pgWhere(url: string): string {
+export function pgWhere(url: string): string {
   try {
     const u = new URL(url);
     return `${u.hostname || 'localhost'}${u.port ? ':' + u.port : ''}${u.pathname && u.pathname !== '/' ? u.pathname : ''}`;

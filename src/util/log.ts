@@ -38,8 +38,9 @@ const REDACT = [
 ];
 
 /**
- * pino JSON on stdout (synchronous: no lost lines on a crash). Pretty output is the job of
- * `| pino-pretty`; a TTY gets it automatically when pino-pretty is installed.
+ * pino JSON on stderr (fd 2, synchronous: no lost lines on a crash), so that stdout carries only
+ * a command's data (`status --json`, `check --json`, …). Pretty output is the job of
+ * `2>&1 | pino-pretty`; a TTY on stderr gets it automatically when pino-pretty is installed.
  */
 export function createLogger(level: string = process.env['LOG_LEVEL'] ?? 'info'): Logger {
   const opts = {
@@ -50,8 +51,8 @@ export function createLogger(level: string = process.env['LOG_LEVEL'] ?? 'info')
     timestamp: pino.stdTimeFunctions.isoTime,
     redact: { paths: REDACT, censor: '[Redacted]' },
   };
-  if (process.stdout.isTTY && process.env['NO_PRETTY'] === undefined && hasPinoPretty()) {
-    return pino({ ...opts, transport: { target: 'pino-pretty', options: { colorize: true } } });
+  if (process.stderr.isTTY && process.env['NO_PRETTY'] === undefined && hasPinoPretty()) {
+    return pino({ ...opts, transport: { target: 'pino-pretty', options: { colorize: true, destination: 2 } } });
   }
-  return pino(opts);
+  return pino(opts, pino.destination({ fd: 2, sync: true }));
 }

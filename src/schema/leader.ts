@@ -1,7 +1,17 @@
+import { hostname } from 'node:os';
 import pg from 'pg';
 import { connectionConfig } from '../util/db.js';
 import type { Logger } from '../util/log.js';
 import { errorMessage, postgresConnectError } from '../util/errors.js';
+
+/**
+ * The leader connection's `application_name`: `fraiseql-relay leader <pid> <host>`, which is how
+ * `status` names the relay holding the lock and those standing by (PostgreSQL keeps 63 bytes: the
+ * pid comes first so that a long host name is what gets cut).
+ */
+function leaderApplicationName(): string {
+  return `fraiseql-relay leader ${process.pid} ${hostname()}`;
+}
 
 /**
  * Exactly one active relay per slot, with no infrastructure beyond PostgreSQL: the active one
@@ -25,6 +35,11 @@ export class LeaderLock {
     private readonly pollMs = 2000,
     /** told after each attempt whether PostgreSQL answered (null) or why not */
     private readonly onReach: (problem: string | null) => void = () => {},
+    /**
+     * what the lock is for: `active` (the slot's relay, the default) or another namespace (an
+     * ordered subscription's only consumer); the lock is (namespace, `slot`)
+     */
+    private readonly namespace = 'active',
   ) {}
 
   get isActive(): boolean {
@@ -44,7 +59,7 @@ export class LeaderLock {
     if (this.stopped || this.held) return;
     try {
       if (!this.client) {
-        const c = new pg.Client(connectionConfig(this.url, { application_name: 'fraiseql-relay leader' }));
+        const c = new pg.Client(connectionConfig(this.url, { application_name: leaderApplicationName() }));
         c.on('error', () => {});
         c.on('end', () => this.lost('the leader connection to PostgreSQL closed'));
         await c.connect().catch((err: unknown) => {
@@ -53,13 +68,16 @@ export class LeaderLock {
         // detect a cut connection quickly even when idle
         this.client = c;
       }
-      const r = await this.client.query<{ ok: boolean }>(
-        `SELECT pg_try_advisory_lock(hashtext('fraiseql-relay/active'), hashtext($1)) AS ok`,
-        [this.slot],
-      );
+      const r = await this.client.query<{ ok: boolean }>(`SELECT pg_try_advisory_lock(hashtext($2), hashtext($1)) AS ok`, [
+        this.slot,
+        `fraiseql-relay/${this.namespace}`,
+      ]);
       if (r.rows[0]?.ok) {
         this.held = true;
-        this.log.info({ slot: this.slot }, 'took over: this relay is active');
+        this.log.info(
+          { slot: this.slot },
+          this.namespace === 'active' ? 'took over: this relay is active' : `took over: this relay holds ${this.namespace} ${this.slot}`,
+        );
         this.onAcquire();
         this.onReach(null);
         this.watch();
