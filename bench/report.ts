@@ -7,7 +7,7 @@ import { SHAPES, type DrainResults } from './sections/drain.js';
 import type { PublishResults } from './sections/publish.js';
 import type { CompareResults } from './sections/compare.js';
 import { LAT_P99_LIMIT_MS, LAT_WARMUP_MS, type LatencyResults, type LatResult, type LatRun } from './sections/latency.js';
-import { CONCURRENCIES, type HandlerResults } from './sections/handlers.js';
+import { CEILINGS, HANDLER_CASES, LAT_CASES, LAT_RATE, ORDER_KEYS, BATCH_DEFAULT, type HandlerResults } from './sections/handlers.js';
 
 /** Everything the sections record, each section filling in its own part. */
 export type Results = DrainResults & PublishResults & CompareResults & LatencyResults & HandlerResults;
@@ -168,19 +168,46 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   L.push('');
 
   // (c)
-  L.push(`## (c) Inbound handler throughput (JetStream → SQL handler), ${fmtInt(HANDLER_N)} events`);
+  L.push(`## (c) Inbound: JetStream → SQL handler, exactly once, ${fmtInt(HANDLER_N)} events`);
   L.push('');
   L.push(
-    'Events already stored in the stream; the relay (subscriber only) starts, and each event runs a trivial SQL handler (one INSERT) in its exactly-once transaction with the inbox row. Events/s from starting the process to the last handled event (handled rows polled every 20 ms).',
+    'Events already stored in the stream; the relay (subscriber only) starts, and each event runs its SQL handler in the exactly-once transaction with its inbox row. ' +
+      '*trivial*: one INSERT; *upsert*: `INSERT … ON CONFLICT (id) DO UPDATE` into a table with a primary key and a second index (10,000 distinct orders, each upserted several times). ' +
+      `*batch* ${BATCH_DEFAULT} is the default: that many events in one transaction, a subtransaction each; *ordered*: \`order_by = "$.key"\` over ${fmtInt(ORDER_KEYS)} keys. ` +
+      'Events/s from starting the process to the last handled event (inbox rows polled every 20 ms), and from the first handled event (excl. start-up).',
   );
   L.push('');
-  L.push('| concurrency | events/s | excl. start-up | relay peak RSS |');
-  L.push('|---|---|---|---|');
-  for (const c of CONCURRENCIES) {
-    const s = results.handlers.get(c);
+  L.push('| handler | concurrency | batch | order_by | events/s | excl. start-up | relay peak RSS |');
+  L.push('|---|---|---|---|---|---|---|');
+  for (const c of HANDLER_CASES) {
+    const s = results.handlers.get(c.key);
     L.push(
-      `| ${c} | ${s ? cell(s) : results.handlersError ? `failed: ${esc(results.handlersError)}` : 'not run'} | ${cell(s, (x) => x.excl)} | ${rssCell(s)} |`,
+      `| ${c.handler} | ${c.concurrency} | ${c.batch} | ${c.orderBy ? `$.key (${fmtInt(ORDER_KEYS)} keys)` : '–'} | ${s ? cell(s) : results.handlersError ? `failed: ${esc(results.handlersError)}` : 'not run'} | ${cell(s, (x) => x.excl)} | ${rssCell(s)} |`,
     );
+  }
+  L.push('');
+  L.push("The database's own ceiling, same server, same run: plain `INSERT INTO t VALUES (1)` from the benchmark's process for 3 s.");
+  L.push('');
+  L.push('| connections | INSERTs a transaction | rows/s |');
+  L.push('|---|---|---|');
+  for (const c of CEILINGS) L.push(`| ${c.conns} | ${c.perTx} | ${cell(results.ceilings.get(c.key))} |`);
+  L.push('');
+  L.push(
+    `Latency at ${fmtInt(LAT_RATE)} events/s offered for ${LAT_SECS} s into a running relay (trivial handler, concurrency 8, batch ${BATCH_DEFAULT}): ` +
+      "from the publish (time written into the event) to the handler's COMMIT (`pg_xact_commit_timestamp` of its row), one run.",
+  );
+  L.push('');
+  L.push('| order_by | offered | achieved | events | p50 | p99 | p99.9 | max |');
+  L.push('|---|---|---|---|---|---|---|---|');
+  for (const c of LAT_CASES) {
+    const r = results.handlerLat.get(c.key);
+    const label = c.orderBy ? `$.key (${fmtInt(ORDER_KEYS)} keys)` : '–';
+    if (r === undefined) L.push(`| ${label} | not run | | | | | | |`);
+    else if (typeof r === 'string') L.push(`| ${label} | failed: ${esc(r)} | | | | | | |`);
+    else
+      L.push(
+        `| ${label} | ${fmtInt(r.offered)} | ${fmtInt(r.achieved)} | ${fmtInt(r.count)} | ${fmtMs(r.p50)} | ${fmtMs(r.p99)} | ${fmtMs(r.p999)} | ${fmtMs(r.max)} |`,
+      );
   }
   L.push('');
 
@@ -320,6 +347,27 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   const singleRss = single && single.relay.rss.length ? median(single.relay.rss) : null;
   L.push(
     `- Peak RSS draining one ${fmtInt(N)}-row transaction < 200 MB: ${bigRss === null ? 'not measured' : `${fmtMB(bigRss)} (highest of the repetitions; single-row transactions: ${singleRss === null ? '–' : fmtMB(singleRss)})`} → ${tgt(bigRss === null ? null : bigRss < 200 * 1024)}`,
+  );
+  const hMed = (key: string): number | null => {
+    const s = results.handlers.get(key);
+    return s && s.excl.length > 0 ? s.medExcl() : null;
+  };
+  const fast = hMed(`trivial-c8-b${BATCH_DEFAULT}`);
+  const fastOrdered = hMed(`trivial-c8-b${BATCH_DEFAULT}-ordered`);
+  const c16 = results.ceilings.get('16');
+  const ceiling16 = c16 && c16.ok() ? c16.med() : null;
+  L.push(
+    `- Inbound, trivial handler, concurrency 8, batched ≥ 20,000 events/s and ≥ the 16-connection single-row commit ceiling: ${fast === null ? 'not measured' : `${fmtInt(fast)} events/s (excl. start-up); ceiling ${ceiling16 === null ? '–' : fmtInt(ceiling16)} rows/s (${ceiling16 === null ? '–' : ratio(fast, ceiling16)} of it)`} → ${tgt(fast === null || ceiling16 === null ? null : fast >= 20_000 && fast >= ceiling16)}`,
+  );
+  L.push(
+    `- Inbound with \`order_by\` on ${fmtInt(ORDER_KEYS)} keys ≥ 70 % of unordered: ${fast === null || fastOrdered === null ? 'not measured' : `${fmtInt(fastOrdered)} vs ${fmtInt(fastOrdered === null ? 0 : fast)} events/s, ${ratio(fastOrdered, fast)}`} → ${tgt(fast === null || fastOrdered === null ? null : fastOrdered >= 0.7 * fast)}`,
+  );
+  const latAll = LAT_CASES.map((c) => results.handlerLat.get(c.key)).filter(
+    (r): r is Exclude<typeof r, string | undefined> => typeof r === 'object',
+  );
+  const worstP99 = latAll.length === LAT_CASES.length ? Math.max(...latAll.map((r) => r.p99)) : null;
+  L.push(
+    `- Inbound p99 (stored → handler committed) < 50 ms at ${fmtInt(LAT_RATE)} events/s: ${worstP99 === null ? 'not measured' : `${latAll.map((r, i) => `${fmtMs(r.p99)} ms${LAT_CASES[i]!.orderBy ? ' ordered' : ' unordered'}`).join(', ')}`} → ${tgt(worstP99 === null ? null : worstP99 < 50)}`,
   );
   L.push('');
   L.push('## How to run');

@@ -8,10 +8,11 @@
  *   BENCH_REPS           repetitions per figure                  default 3
  *   BENCH_LAT_SECS       duration of one latency step (b)        default 10
  *   BENCH_LAT_CONNS      producer connections for (b)            default 4
- *   BENCH_HANDLER_N      events per handler run (c)              default 20000
+ *   BENCH_HANDLER_N      events per handler run (c)              default 50000
  *   BENCH_COMPARE_SECS   time cap of one (f) comparison run      default 25
  *   BENCH_RUN_TIMEOUT    time cap of any other run, seconds      default 120
  *   BENCH_REF_LATENCY    0: no latency steps for the reference   default 1
+ *   BENCH_HANDLER_CASES  e.g. "trivial-c8-b32": only these (c) cases  default all
  *   BENCH_ONLY           e.g. "a,e": run only these sections     default all
  *   BENCH_OUT            where to write the report               default BENCHMARKS.md
  *                        ("-" prints only)
@@ -33,7 +34,7 @@ import { SHAPES, newDrainResult, sectionDrain } from './sections/drain.js';
 import { sectionPublish } from './sections/publish.js';
 import { sectionCompare } from './sections/compare.js';
 import { newLatResult, sectionLatency } from './sections/latency.js';
-import { sectionHandlers } from './sections/handlers.js';
+import { HANDLER_SETTINGS, sectionHandlers } from './sections/handlers.js';
 import { render, type Results } from './report.js';
 
 const ONLY = new Set((process.env['BENCH_ONLY'] ?? 'a,b,c,d,e,f').split(',').map((s) => s.trim().toLowerCase()));
@@ -49,6 +50,8 @@ const results: Results = {
   latRef: null,
   handlers: new Map(),
   handlersError: '',
+  ceilings: new Map(),
+  handlerLat: new Map(),
   template: { bytes: 0, headers: {}, source: '' },
 };
 
@@ -115,6 +118,7 @@ async function main(): Promise<void> {
       '(c)',
       (env) => sectionHandlers(env, results),
       (e) => (results.handlersError = e),
+      HANDLER_SETTINGS,
     );
   const total = (nowMs() - T0) / 1000;
   const md = render(results, info, total);

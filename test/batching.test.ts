@@ -112,6 +112,38 @@ test(
   },
 );
 
+test(
+  'a batch larger than 64 with failing events: the others commit, each key stays in order across the smaller transactions',
+  { timeout: 90_000 },
+  async (t) => {
+    // 200 events stored before the relay starts, so they come in (nearly) one batch: its first
+    // statement fails (10 raises), so it is applied again a subtransaction each, in transactions of
+    // 64 (SUBXACT_CHUNK), where 151 raises too; keys 0 and 1 (n % 5) must wait behind them in every
+    // later transaction too
+    const s = await setup(t, 'batch = 200\nmax_wait = "500ms"\nmax_deliver = 5\nbackoff = ["100ms"]\norder_by = "$.k"');
+    await s.env.sql(`INSERT INTO app.flaky VALUES (10, 2), (151, 1)`);
+    await s.env.sql(`CREATE SEQUENCE app.flaky_10; CREATE SEQUENCE app.flaky_151`);
+    await s.publish(Array.from({ length: 200 }, (_, i) => ({ n: i + 1, k: String((i + 1) % 5) })));
+    s.relay = await s.env.startRelay();
+    assert.equal(await waitCount(s.env, `SELECT count(*)::text AS c FROM app.applied`, 200, 30_000), 200, 'every event applied');
+    const rows = await s.env.sql<{ n: number; k: string }>(`SELECT n, k FROM app.applied ORDER BY id`);
+    for (const k of ['0', '1', '2', '3', '4']) {
+      const ns = rows.filter((r) => r.k === k).map((r) => r.n);
+      assert.deepEqual(
+        ns,
+        [...ns].sort((a, b) => a - b),
+        `key ${k} applied in stream order`,
+      );
+      assert.equal(ns.length, 40);
+    }
+    // (how often depends on how the batches formed: a failed first statement counts no failure)
+    assert.ok(s.relay.inboundStats.failed >= 2, `events 10 and 151 failed and were retried (${s.relay.inboundStats.failed} failures)`);
+    assert.equal(s.relay.inboundStats.applied, 200);
+    const inbox = await s.env.sql<{ c: string }>(`SELECT count(*)::text AS c FROM fraiseql_relay.inbox`);
+    assert.equal(inbox[0]!.c, '200');
+  },
+);
+
 test('order_by: each key applies in stream order, retries included, while keys run in parallel', { timeout: 120_000 }, async (t) => {
   const s = await setup(t, 'batch = 16\nconcurrency = 4\norder_by = "$.k"\nmax_deliver = 10\nbackoff = ["50ms"]');
   // 2,000 events over 100 keys; about one in fifty fails once or twice before it succeeds
@@ -218,5 +250,73 @@ listen = "127.0.0.1:0"
     assert.equal(await waitCount(env, `SELECT count(*)::text AS c FROM app.counted`, 2000, 60_000), 2000);
     const relaysSeen = await env.sql<{ app: string }>(`SELECT DISTINCT app FROM app.counted`);
     assert.equal(relaysSeen.length, 2, `unordered events were handled by both relays (${relaysSeen.map((r) => r.app).join(', ')})`);
+  },
+);
+
+test(
+  'SIGKILL between COMMIT and the acks under load: the committed events come again and are not applied twice',
+  { timeout: 180_000 },
+  async (t) => {
+    const env = await TestEnv.create({
+      toml: toml('concurrency = 4\nbatch = 100\nack_wait = "2s"').replace('handler = "app.fn_apply"', 'handler = "app.fn_once"'),
+    });
+    const nc = await env.natsClient();
+    const relays: ReturnType<TestEnv['spawnRelay']>[] = [];
+    t.after(async () => {
+      if (env.nats.pid !== undefined) process.kill(env.nats.pid, 'SIGCONT');
+      for (const r of relays) if (r.child.exitCode === null && r.child.signalCode === null) await r.kill('SIGKILL');
+      await nc.close();
+      await env.destroy();
+    });
+    await env.migrate();
+    // no unique key: a second application of an event would be a second row
+    await env.sql(`CREATE SCHEMA app; CREATE TABLE app.once (n int NOT NULL);
+      CREATE FUNCTION app.fn_once(p jsonb) RETURNS void LANGUAGE sql AS $$ INSERT INTO app.once VALUES ((p->>'n')::int) $$`);
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.add({ name: 'FRAISEQL', subjects: ['fraiseql.>'] });
+    const js = jetstream(nc);
+    const N = 20_000;
+    for (let i = 0; i < N; i += 1000) {
+      await Promise.all(
+        Array.from({ length: 1000 }, (_, j) => {
+          const h = natsHeaders();
+          h.set('Fraiseql-Event-Id', `once-${i + j + 1}`);
+          return js.publish('fraiseql.batch.in', JSON.stringify({ n: i + j + 1 }), { headers: h });
+        }),
+      );
+    }
+    const count = async () => Number((await env.sql<{ c: string }>(`SELECT count(*)::text AS c FROM app.once`))[0]!.c);
+    const a = env.spawnRelay('a');
+    relays.push(a);
+    assert.ok((await waitCount(env, `SELECT count(*)::text AS c FROM app.once`, 2000, 60_000)) >= 2000);
+    // NATS stops answering: the relay keeps applying what it holds, and its acks go nowhere
+    const pid = env.nats.pid!;
+    process.kill(pid, 'SIGSTOP');
+    const atStop = await count();
+    const grown = await waitCount(env, `SELECT count(*)::text AS c FROM app.once`, atStop + 100, 20_000);
+    await a.kill('SIGKILL');
+    process.kill(pid, 'SIGCONT');
+    assert.ok(grown >= atStop + 100, `events committed after NATS stopped (${grown - atStop}): their acks never arrived`);
+    const b = env.spawnRelay('b');
+    relays.push(b);
+    await b.waitForLog('relay running');
+    assert.equal(await waitCount(env, `SELECT count(*)::text AS c FROM fraiseql_relay.inbox`, N, 120_000), N);
+    // every message settled: nothing is left to come again
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const info = await jsm.consumers.info('FRAISEQL', 'batcher-fraiseql_batch_in');
+      if (info.num_pending === 0 && info.num_ack_pending === 0) break;
+      assert.ok(Date.now() < deadline, `consumer still has ${info.num_pending} pending, ${info.num_ack_pending} unacknowledged`);
+      await sleep(200);
+    }
+    const [r] = await env.sql<{ rows: string; distinct: string }>(
+      `SELECT count(*)::text AS rows, count(DISTINCT n)::text AS distinct FROM app.once`,
+    );
+    assert.deepEqual(r, { rows: String(N), distinct: String(N) }, 'each event applied exactly once');
+    const m = /"http":(\d+)/.exec(b.output());
+    assert.ok(m, 'the relay logs its HTTP port');
+    const metrics = await (await fetch(`http://127.0.0.1:${m[1]}/metrics`)).text();
+    const dup = /fraiseql_relay_handler_calls_total\{[^}]*outcome="duplicate"[^}]*\} (\d+)/.exec(metrics);
+    assert.ok(dup && Number(dup[1]) > 0, `the events committed before the kill came again and were skipped as duplicates (${dup?.[1]})`);
   },
 );

@@ -94,7 +94,7 @@ describe('parseConfig: a valid file', () => {
         ack_wait: 30_000,
         backoff: [],
         concurrency: 1,
-        batch: 32,
+        batch: 100,
         max_wait: 0,
         order_by: null,
       },
@@ -1156,10 +1156,10 @@ describe('subscription batching and ordering keys', () => {
     assert.equal(sub('order_by = false').order_by, null);
     assert.equal(sub('').order_by, null);
   });
-  it('batch is 1 to 64 and max_wait a duration', () => {
-    assert.equal(sub('batch = 64\nmax_wait = "5ms"').batch, 64);
+  it('batch is 1 to 1000 and max_wait a duration', () => {
+    assert.equal(sub('batch = 1000\nmax_wait = "5ms"').batch, 1000);
     assert.equal(sub('max_wait = "5ms"').max_wait, 5);
-    assert.throws(() => sub('batch = 65'), /batch.*a whole number from 1 to 64/s);
+    assert.throws(() => sub('batch = 1001'), /batch.*a whole number from 1 to 1000/s);
     assert.throws(() => sub('order_by = "$.a..b"'), /neither a header name nor a JSON path/);
     assert.throws(() => sub('order_by = "bad header"'), /neither a header name nor a JSON path/);
   });

@@ -40,7 +40,8 @@ nats_url = "\${NATS_URL}"
 ${opts.extra ?? ''}
 [relay]
 listen = "127.0.0.1:0"
-${opts.slot ? `slot = "${opts.slot}"` : ''}
+slot = "${opts.slot ?? 'fraiseql_relay'}"
+publication = "fraiseql_relay"
 
 [relay.stream]
 name = "${opts.stream ?? STREAM}"
@@ -61,10 +62,11 @@ export class BenchEnv {
     readonly db: pg.Client,
   ) {}
 
-  static async create(): Promise<BenchEnv> {
+  static async create(extraSettings: Record<string, string> = {}): Promise<BenchEnv> {
     const [pgs, nats] = await Promise.all([
       LocalPostgres.start({
         settings: {
+          ...extraSettings,
           max_replication_slots: '64',
           max_wal_senders: '64',
           max_wal_size: '8GB',

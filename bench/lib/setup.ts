@@ -43,8 +43,8 @@ CREATE OR REPLACE FUNCTION bench.fn_trivial(p jsonb) RETURNS void LANGUAGE sql A
 `;
 
 /** Fresh servers for one section: the relay's schema migrated, the benchmark's functions created. */
-async function freshEnv(): Promise<BenchEnv> {
-  const env = await BenchEnv.create();
+async function freshEnv(settings: Record<string, string>): Promise<BenchEnv> {
+  const env = await BenchEnv.create(settings);
   try {
     await env.migrateRelay();
     await env.dropSlot('fraiseql_relay'); // created by migrate; every run uses its own slot
@@ -56,11 +56,16 @@ async function freshEnv(): Promise<BenchEnv> {
   }
 }
 
-/** Runs a section on fresh servers; a failure to set them up is reported by `onError`. */
-export async function section(name: string, fn: (env: BenchEnv) => Promise<void>, onError: (e: string) => void): Promise<void> {
+/** Runs a section on fresh servers (with extra PostgreSQL `settings`); a failure to set them up is reported by `onError`. */
+export async function section(
+  name: string,
+  fn: (env: BenchEnv) => Promise<void>,
+  onError: (e: string) => void,
+  settings: Record<string, string> = {},
+): Promise<void> {
   let env: BenchEnv | null = null;
   try {
-    env = await freshEnv();
+    env = await freshEnv(settings);
     await fn(env);
   } catch (err) {
     log(`${name}: failed: ${errMsg(err)}`);

@@ -99,8 +99,8 @@ export const subscribeShape = {
     .array(duration({ limit: DURATION_LIMITS.nats }), { error: expected('an array of durations such as ["1s", "10s", "1m"]') })
     .default([]),
   concurrency: int(1).default(1),
-  // events applied in one transaction (a subtransaction each: more than 64 slow other sessions down)
-  batch: intRange(1, 64).default(32),
+  // events applied in one transaction (when one fails: a subtransaction each, at most 64 to a transaction)
+  batch: intRange(1, 1000).default(100),
   // how long a batch waits for more events while a worker is free (0: not at all)
   max_wait: duration({ limit: DURATION_LIMITS.timer }).prefault('0ms'),
   // events with the same key apply in stream order: true (the entity id), a header name, or "$.a.b" in the body

@@ -23,6 +23,11 @@ import type { Logger } from '../util/log.js';
  * would vanish without reaching the dead-letter table. The worker dead-letters a message whose
  * handler fails on or after its `max_deliver`-th delivery.
  */
+/** Events a worker buffers beyond those it applies: two rounds of full batches, within bounds. */
+export function bufferCapacity(rule: Pick<SubscribeRule, 'batch' | 'concurrency'>): number {
+  return Math.min(5000, Math.max(16, rule.batch * rule.concurrency * 2));
+}
+
 function desiredConsumer(rule: SubscribeRule): Partial<ConsumerConfig> {
   const c: Partial<ConsumerConfig> = {
     durable_name: rule.consumer,
@@ -31,7 +36,8 @@ function desiredConsumer(rule: SubscribeRule): Partial<ConsumerConfig> {
     filter_subject: rule.subject,
     max_deliver: -1,
     ack_wait: nanos(rule.ack_wait),
-    max_ack_pending: Math.max(1000, rule.concurrency * 4),
+    // what the worker holds: its buffer and the batches it applies (inbound/worker.ts)
+    max_ack_pending: Math.max(1000, bufferCapacity(rule) + rule.batch * rule.concurrency),
   };
   return c;
 }

@@ -10,6 +10,7 @@ import { sleep, within } from '../util/sleep.js';
 import { deadLetterThenTerm, eventIdOf, headerObject, runConsumer, type DurableUpkeep } from './loop.js';
 import type { BatchResult, InboxExecutor } from './inbox.js';
 import { isTransient, isUnstorable } from './sqlerrors.js';
+import { bufferCapacity } from './durable.js';
 import { SIGNATURE_HEADER, type MessageKeys } from '../sink/signing.js';
 import { LeaderLock } from '../schema/leader.js';
 
@@ -25,7 +26,17 @@ interface Pending {
   key: string | null;
   /** handler failures in this process (its earlier deliveries are counted by JetStream) */
   failures: number;
+  /** when this process received it (performance.now()) */
+  at: number;
 }
+
+/**
+ * While other batches run, a free worker waits this long (ms, or `max_wait` when longer) for a
+ * full batch before it takes a partial one: under load, events arrive while batches commit and
+ * a batch of one or two events per transaction would cap the rate at the database's commit rate;
+ * when nothing runs, an event starts at once.
+ */
+const LINGER_MS = 2;
 
 /** The ordering key of a message: a header, or a path of fields into its (JSON) body. */
 function keyOf(rule: SubscribeRule, m: JsMsg, parsed: unknown): string | null {
@@ -86,7 +97,7 @@ export class InboundWorker {
      */
     private readonly exclusiveOn: string | null = null,
   ) {
-    this.capacity = Math.min(1000, Math.max(16, rule.batch * rule.concurrency * 2));
+    this.capacity = bufferCapacity(rule);
   }
 
   start(): void {
@@ -196,7 +207,7 @@ export class InboundWorker {
       return;
     }
     this.unsettled.add(m);
-    this.buffer.push({ m, eventId, body, key: keyOf(this.rule, m, parsed), failures: 0 });
+    this.buffer.push({ m, eventId, body, key: keyOf(this.rule, m, parsed), failures: 0, at: performance.now() });
     this.pump();
     // backpressure: the consumer hands over no more than the worker can hold
     while (this.buffer.length >= this.capacity && !this.stopping) await new Promise<void>((r) => this.spaceWaiters.push(r));
@@ -206,14 +217,17 @@ export class InboundWorker {
   private pump(): void {
     if (this.stopping) return;
     while (this.running.size < this.rule.concurrency && this.buffer.length > 0) {
-      if (this.rule.max_wait > 0 && this.buffer.length < this.rule.batch) {
-        // wait a little for a fuller batch (measured from the oldest buffered event)
-        const waited = Date.now() - Number(this.buffer[0]!.m.info.timestampNanos) / 1e6;
-        if (waited < this.rule.max_wait) {
+      if (this.buffer.length < this.rule.batch) {
+        const oldest = this.buffer[0]!;
+        // `max_wait`: from the event's time in the stream (a backlog does not wait)
+        let wait = this.rule.max_wait - (Date.now() - Number(oldest.m.info.timestampNanos) / 1e6);
+        // other batches are committing: gather from the events that arrive meanwhile (see LINGER_MS)
+        if (this.running.size > 0) wait = Math.max(wait, Math.max(this.rule.max_wait, LINGER_MS) - (performance.now() - oldest.at));
+        if (wait > 0) {
           this.waitTimer ??= setTimeout(() => {
             this.waitTimer = null;
             this.pump();
-          }, this.rule.max_wait - waited);
+          }, Math.ceil(wait));
           return;
         }
       }
