@@ -41,7 +41,7 @@ after(async () => {
 /** A configuration whose stream is `name`, capturing `<prefix>.>`; `stream` goes into [relay.stream]. */
 function toml(name: string, prefix: string, stream = '', subjects = [`${prefix}.>`]): string {
   return `[project]
-name = "stream-test"
+name = "test-service"  # the fixture migrated the database for this service's slot
 
 [database]
 url = "\${DATABASE_URL}"

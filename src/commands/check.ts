@@ -11,6 +11,7 @@ import { requiredSubjects } from '../route/targets.js';
 import { filterCovers } from '../sink/subjects.js';
 import { checkHandler } from '../inbound/inbox.js';
 import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
+import { checkRuleFilters } from '../schema/filters.js';
 import { readSlot } from '../schema/slot.js';
 import { inspectOwnership, ownershipProbes } from '../schema/ownership.js';
 import { namesProbe, resolveNames } from '../schema/names.js';
@@ -118,7 +119,18 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
     }
     if (config.observers.rules.length > 0) {
       try {
-        const { tables } = await resolveRuleTables(client, config);
+        const { tables, perRule } = await resolveRuleTables(client, config);
+        for (const f of await checkRuleFilters(client, config, perRule)) {
+          out.push({ what: `rule #${f.rule} ${f.key}`, status: 'fail', detail: f.problem });
+        }
+        const filters = new Map(
+          (
+            await client.query<{ t: string; rowfilter: string | null }>(
+              `SELECT schemaname || '.' || tablename AS t, rowfilter FROM pg_publication_tables WHERE pubname = $1`,
+              [tablesPublication(config)],
+            )
+          ).rows.map((r) => [r.t, r.rowfilter]),
+        );
         const pubTables = new Set(
           (
             await client.query<{ t: string }>(`SELECT schemaname || '.' || tablename AS t FROM pg_publication_tables WHERE pubname = $1`, [
@@ -136,7 +148,18 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
               status: 'fail',
               detail: `not in publication ${tablesPublication(config)}: run fraiseql-relay migrate`,
             });
-          else out.push({ what: `rule table ${name}`, status: 'ok', detail: `${[...t.events].join('/')} published` });
+          else if (t.where !== null && !filters.get(name))
+            out.push({
+              what: `rule table ${name}`,
+              status: 'fail',
+              detail: `its rules have where = ${JSON.stringify(t.where)}, but publication ${tablesPublication(config)} has no row filter for it: run fraiseql-relay migrate`,
+            });
+          else
+            out.push({
+              what: `rule table ${name}`,
+              status: 'ok',
+              detail: `${[...t.events].join('/')} published${filters.get(name) ? `, rows where ${filters.get(name)}` : ''}`,
+            });
         }
       } catch (err) {
         out.push({ what: 'rule tables', status: 'fail', detail: errorMessage(err) });

@@ -239,6 +239,9 @@ function buildObservers(
     event: r.event,
     ...(r.subject !== undefined && { subject: r.subject }),
     before_image: r.before_image,
+    ...(r.where !== undefined && { where: r.where.trim() }),
+    ...(r.columns !== undefined && { columns: r.columns }),
+    ...(r.changed !== undefined && { changed: r.changed }),
     actions: r.actions,
   }));
 

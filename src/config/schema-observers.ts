@@ -154,12 +154,45 @@ export const ruleShape = {
   }),
   subject: subject(false).optional(),
   before_image: bool().default(false),
+  // a publication row filter: only rows for which this SQL boolean expression is true are streamed
+  where: text('a SQL boolean expression over the row, such as "status = \'shipped\'"')
+    .refine((w) => !w.includes(';'), {
+      error: 'must be one SQL expression, without ";" (it becomes the publication row filter WHERE (…))',
+    })
+    .optional(),
+  // only these columns in the event's entity and entity_before
+  columns: z
+    .array(text('a column name'), { error: expected('an array of column names such as ["id", "status"]') })
+    .min(1)
+    .optional(),
+  // an UPDATE is published only when one of these columns changed
+  changed: z
+    .array(text('a column name'), { error: expected('an array of column names such as ["status"]') })
+    .min(1)
+    .optional(),
   actions: actions('[[observers.rules.actions]]'),
   /** FraiseQL's `[observers.retry]`: accepted and ignored */
   retry: z.unknown().optional(),
 };
 
 const ruleSchema = z.strictObject(ruleShape, table('[[observers.rules]]')).superRefine((r, ctx) => {
+  if (r.changed !== undefined && r.event !== 'UPDATE') {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['changed'],
+      message: `applies to UPDATE rules only (this rule is event = "${r.event}"): an ${r.event} has no column that changed; remove it`,
+      input: r.changed,
+    });
+  } else if (r.changed !== undefined && !r.before_image) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['changed'],
+      message:
+        'needs before_image = true on this rule: only with the whole old row (REPLICA IDENTITY FULL, which migrate sets) can the ' +
+        'relay tell which columns an UPDATE changed',
+      input: r.changed,
+    });
+  }
   if (r.subject === undefined && r.actions.length === 0) {
     ctx.addIssue({
       code: 'custom',

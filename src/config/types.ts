@@ -80,6 +80,12 @@ export interface TableRule {
   subject?: string;
   /** default false */
   before_image: boolean;
+  /** a publication row filter (SQL boolean expression over the row); every rule of a table has the same */
+  where?: string;
+  /** only these columns in `entity` / `entity_before` */
+  columns?: string[];
+  /** UPDATE rules: published only when one of these columns changed (needs before_image) */
+  changed?: string[];
   /** default [] */
   actions: RuleAction[];
 }

@@ -40,6 +40,10 @@ export function walEventId(lsn: bigint, xid: number, database = '', keys: Messag
 interface RuleTarget {
   rule: TableRule;
   subjects: string[];
+  /** `columns`: only these in entity / entity_before (null: all) */
+  only: ReadonlySet<string> | null;
+  /** `changed`: an UPDATE is published only when one of these changed (null: always) */
+  changed: ReadonlySet<string> | null;
 }
 
 const key = (schema: string, name: string, op: string) => `${schema}\u0000${name}\u0000${op}`;
@@ -76,7 +80,12 @@ export class TableRouter implements Router {
       });
       const k = key(t.schema, t.name, rule.event);
       const list = this.byTableOp.get(k) ?? [];
-      list.push({ rule, subjects });
+      list.push({
+        rule,
+        subjects,
+        only: rule.columns ? new Set(rule.columns) : null,
+        changed: rule.changed ? new Set(rule.changed) : null,
+      });
       this.byTableOp.set(k, list);
     });
   }
@@ -110,52 +119,63 @@ export class TableRouter implements Router {
     const { newTuple, oldTuple } = change;
     const oldIsKeyOnly = change.oldIsKey;
     const eventId = walEventId(parseLsn(change.lsn), change.xid, this.database, this.keys);
-    const after = newTuple ? rowToJson(rel, newTuple, this.values, oldIsKeyOnly ? null : oldTuple) : null;
-    const before = oldTuple ? rowToJson(rel, oldTuple, this.values, null, oldIsKeyOnly) : null;
     const idIndex = rel.columns.findIndex((c) => c.name === 'id');
     const keyIndex = idIndex >= 0 ? idIndex : rel.columns.findIndex((c) => (c.flags & 1) !== 0);
     const idValue = keyIndex < 0 ? null : (newTuple?.[keyIndex] ?? oldTuple?.[keyIndex] ?? null);
 
-    let updated: string | null = null;
+    let updatedNames: string[] | null = null;
     if (change.op === 'UPDATE' && newTuple && oldTuple && !oldIsKeyOnly) {
-      const names: string[] = [];
+      updatedNames = [];
       rel.columns.forEach((c, i) => {
         const n = newTuple[i];
-        if (n !== undefined && n !== oldTuple[i]) names.push(c.name);
+        if (n !== undefined && n !== oldTuple[i]) updatedNames!.push(c.name);
       });
-      updated = JSON.stringify(names);
     }
-    const missing = after?.missing ?? [];
     const entityType = entityTypeOf(rel.name);
-    const body = envelopeBody({
-      eventId: JSON.stringify(eventId),
-      id: idValue === null || idValue === undefined ? 'null' : JSON.stringify(idValue),
-      entityType: JSON.stringify(entityType),
-      operation: JSON.stringify(change.op),
-      mutation: 'null',
-      entity: after ? after.json : 'null',
-      entityBefore: before ? before.json : 'null',
-      updatedFields: updated ?? 'null',
-      metadata: missing.length > 0 ? JSON.stringify({ unchanged_toast: missing }) : 'null',
-      tenantId: 'null',
-      userId: 'null',
-      occurredAt: JSON.stringify(pgMicrosToIso(change.commitTime)),
-      source: sourceJsonPrefix(this.database, rel.schema, rel.name),
-      lsn: change.lsn,
-      xid: change.xid,
-    });
     const headers: Record<string, string> = {
       'Fraiseql-Event-Id': eventId,
       'Fraiseql-Entity-Type': entityType,
       'Fraiseql-Operation': change.op,
     };
+    // one body per distinct column list
+    const bodies = new Map<string, Buffer>();
+    const bodyFor = (only: ReadonlySet<string> | null): Buffer => {
+      const k = only === null ? '' : [...only].join('\u0000');
+      const made = bodies.get(k);
+      if (made !== undefined) return made;
+      const after = newTuple ? rowToJson(rel, newTuple, this.values, oldIsKeyOnly ? null : oldTuple, false, only) : null;
+      const before = oldTuple ? rowToJson(rel, oldTuple, this.values, null, oldIsKeyOnly, only) : null;
+      const updated = updatedNames === null ? null : only === null ? updatedNames : updatedNames.filter((n) => only.has(n));
+      const missing = after?.missing ?? [];
+      const body = envelopeBody({
+        eventId: JSON.stringify(eventId),
+        id: idValue === null || idValue === undefined ? 'null' : JSON.stringify(idValue),
+        entityType: JSON.stringify(entityType),
+        operation: JSON.stringify(change.op),
+        mutation: 'null',
+        entity: after ? after.json : 'null',
+        entityBefore: before ? before.json : 'null',
+        updatedFields: updated === null ? 'null' : JSON.stringify(updated),
+        metadata: missing.length > 0 ? JSON.stringify({ unchanged_toast: missing }) : 'null',
+        tenantId: 'null',
+        userId: 'null',
+        occurredAt: JSON.stringify(pgMicrosToIso(change.commitTime)),
+        source: sourceJsonPrefix(this.database, rel.schema, rel.name),
+        lsn: change.lsn,
+        xid: change.xid,
+      });
+      bodies.set(k, body);
+      return body;
+    };
     const messages: OutboundMessage[] = [];
     const seen = new Set<string>();
     for (const t of targets) {
+      // `changed`: only an UPDATE of one of these columns (an old row without them cannot tell: published)
+      if (t.changed !== null && updatedNames !== null && !updatedNames.some((n) => t.changed!.has(n))) continue;
       for (const subject of t.subjects) {
         if (seen.has(subject)) continue;
         seen.add(subject);
-        messages.push({ subject, eventId, headers, body });
+        messages.push({ subject, eventId, headers, body: bodyFor(t.only) });
       }
     }
     return { messages, unrouted: messages.length === 0 };

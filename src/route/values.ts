@@ -127,6 +127,8 @@ export function rowToJson(
   writer: ValueWriter,
   fallback?: readonly TupleValue[] | null,
   onlyKey = false,
+  /** a rule's `columns`: only these (null: all) */
+  only: ReadonlySet<string> | null = null,
 ): RowJson {
   let json = '{';
   const missing: string[] = [];
@@ -135,6 +137,7 @@ export function rowToJson(
   for (let i = 0; i < cols.length; i++) {
     const col = cols[i]!;
     if (onlyKey && (col.flags & 1) === 0) continue;
+    if (only !== null && !only.has(col.name)) continue;
     let v = values[i];
     if (v === undefined && fallback) v = fallback[i];
     if (v === undefined) {

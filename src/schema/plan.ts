@@ -12,7 +12,11 @@ import type { Config } from '../config/load.js';
 import { quoteIdent, quoteQualified, quoteLiteral } from '../util/db.js';
 import type { SlotStats } from './slot.js';
 import { adoptableObjects, OWNED_TABLE, recordOwnedSql, type ObjectKind, type OwnershipReport } from './ownership.js';
-import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from './tables.js';
+import { identityProblem, needsIdentityFull, resolveChangeLog, resolveRuleTables, tablesPublication } from './tables.js';
+
+function identityReason(t: { beforeImage: boolean }): string {
+  return t.beforeImage ? 'before_image = true' : 'a row filter (where) with UPDATE or DELETE rules';
+}
 
 export interface Migration {
   id: number;
@@ -53,8 +57,12 @@ interface PlannedRuleTable {
   /** schema.name for messages and logs */
   name: string;
   events: ReadonlySet<RowEvent>;
-  /** before_image = true and the table is not REPLICA IDENTITY FULL yet */
+  /** before_image = true (or a row filter with UPDATE/DELETE) and the table is not REPLICA IDENTITY FULL yet */
   setIdentityFull: boolean;
+  /** why it needs REPLICA IDENTITY FULL */
+  identityReason: string;
+  /** the rules' row filter, or null */
+  where: string | null;
   /** why the table cannot be in the rules publication (it is left out), or null */
   problem: string | null;
 }
@@ -146,7 +154,9 @@ export async function inspectDatabase(
         sql: `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
         name: `${t.schema}.${t.name}`,
         events: t.events,
-        setIdentityFull: t.beforeImage && t.replicaIdentity !== 'f',
+        setIdentityFull: needsIdentityFull(t) && t.replicaIdentity !== 'f',
+        identityReason: identityReason(t),
+        where: t.where,
         problem: identityProblem(t),
       });
     }
@@ -173,10 +183,10 @@ export async function inspectDatabase(
  * when it exists, which cannot be known here).
  */
 export function emptyDatabaseState(config: Config): DatabaseState {
-  const byName = new Map<string, { sql: string; name: string; events: Set<RowEvent>; beforeImage: boolean }>();
+  const byName = new Map<string, { sql: string; name: string; events: Set<RowEvent>; beforeImage: boolean; where: string | null }>();
   for (const rule of config.observers.rules) {
     const sql = quoteQualified(rule.table);
-    const t = byName.get(sql) ?? { sql, name: rule.table, events: new Set<RowEvent>(), beforeImage: false };
+    const t = byName.get(sql) ?? { sql, name: rule.table, events: new Set<RowEvent>(), beforeImage: false, where: rule.where ?? null };
     t.events.add(rule.event);
     t.beforeImage ||= rule.before_image;
     byName.set(sql, t);
@@ -193,7 +203,9 @@ export function emptyDatabaseState(config: Config): DatabaseState {
       sql: t.sql,
       name: t.name,
       events: t.events,
-      setIdentityFull: t.beforeImage,
+      setIdentityFull: needsIdentityFull(t),
+      identityReason: identityReason(t),
+      where: t.where,
       problem: null,
     })),
     changeLog: typeof setting === 'string' ? { sql: quoteQualified(setting), name: setting } : null,
@@ -266,7 +278,7 @@ export function buildPlan(config: Config, state: DatabaseState, assumption: stri
         steps.push({
           kind: 'replica-identity',
           table: t.name,
-          comment: [`before_image = true on ${t.name}: its UPDATE and DELETE changes carry the whole old row`],
+          comment: [`${t.identityReason} on ${t.name}: its UPDATE and DELETE changes carry the whole old row`],
           statements: [`ALTER TABLE ${t.sql} REPLICA IDENTITY FULL`],
         });
       }
@@ -274,7 +286,8 @@ export function buildPlan(config: Config, state: DatabaseState, assumption: stri
         tableProblems.push({ table: t.name, problem: t.problem });
         continue;
       }
-      ok.push(t.sql);
+      // PostgreSQL's publication row filter (in parentheses, as its syntax wants)
+      ok.push(t.where === null ? t.sql : `${t.sql} WHERE (${t.where})`);
       for (const e of t.events) ops.add(e.toLowerCase());
     }
     if (ok.length > 0) {

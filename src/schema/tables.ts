@@ -21,6 +21,18 @@ export interface RuleTableInfo extends ResolvedTable {
   /** operations rules want from this table */
   events: Set<'INSERT' | 'UPDATE' | 'DELETE'>;
   beforeImage: boolean;
+  /** the rules' publication row filter (`where`), or null */
+  where: string | null;
+}
+
+/**
+ * Whether the table's changes need the whole old row: `before_image`, or a row filter on a table
+ * whose UPDATEs or DELETEs are published (PostgreSQL evaluates the filter on the old row too, and
+ * would otherwise refuse the application's own UPDATE of a column the filter reads that is not in
+ * the replica identity).
+ */
+export function needsIdentityFull(t: Pick<RuleTableInfo, 'beforeImage' | 'where' | 'events'>): boolean {
+  return t.beforeImage || (t.where !== null && (t.events.has('UPDATE') || t.events.has('DELETE')));
 }
 
 export function tablesPublication(config: Config): string {
@@ -32,6 +44,7 @@ export async function resolveRuleTables(client: pg.Client, config: Config): Prom
   const perRule: ResolvedTable[] = [];
   const byName = new Map<string, RuleTableInfo>();
   const missing: string[] = [];
+  const whereOf = new Map<string, { rule: number; where: string | null }>();
   for (const [i, rule] of config.observers.rules.entries()) {
     const r = await client.query<{ nspname: string; relname: string; relreplident: string; has_pk: boolean }>(
       `SELECT n.nspname, c.relname, c.relreplident,
@@ -55,7 +68,21 @@ export async function resolveRuleTables(client: pg.Client, config: Config): Prom
       hasPrimaryKey: row.has_pk,
       events: new Set(),
       beforeImage: false,
+      where: rule.where ?? null,
     };
+    // one slot streams one publication: PostgreSQL applies a table's row filter to every change of
+    // it, for every rule, so the rules of a table must agree on it
+    const first = whereOf.get(k);
+    if (first === undefined) whereOf.set(k, { rule: i + 1, where: rule.where ?? null });
+    else if (first.where !== (rule.where ?? null)) {
+      const show = (w: string | null) => (w === null ? 'no where' : `where = ${JSON.stringify(w)}`);
+      throw new UsageError(
+        `[[observers.rules]] #${first.rule} and #${i + 1} watch the same table ${k} with different row filters ` +
+          `(${show(first.where)} vs ${show(rule.where ?? null)}). A row filter is the table's in the relay's one publication: PostgreSQL ` +
+          `applies it to every change of the table, whichever rule it is for. Give every rule of ${k} the same where (or none), and ` +
+          `use changed = [...] on UPDATE rules to publish only some updates.`,
+      );
+    }
     info.events.add(rule.event);
     info.beforeImage ||= rule.before_image;
     byName.set(k, info);
@@ -71,7 +98,7 @@ export async function resolveRuleTables(client: pg.Client, config: Config): Prom
  */
 export function identityProblem(t: RuleTableInfo): string | null {
   const needsIdentity = t.events.has('UPDATE') || t.events.has('DELETE');
-  if (!needsIdentity || t.beforeImage) return null;
+  if (!needsIdentity || needsIdentityFull(t)) return null;
   if (t.replicaIdentity === 'f' || t.replicaIdentity === 'i') return null;
   if (t.replicaIdentity === 'd' && t.hasPrimaryKey) return null;
   const q = `${quoteIdent(t.schema)}.${quoteIdent(t.name)}`;
