@@ -173,7 +173,7 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   L.push(
     'Events already stored in the stream; the relay (subscriber only) starts, and each event runs its SQL handler in the exactly-once transaction with its inbox row. ' +
       '*trivial*: one INSERT; *upsert*: `INSERT … ON CONFLICT (id) DO UPDATE` into a table with a primary key and a second index (10,000 distinct orders, each upserted several times). ' +
-      `*batch* ${BATCH_DEFAULT} is the default: that many events in one transaction, a subtransaction each; *ordered*: \`order_by = "$.key"\` over ${fmtInt(ORDER_KEYS)} keys. ` +
+      `*batch* ${BATCH_DEFAULT} is the default: up to that many events in one transaction and one statement (a subtransaction each only after a failure); *ordered*: \`order_by = "$.key"\` over ${fmtInt(ORDER_KEYS)} keys. ` +
       'Events/s from starting the process to the last handled event (inbox rows polled every 20 ms), and from the first handled event (excl. start-up).',
   );
   L.push('');

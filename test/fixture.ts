@@ -72,6 +72,15 @@ export class TestEnv {
   static async create(opts: EnvOptions = {}): Promise<TestEnv> {
     const [pgs, nats] = await Promise.all([LocalPostgres.start(opts.pg), LocalNats.start(opts.nats)]);
     const dbUrl = await pgs.createDatabase(APP_DB);
+    // `npm run test:matrix` says which major it meant to start: a wrong PG_BIN must not pass silently
+    const expected = process.env['TEST_PG_MAJOR'];
+    if (expected) {
+      const v = (await pgs.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`, [], APP_DB)).rows[0]!.v;
+      if (Math.floor(Number(v) / 10000) !== Number(expected)) {
+        await Promise.all([pgs.destroy(), nats.destroy()]);
+        throw new Error(`TEST_PG_MAJOR=${expected}, but the server started is ${v}`);
+      }
+    }
     const dir = await mkdtemp(join(tmpdir(), 'fraiseql-relay-test-'));
     const configFile = join(dir, 'fraiseql.toml');
     await writeFile(configFile, opts.toml ?? BASE_TOML);

@@ -13,6 +13,7 @@ import { LocalPostgres } from '../../src/local/postgres.js';
 import { LocalNats } from '../../src/local/nats.js';
 import { loadConfig } from '../../src/config/load.js';
 import { migrate } from '../../src/schema/migrate.js';
+import { recordOwnedSql } from '../../src/schema/ownership.js';
 import { createLogger } from '../../src/util/log.js';
 import { nowMs, sleep } from './util.js';
 
@@ -117,9 +118,11 @@ export class BenchEnv {
     await migrate(loadConfig(file, this.env), createLogger('silent'));
   }
 
+  /** A slot the relay may stream from: created, and recorded as the relay's (run refuses another's). */
   async createSlot(name: string): Promise<void> {
     await this.dropSlot(name);
     await this.sql(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [name]);
+    await this.sql(recordOwnedSql('fraiseql_relay', 'slot', name, 'created'));
   }
 
   /** Drops a slot, waiting (bounded) for a walsender that still holds it to go away. */

@@ -25,6 +25,10 @@ interface Probe {
   detail: string;
 }
 
+/** The PostgreSQL majors the relay is tested on (`npm test` and `npm run test:matrix`). */
+const MIN_POSTGRES = 14;
+const MAX_POSTGRES = 18;
+
 async function probePostgres(config: Config, out: Probe[]): Promise<void> {
   let client;
   try {
@@ -38,7 +42,32 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
     return;
   }
   try {
-    out.push({ what: 'postgres', status: 'ok', detail: 'connected' });
+    const v = (
+      await client.query<{ num: string; version: string }>(`SELECT current_setting('server_version_num') AS num, version() AS version`)
+    ).rows[0]!;
+    const versionNum = Number(v.num);
+    const major = Math.floor(versionNum / 10000);
+    const shortVersion = v.version.split(' on ')[0] ?? v.version;
+    if (major < MIN_POSTGRES || major > MAX_POSTGRES) {
+      out.push({
+        what: 'postgres',
+        status: 'fail',
+        detail:
+          `connected to ${shortVersion}, which fraiseql-relay does not support: it is tested on PostgreSQL ${MIN_POSTGRES} to ${MAX_POSTGRES} ` +
+          `(pgoutput's protocol, pg_replication_slots.wal_status and the publication options it relies on). Upgrade the server, or use a release that supports it`,
+      });
+    } else out.push({ what: 'postgres', status: 'ok', detail: `connected: ${shortVersion}` });
+    if (major < 15) {
+      for (const [i, rule] of config.observers.rules.entries()) {
+        if (rule.where !== undefined) {
+          out.push({
+            what: `rule #${i + 1} where`,
+            status: 'fail',
+            detail: `publication row filters need PostgreSQL 15 or later (this server is ${shortVersion}): remove where, or upgrade`,
+          });
+        }
+      }
+    }
     // the slot and publication names: derived, as written, or a fraiseql-relay 0.1 installation's (schema/names.ts)
     const names = await resolveNames(client, config);
     config = names.config;
@@ -120,13 +149,14 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
     if (config.observers.rules.length > 0) {
       try {
         const { tables, perRule } = await resolveRuleTables(client, config);
-        for (const f of await checkRuleFilters(client, config, perRule)) {
+        for (const f of await checkRuleFilters(client, config, perRule, major >= 15)) {
           out.push({ what: `rule #${f.rule} ${f.key}`, status: 'fail', detail: f.problem });
         }
         const filters = new Map(
           (
             await client.query<{ t: string; rowfilter: string | null }>(
-              `SELECT schemaname || '.' || tablename AS t, rowfilter FROM pg_publication_tables WHERE pubname = $1`,
+              // rowfilter: PostgreSQL 15 and later
+              `SELECT schemaname || '.' || tablename AS t, ${major >= 15 ? 'rowfilter' : 'NULL::text AS rowfilter'} FROM pg_publication_tables WHERE pubname = $1`,
               [tablesPublication(config)],
             )
           ).rows.map((r) => [r.t, r.rowfilter]),

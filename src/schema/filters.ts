@@ -36,7 +36,13 @@ function explain(message: string): string {
 }
 
 /** Problems with the rules' `where`, `columns` and `changed` (none: []). `resolved`: each rule's table. */
-export async function checkRuleFilters(client: pg.Client, config: Config, resolved: ResolvedTable[]): Promise<FilterProblem[]> {
+export async function checkRuleFilters(
+  client: pg.Client,
+  config: Config,
+  resolved: ResolvedTable[],
+  /** the server has publication row filters (PostgreSQL 15+); without them, `where` is not judged here */
+  rowFilters = true,
+): Promise<FilterProblem[]> {
   const problems: FilterProblem[] = [];
   for (const [i, rule] of config.observers.rules.entries()) {
     const t = resolved[i];
@@ -62,7 +68,7 @@ export async function checkRuleFilters(client: pg.Client, config: Config, resolv
         }
       }
     }
-    if (rule.where === undefined) continue;
+    if (rule.where === undefined || !rowFilters) continue;
     // PostgreSQL itself judges the filter: a publication made with it, and rolled back
     await client.query('BEGIN');
     try {

@@ -81,6 +81,12 @@ export interface DatabaseState {
   changeLog: { sql: string; name: string } | null;
   /** the slot and publications that are this relay's by proof but not recorded yet (see ownership.ts) */
   adopt: { kind: ObjectKind; name: string; proof: string }[];
+  /**
+   * PostgreSQL 18 and later: the tables publication publishes stored generated columns. There, a
+   * table whose replica identity (FULL, for before_image) holds a generated column that the
+   * publication does not publish refuses the application's own UPDATE and DELETE.
+   */
+  publishGeneratedColumns: boolean;
 }
 
 interface StepBase {
@@ -173,6 +179,8 @@ export async function inspectDatabase(
       ? { sql: `${quoteIdent(changeLog.schema)}.${quoteIdent(changeLog.name)}`, name: `${changeLog.schema}.${changeLog.name}` }
       : null,
     adopt: owned ? adoptableObjects(owned) : [],
+    publishGeneratedColumns:
+      Number((await client.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`)).rows[0]?.v ?? 0) >= 180000,
   };
 }
 
@@ -210,6 +218,7 @@ export function emptyDatabaseState(config: Config): DatabaseState {
     })),
     changeLog: typeof setting === 'string' ? { sql: quoteQualified(setting), name: setting } : null,
     adopt: [],
+    publishGeneratedColumns: false,
   };
 }
 
@@ -305,6 +314,7 @@ export function buildPlan(config: Config, state: DatabaseState, assumption: stri
           state.tablesPublicationExists
             ? [`publication ${pub} exists: set it to exactly the [[observers.rules]] tables and operations (${publish})`, ...left]
             : [`publication ${pub}: the [[observers.rules]] tables, publishing ${publish}`, ...left],
+          state.publishGeneratedColumns ? `, publish_generated_columns = 'stored'` : '',
         ),
       );
     }
@@ -337,15 +347,20 @@ function publicationStep(
   publish: string,
   create: boolean,
   comment: string[],
+  /** more publication options, e.g. ", publish_generated_columns = 'stored'" */
+  options = '',
 ): PlanStep {
   const pub = quoteIdent(publication);
   // a publication migrate creates is recorded as this relay's right after it
   const statements = create
     ? [
-        `CREATE PUBLICATION ${pub} FOR TABLE ${tables.join(', ')} WITH (publish = ${quoteLiteral(publish)})`,
+        `CREATE PUBLICATION ${pub} FOR TABLE ${tables.join(', ')} WITH (publish = ${quoteLiteral(publish)}${options})`,
         recordOwnedSql(schema, 'publication', publication, 'created'),
       ]
-    : [`ALTER PUBLICATION ${pub} SET TABLE ${tables.join(', ')}`, `ALTER PUBLICATION ${pub} SET (publish = ${quoteLiteral(publish)})`];
+    : [
+        `ALTER PUBLICATION ${pub} SET TABLE ${tables.join(', ')}`,
+        `ALTER PUBLICATION ${pub} SET (publish = ${quoteLiteral(publish)}${options})`,
+      ];
   return { kind: 'publication', role, publication, tables, publish, create, comment, statements };
 }
 
