@@ -7,18 +7,15 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connect as natsConnect, nanos, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager, type JetStreamManager, type StreamInfo } from '@nats-io/jetstream';
 import { TestEnv, runCli, sleep } from './fixture.js';
+import { Cluster } from './cluster.js';
 import { parseConfig, type Config } from '../src/config/load.js';
 import { ensureStream, subjectsOverlap } from '../src/sink/stream.js';
 import { requiredSubjects } from '../src/route/targets.js';
-import { findNatsServer } from '../src/local/binaries.js';
-import { getFreePort, waitForPortOpen } from '../src/local/ports.js';
 import { createLogger } from '../src/util/log.js';
 
 const log = createLogger('silent');
@@ -196,88 +193,6 @@ test('a duplicate window longer than the existing stream max_age is refused, nam
   await ensure(toml('AGED', 'aged', 'duplicate_window = "30s"'));
   assert.equal((await jsm.streams.info('AGED')).config.duplicate_window, nanos(30_000));
 });
-
-/** A three-server JetStream cluster on free ports. */
-class Cluster {
-  private constructor(
-    readonly dir: string,
-    readonly urls: string[],
-    private readonly children: ChildProcess[],
-  ) {}
-
-  static async start(n = 3): Promise<Cluster> {
-    const bin = findNatsServer();
-    const dir = await mkdtemp(join(tmpdir(), 'fraiseql-relay-cluster-'));
-    const ports = await Promise.all(Array.from({ length: n }, () => getFreePort()));
-    const routes = await Promise.all(Array.from({ length: n }, () => getFreePort()));
-    const routeUrls = routes.map((p) => `nats://127.0.0.1:${p}`).join(',');
-    const children = ports.map((port, i) =>
-      spawn(
-        bin,
-        [
-          '-a',
-          '127.0.0.1',
-          '-p',
-          String(port),
-          '-js',
-          '-sd',
-          join(dir, `n${i}`),
-          '--server_name',
-          `n${i}`,
-          '--cluster_name',
-          'TEST',
-          '--cluster',
-          `nats://127.0.0.1:${routes[i]}`,
-          '--routes',
-          routeUrls,
-        ],
-        { stdio: 'ignore' },
-      ),
-    );
-    const cluster = new Cluster(
-      dir,
-      ports.map((p) => `nats://127.0.0.1:${p}`),
-      children,
-    );
-    try {
-      await Promise.all(ports.map((p) => waitForPortOpen(p)));
-      // JetStream answers once the cluster has elected its meta leader
-      const c = await natsConnect({ servers: cluster.urls[0] });
-      try {
-        for (const until = Date.now() + 30_000; ; await sleep(250)) {
-          try {
-            const m = await jetstreamManager(c, { timeout: 2000 });
-            await m.streams.add({ name: 'PROBE', subjects: ['probe'], num_replicas: n });
-            await m.streams.delete('PROBE');
-            break;
-          } catch (err) {
-            if (Date.now() > until) throw err;
-          }
-        }
-      } finally {
-        await c.close();
-      }
-    } catch (err) {
-      await cluster.destroy();
-      throw err;
-    }
-    return cluster;
-  }
-
-  async destroy(): Promise<void> {
-    await Promise.all(
-      this.children.map(
-        (c) =>
-          new Promise<void>((r) => {
-            if (c.exitCode !== null || c.signalCode !== null) return r();
-            c.once('exit', () => r());
-            c.kill('SIGKILL');
-          }),
-      ),
-    );
-    await rm(this.dir, { recursive: true, force: true });
-  }
-}
 
 test('in a JetStream cluster, replicas change in place; more replicas than servers is explained', async () => {
   const cluster = await Cluster.start(3);
