@@ -16,7 +16,7 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const MAJORS = [14, 16, 17, 18];
 
 /** what every major must pass: publish and commit order, NATS outage, SIGKILL, PostgreSQL restart, table rules (TOAST, before images), to_jsonb values, the change log, inbound exactly once */
-const CORE = ['relay', 'failure', 'tables', 'tojsonb', 'changelog', 'inbound', 'pgoutput'];
+const CORE = ['relay', 'failure', 'tables', 'tojsonb', 'changelog', 'inbound', 'pgoutput', 'slot-failover'];
 /** row filters (`where`) exist from PostgreSQL 15 */
 const FROM_15 = ['filters'];
 

@@ -87,6 +87,8 @@ export interface DatabaseState {
    * publication does not publish refuses the application's own UPDATE and DELETE.
    */
   publishGeneratedColumns: boolean;
+  /** PostgreSQL 17 and later: the slot is created with failover = true (synchronized to standbys that ask for it) */
+  failoverSlots: boolean;
 }
 
 interface StepBase {
@@ -153,6 +155,7 @@ export async function inspectDatabase(
     ).rows.map((row) => row.pubname),
   );
   const changeLog = await resolveChangeLog(client, config);
+  const versionNum = Number((await client.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`)).rows[0]?.v ?? 0);
   const ruleTables: PlannedRuleTable[] = [];
   if (config.observers.rules.length > 0) {
     for (const t of (await resolveRuleTables(client, config)).tables) {
@@ -179,8 +182,8 @@ export async function inspectDatabase(
       ? { sql: `${quoteIdent(changeLog.schema)}.${quoteIdent(changeLog.name)}`, name: `${changeLog.schema}.${changeLog.name}` }
       : null,
     adopt: owned ? adoptableObjects(owned) : [],
-    publishGeneratedColumns:
-      Number((await client.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`)).rows[0]?.v ?? 0) >= 180000,
+    publishGeneratedColumns: versionNum >= 180000,
+    failoverSlots: versionNum >= 170000,
   };
 }
 
@@ -219,6 +222,7 @@ export function emptyDatabaseState(config: Config): DatabaseState {
     changeLog: typeof setting === 'string' ? { sql: quoteQualified(setting), name: setting } : null,
     adopt: [],
     publishGeneratedColumns: false,
+    failoverSlots: false,
   };
 }
 
@@ -328,11 +332,11 @@ export function buildPlan(config: Config, state: DatabaseState, assumption: stri
       plugin,
       comment: [
         `permanent logical replication slot ${slot} with plugin ${plugin} (never silently recreated), recorded as this relay's in ${schema}.${OWNED_TABLE}`,
+        ...(state.failoverSlots
+          ? ['failover = true: a standby with sync_replication_slots = on keeps a copy that survives its promotion']
+          : []),
       ],
-      statements: [
-        `SELECT pg_create_logical_replication_slot(${quoteLiteral(slot)}, ${quoteLiteral(plugin)})`,
-        recordOwnedSql(schema, 'slot', slot, 'created'),
-      ],
+      statements: [createSlotSql(slot, plugin, state.failoverSlots), recordOwnedSql(schema, 'slot', slot, 'created')],
     });
   }
 
@@ -362,6 +366,16 @@ function publicationStep(
         `ALTER PUBLICATION ${pub} SET (publish = ${quoteLiteral(publish)}${options})`,
       ];
   return { kind: 'publication', role, publication, tables, publish, create, comment, statements };
+}
+
+/**
+ * Creates the relay's logical slot; with `failover` (PostgreSQL 17+), one that standbys with
+ * `sync_replication_slots = on` synchronize, so it exists on a promoted standby.
+ */
+export function createSlotSql(slot: string, plugin: string, failover: boolean): string {
+  return failover
+    ? `SELECT pg_create_logical_replication_slot(${quoteLiteral(slot)}, ${quoteLiteral(plugin)}, false, false, true)`
+    : `SELECT pg_create_logical_replication_slot(${quoteLiteral(slot)}, ${quoteLiteral(plugin)})`;
 }
 
 /** Every statement of the plan, in the order migrate runs them. */
