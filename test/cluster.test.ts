@@ -105,7 +105,11 @@ test(
     }
     assert.equal(stored, N, `the stream holds ${stored} of ${N} events`);
     const ids = new Set<string>();
-    const c = await jetstream(nc).consumers.get('FRAISEQL');
+    // to read every message back (a consumer is made), the lost server returns: reading is the
+    // check, not the scenario, and the cluster answers API requests slowly while one is missing
+    await cluster.restart(gone);
+    await cluster.waitForJetStream(3, 60_000);
+    const c = await jetstream(nc, { timeout: 10_000 }).consumers.get('FRAISEQL');
     const msgs = await c.consume();
     let read = 0;
     for await (const m of msgs) {
