@@ -464,7 +464,12 @@ describe('two relays sharing a signing key', () => {
 // ---------------------------------------------------------------- deploy/nats/accounts.conf
 
 describe('deploy/nats/accounts.conf: the documented NATS permissions', () => {
-  const PASSWORDS = { ORDER_RELAY_PASSWORD: randomUUID(), INVENTORY_RELAY_PASSWORD: randomUUID(), APP_PASSWORD: randomUUID() };
+  // nats-server parses a variable's value as a config literal: a UUID that starts with digits ("2024…-…") is taken for a date, so each password starts with a letter
+  const PASSWORDS = {
+    ORDER_RELAY_PASSWORD: `p${randomUUID()}`,
+    INVENTORY_RELAY_PASSWORD: `p${randomUUID()}`,
+    APP_PASSWORD: `p${randomUUID()}`,
+  };
   let dir: string;
   let server: ChildProcess;
   let url: string;
