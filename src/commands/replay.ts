@@ -2,12 +2,12 @@ import type { Config } from '../config/load.js';
 import { connectOnce } from '../sink/nats.js';
 import { parseDuration } from '../config/load.js';
 import type { Logger } from '../util/log.js';
-import { quoteIdent, withClient } from '../util/db.js';
+import { quoteIdent, serverVersionNum, withClient } from '../util/db.js';
 import { UsageError } from '../util/errors.js';
 import { republishOutbox } from '../outbound/republish.js';
 import { readSlot } from '../schema/slot.js';
 import { assertOwnership, hasOwnedTable, recordOwnedSql } from '../schema/ownership.js';
-import { createSlotSql } from '../schema/plan.js';
+import { createSlotSql, hasFailoverSlots } from '../schema/plan.js';
 
 /** `--since`: an ISO time, or a duration meaning "that long ago" (e.g. 2h). */
 function parseSince(s: string, now = Date.now()): Date {
@@ -84,8 +84,7 @@ export async function runReconcile(config: Config, log: Logger, opts: { yes: boo
   }
   await withClient(config.database.url, async (c) => {
     if (plan.stats.exists) await c.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
-    const v = Number((await c.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`)).rows[0]?.v ?? 0);
-    await c.query(createSlotSql(slot, config.relay.plugin, v >= 170000));
+    await c.query(createSlotSql(slot, config.relay.plugin, hasFailoverSlots(await serverVersionNum(c))));
     if (await hasOwnedTable(c, config.relay.schema)) await c.query(recordOwnedSql(config.relay.schema, 'slot', slot, 'created'));
   });
   log.info({ slot }, 'recreated replication slot');

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import type pg from 'pg';
 import type { Config } from '../config/load.js';
-import { quoteIdent, quoteQualified, quoteLiteral } from '../util/db.js';
+import { quoteIdent, quoteQualified, quoteLiteral, serverVersionNum } from '../util/db.js';
 import type { SlotStats } from './slot.js';
 import { adoptableObjects, OWNED_TABLE, recordOwnedSql, type ObjectKind, type OwnershipReport } from './ownership.js';
 import { identityProblem, needsIdentityFull, resolveChangeLog, resolveRuleTables, tablesPublication } from './tables.js';
@@ -155,7 +155,7 @@ export async function inspectDatabase(
     ).rows.map((row) => row.pubname),
   );
   const changeLog = await resolveChangeLog(client, config);
-  const versionNum = Number((await client.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`)).rows[0]?.v ?? 0);
+  const versionNum = await serverVersionNum(client);
   const ruleTables: PlannedRuleTable[] = [];
   if (config.observers.rules.length > 0) {
     for (const t of (await resolveRuleTables(client, config)).tables) {
@@ -183,7 +183,7 @@ export async function inspectDatabase(
       : null,
     adopt: owned ? adoptableObjects(owned) : [],
     publishGeneratedColumns: versionNum >= 180000,
-    failoverSlots: versionNum >= 170000,
+    failoverSlots: hasFailoverSlots(versionNum),
   };
 }
 
@@ -366,6 +366,11 @@ function publicationStep(
         `ALTER PUBLICATION ${pub} SET (publish = ${quoteLiteral(publish)}${options})`,
       ];
   return { kind: 'publication', role, publication, tables, publish, create, comment, statements };
+}
+
+/** PostgreSQL 17 and later create logical slots that standbys can synchronize (`failover`). */
+export function hasFailoverSlots(versionNum: number): boolean {
+  return versionNum >= 170000;
 }
 
 /**

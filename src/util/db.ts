@@ -128,3 +128,8 @@ export function splitQualified(name: string): string[] {
   }
   return parts;
 }
+
+/** The server's `server_version_num` (e.g. 170002 for 17.2). */
+export async function serverVersionNum(client: pg.Client): Promise<number> {
+  return Number((await client.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`)).rows[0]?.v ?? 0);
+}
