@@ -130,6 +130,7 @@ describe('parseConfig: a valid file', () => {
       max_lag: 1024 ** 3,
       stream: { name: 'FRAISEQL', create: true, duplicate_window: 600_000, subjects: [], storage: 'file', replicas: 1 },
       nats: { tls: false },
+      redis: { stream_prefix: '', duplicate_window: 600_000 },
     });
     // optional keys without a default stay absent (change_log absent: the relay auto-detects the table)
     for (const k of ['change_log', 'schema_file', 'database_ca_file']) assert.ok(!(k in c.relay), k);
@@ -447,7 +448,10 @@ x = 1
 
   it('an invalid backend lists the allowed values', () => {
     const err = configError(() => parseConfig(minimal('[observers]\nbackend = "kafka"\n'), 'f.toml', ENV));
-    assert.equal(err.message, 'f.toml:6: observers.backend: "kafka" is not a supported backend; allowed values: "nats", "webhook"');
+    assert.equal(
+      err.message,
+      'f.toml:6: observers.backend: "kafka" is not a supported backend; allowed values: "nats", "webhook", "redis"',
+    );
   });
 
   it('an invalid handler identifier is rejected, a schema-qualified one accepted', () => {
@@ -736,13 +740,13 @@ url = "\${DATABASE_URL}"
 pool = 3
 [observers]
 nats_url = "\${NATS_URL}"
-backend = "redis"
+backend = "postgres"
 [relay]
 max_in_flihgt = 1
 `;
     const err = configError(() => parseConfig(text, 'f.toml', ENV));
     assert.match(err.message, /observers\.backend/);
-    assert.match(err.message, /FraiseQL's own "redis" observer backend/);
+    assert.match(err.message, /FraiseQL's own "postgres" observer backend/);
     for (const secret of ['s3cr3t-pw', 'n4ts-t0ken', ENV.DATABASE_URL, ENV.NATS_URL]) {
       assert.ok(!err.message.includes(secret), `${secret} in ${err.message}`);
     }
@@ -1162,5 +1166,53 @@ describe('subscription batching and ordering keys', () => {
     assert.throws(() => sub('batch = 1001'), /batch.*a whole number from 1 to 1000/s);
     assert.throws(() => sub('order_by = "$.a..b"'), /neither a header name nor a JSON path/);
     assert.throws(() => sub('order_by = "bad header"'), /neither a header name nor a JSON path/);
+  });
+});
+
+describe('backend = "redis"', () => {
+  const REDIS_ENV = { ...ENV, REDIS_URL: 'redis://relay:r3dis-pw@redis.internal:6379/0' };
+  const redisFile = (extra = '') =>
+    minimal(
+      `[observers]\nbackend = "redis"\nredis_url = "\${REDIS_URL}"\n[[observers.publish]]\nmutation = "m"\nsubject = "a.b"\n${extra}`,
+    );
+
+  it('reads redis_url (interpolated) and [relay.redis], and no longer reports redis_url as ignored', () => {
+    const c = parseConfig(
+      redisFile('[relay.redis]\nstream_prefix = "svc:"\nmax_age = "7d"\nduplicate_window = "2m"\n'),
+      'f.toml',
+      REDIS_ENV,
+    );
+    assert.equal(c.observers.backend, 'redis');
+    assert.equal(c.observers.redis_url, REDIS_ENV.REDIS_URL);
+    assert.deepEqual(c.relay.redis, { stream_prefix: 'svc:', max_age: 7 * 86_400_000, duplicate_window: 120_000 });
+    assert.deepEqual(c.ignoredKeys, []);
+  });
+
+  it('with backend = "nats", redis_url stays FraiseQL\'s own key: not interpolated, reported ignored', () => {
+    const c = parseConfig(minimal('[observers]\nnats_url = "nats://h:4222"\nredis_url = "' + '${REDIS_URL}"\n'), 'f.toml', ENV);
+    assert.equal(c.observers.redis_url, undefined);
+    assert.deepEqual(c.ignoredKeys, ['observers.redis_url']);
+  });
+
+  it('an unset REDIS_URL, a missing or wrong redis_url are errors naming the key; the URL is never shown', () => {
+    const unset = configError(() => parseConfig(redisFile(), 'f.toml', ENV));
+    assert.match(unset.message, /f\.toml:7: environment variable REDIS_URL is not set/);
+    const missing = configError(() =>
+      parseConfig(minimal('[observers]\nbackend = "redis"\n[[observers.publish]]\nmutation = "m"\nsubject = "a.b"\n'), 'f.toml', ENV),
+    );
+    assert.match(missing.message, /observers\.redis_url is required when backend = "redis"/);
+    const wrong = configError(() => parseConfig(redisFile().replace('${REDIS_URL}', 'http://u:r3dis-pw@h'), 'f.toml', ENV));
+    assert.match(wrong.message, /f\.toml:7: observers\.redis_url must be a Redis URL/);
+    assert.ok(!wrong.message.includes('r3dis-pw'), wrong.message);
+    const typo = configError(() => parseConfig(redisFile('[relay]\nmax_in_flihgt = "r3dis-pw"\n'), 'f.toml', REDIS_ENV));
+    assert.match(typo.message, /relay\.max_in_flihgt: unknown key/);
+    assert.ok(!typo.message.includes(REDIS_ENV.REDIS_URL), typo.message);
+  });
+
+  it('[relay.redis] refuses max_len together with max_age, and a prefix with spaces', () => {
+    const both = configError(() => parseConfig(redisFile('[relay.redis]\nmax_len = 10\nmax_age = "1h"\n'), 'f.toml', REDIS_ENV));
+    assert.match(both.message, /relay\.redis\.max_age: is set together with max_len/);
+    const spaced = configError(() => parseConfig(redisFile('[relay.redis]\nstream_prefix = "a b"\n'), 'f.toml', REDIS_ENV));
+    assert.match(spaced.message, /relay\.redis\.stream_prefix: "a b" must be printable ASCII without spaces/);
   });
 });

@@ -15,7 +15,7 @@
  */
 import type { ConfigProblem } from './errors.js';
 import { formatKeyPath, isIgnoredPath } from './keys.js';
-import type { Placeholder, ScanResult, ValueContext } from './scan.js';
+import type { KeyPath, Placeholder, ScanResult, ValueContext } from './scan.js';
 
 export interface Interpolation {
   text: string;
@@ -31,7 +31,16 @@ interface Replacement {
   newEnd: number;
 }
 
-export function interpolate(source: string, scan: ScanResult, env: NodeJS.ProcessEnv): Interpolation {
+/**
+ * @param used FraiseQL keys the relay reads after all in this file (`observers.redis_url` with
+ * backend = "redis"): interpolated like the relay's own keys
+ */
+export function interpolate(
+  source: string,
+  scan: ScanResult,
+  env: NodeJS.ProcessEnv,
+  used: (key: KeyPath) => boolean = () => false,
+): Interpolation {
   const problems: ConfigProblem[] = [];
   const replacements: Replacement[] = [];
   let text = '';
@@ -48,7 +57,7 @@ export function interpolate(source: string, scan: ScanResult, env: NodeJS.Proces
   }
 
   for (const p of scan.placeholders) {
-    const value = replacementFor(p, env, problems);
+    const value = replacementFor(p, env, problems, used(p.key));
     if (value === undefined) continue;
     text += source.slice(pos, p.start);
     replacements.push({ origStart: p.start, origEnd: p.end, newStart: text.length, newEnd: text.length + value.length });
@@ -70,8 +79,8 @@ export function interpolate(source: string, scan: ScanResult, env: NodeJS.Proces
 }
 
 /** The text to put in place of a placeholder, or undefined to leave it (with a problem when wrong). */
-function replacementFor(p: Placeholder, env: NodeJS.ProcessEnv, problems: ConfigProblem[]): string | undefined {
-  if (isIgnoredPath(p.key)) return p.context === 'bare' ? '""' : undefined;
+function replacementFor(p: Placeholder, env: NodeJS.ProcessEnv, problems: ConfigProblem[], used: boolean): string | undefined {
+  if (!used && isIgnoredPath(p.key)) return p.context === 'bare' ? '""' : undefined;
   // no column: `file:line:` reads best, and the variable name already marks the spot
   const where = { line: p.line, key: formatKeyPath(p.key) };
   const value = env[p.name];

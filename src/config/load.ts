@@ -42,6 +42,7 @@ export type {
   NatsConfig,
   ObserversConfig,
   PublishRule,
+  RedisConfig,
   RelayConfig,
   RuleAction,
   StreamConfig,
@@ -80,7 +81,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
   const source = text.startsWith('\uFEFF') ? text.slice(1) : text;
   const scan = scanToml(source);
 
-  const interpolation = interpolate(source, scan, env);
+  let interpolation = interpolate(source, scan, env);
   if (interpolation.problems.length > 0) throw new ConfigError(file, interpolation.problems);
 
   let raw: Record<string, unknown>;
@@ -88,6 +89,12 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     raw = parse(interpolation.text, { unsafeKeyBehaviour: 'throw' });
   } catch (e) {
     throw new ConfigError(file, [tomlProblem(e, source, interpolation, scan, file)], secretsIn(source));
+  }
+  // FraiseQL's observers.redis_url is the relay's own key with backend = "redis": interpolated then
+  if (usesRedis(raw)) {
+    interpolation = interpolate(source, scan, env, (key) => key.length === 2 && key[0] === 'observers' && key[1] === 'redis_url');
+    if (interpolation.problems.length > 0) throw new ConfigError(file, interpolation.problems);
+    raw = parse(interpolation.text, { unsafeKeyBehaviour: 'throw' });
   }
 
   const legacy = Array.isArray(raw['observers']);
@@ -127,7 +134,7 @@ export function parseConfig(text: string, file: string, env: NodeJS.ProcessEnv =
     database: { type: 'postgresql', url: database?.url ?? '' },
     observers: buildObservers(observers, project.name, legacy, scan, problems),
     relay: buildRelay(parsed.relay, dirname(resolve(file)), relayNames(parsed.relay, project, database?.url, where, env)),
-    ignoredKeys: ignoredKeys(raw, legacy),
+    ignoredKeys: ignoredKeys(raw, legacy).filter((k) => !(k === 'observers.redis_url' && usesRedis(raw))),
   };
   if (problems.length > 0) throw new ConfigError(file, sortByLine(problems), secrets);
   return config;
@@ -267,6 +274,30 @@ function buildObservers(
 
   const out: ObserversConfig = { backend: o.backend, publish, subscribe, rules };
   if (o.nats_url !== undefined) out.nats_url = o.nats_url;
+  if (o.backend === 'redis') {
+    const url = o.redis_url;
+    if (url === undefined) {
+      if (needsNats)
+        problems.push(
+          located(
+            scan,
+            ['observers', 'backend'],
+            'observers.redis_url is required when backend = "redis" and anything is published or subscribed; ' +
+              'add redis_url = "${REDIS_URL}" under [observers]',
+          ),
+        );
+    } else if (typeof url !== 'string' || !/^rediss?:\/\/\S*$/.test(url)) {
+      problems.push(
+        located(
+          scan,
+          ['observers', 'redis_url'],
+          'observers.redis_url must be a Redis URL such as "redis://localhost:6379" (or "rediss://…" for TLS)',
+        ),
+      );
+    } else {
+      out.redis_url = url;
+    }
+  }
   return out;
 }
 
@@ -328,6 +359,12 @@ function ignoredKeys(raw: Record<string, unknown>, legacy: boolean): string[] {
   return out;
 }
 
+/** `[observers] backend = "redis"` (observers.redis_url is then read, not ignored). */
+function usesRedis(raw: Record<string, unknown>): boolean {
+  const o = raw['observers'];
+  return isTable(o) && o['backend'] === 'redis';
+}
+
 /** Values that must never appear in an error message. */
 function secretsOf(raw: Record<string, unknown>, natsUrl: string | undefined, databaseUrl: string | undefined): string[] {
   const out: string[] = [];
@@ -336,6 +373,7 @@ function secretsOf(raw: Record<string, unknown>, natsUrl: string | undefined, da
   const observers = raw['observers'];
   if (isTable(database) && typeof database['url'] === 'string') out.push(database['url']);
   if (isTable(observers) && typeof observers['nats_url'] === 'string') out.push(observers['nats_url']);
+  if (isTable(observers) && typeof observers['redis_url'] === 'string') out.push(observers['redis_url']);
   if (natsUrl !== undefined) out.push(natsUrl);
   return out;
 }
@@ -343,7 +381,7 @@ function secretsOf(raw: Record<string, unknown>, natsUrl: string | undefined, da
 /** Before parsing succeeded: the literal values of url / nats_url keys, as far as a regex sees them. */
 function secretsIn(source: string): string[] {
   const out: string[] = [];
-  for (const m of source.matchAll(/^\s*(?:url|nats_url)\s*=\s*(?:"([^"\n]*)"|'([^'\n]*)')/gm)) {
+  for (const m of source.matchAll(/^\s*(?:url|nats_url|redis_url)\s*=\s*(?:"([^"\n]*)"|'([^'\n]*)')/gm)) {
     const v = m[1] ?? m[2];
     if (v && !/^\$\{[A-Za-z_][A-Za-z0-9_]*\}$/.test(v)) out.push(v);
   }

@@ -204,16 +204,14 @@ const ruleSchema = z.strictObject(ruleShape, table('[[observers.rules]]')).super
   }
 });
 
-const BACKENDS = ['nats', 'webhook'] as const;
+const BACKENDS = ['nats', 'webhook', 'redis'] as const;
 
 export const observersShape = {
   backend: z
     .enum(BACKENDS, {
       error: (iss: RawIssue) =>
         `${describeValue(iss.input)} is not a supported backend; allowed values: ${BACKENDS.map((b) => `"${b}"`).join(', ')}` +
-        (iss.input === 'redis' || iss.input === 'postgres'
-          ? ` (FraiseQL's own "${iss.input}" observer backend is not used by the relay)`
-          : ''),
+        (iss.input === 'postgres' ? ` (FraiseQL's own "${iss.input}" observer backend is not used by the relay)` : ''),
     })
     .default('nats'),
   nats_url: text('a NATS server URL such as "nats://localhost:4222"', true).optional(),

@@ -21,6 +21,7 @@ import {
 } from './fields.js';
 import { checkListen, checkStreamName, isSchemaQualifiedIdentifier } from './names.js';
 import { MAX_PUBLICATION_NAME } from './service.js';
+import { redisSchema } from './schema-redis.js';
 
 export const streamShape = {
   name: checked('a stream name such as "FRAISEQL"', (s) => {
@@ -117,6 +118,7 @@ export const relayShape = {
   signing_key_env: envName().optional(),
   stream: z.strictObject(streamShape, table('[relay.stream]')).prefault({}),
   nats: natsSchema.prefault({}),
+  redis: redisSchema.prefault({}),
 };
 
 export const relaySchema = z.strictObject(relayShape, table('[relay]')).superRefine((r, ctx) => {

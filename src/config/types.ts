@@ -180,13 +180,29 @@ export interface RelayConfig {
   stream: StreamConfig;
   /** always present, defaults filled in */
   nats: NatsConfig;
+  /** `[relay.redis]`, always present, defaults filled in (used with backend = "redis") */
+  redis: RedisConfig;
+}
+
+/** `[relay.redis]`: stream keys, de-duplication and trimming of backend = "redis". */
+export interface RedisConfig {
+  /** default '': a subject's stream key is `<stream_prefix><subject>` */
+  stream_prefix: string;
+  /** XADD MAXLEN ~ max_len (at most one of max_len and max_age) */
+  max_len?: number;
+  /** ms: XADD MINID ~ (now - max_age) */
+  max_age?: number;
+  /** ms, default 10m: how long `<stream_prefix>dedup:<event id>:<subject>` is kept */
+  duplicate_window: number;
 }
 
 export interface ObserversConfig {
   /** default 'nats' */
-  backend: 'nats' | 'webhook';
+  backend: 'nats' | 'webhook' | 'redis';
   /** set whenever backend is 'nats' and anything is published or subscribed */
   nats_url?: string;
+  /** set whenever backend is 'redis' and anything is published or subscribed */
+  redis_url?: string;
   publish: PublishRule[];
   subscribe: SubscribeRule[];
   rules: TableRule[];

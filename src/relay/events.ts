@@ -24,11 +24,13 @@ export type RelayEvents = {
   /** the replication slot was inspected */
   slot: [stats: SlotStats];
   /** the replication session failed and is being reconnected; `cause`: the stream from PostgreSQL, or publishing to NATS */
-  reconnect: [cause: 'postgres' | 'nats'];
+  reconnect: [cause: 'postgres' | 'nats' | 'redis'];
   /** PostgreSQL answered the leader election (true) or could not be reached, with the reason */
   postgres: [up: boolean, reason: string | null];
   /** the NATS connection went down (false) or came back (true) */
   nats: [up: boolean];
+  /** backend = "redis": the Redis connection went down (false) or came back (true) */
+  redis: [up: boolean];
   /** a handler call ended (per delivery: a failure is followed by a retry), with its duration when it ran */
   handler: [consumer: string, outcome: HandlerOutcome, seconds: number | null];
   /** a webhook delivery ended (a retry is followed by another outcome) */

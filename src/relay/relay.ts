@@ -4,13 +4,15 @@ import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import type { Config, SubscribeRule } from '../config/load.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { setDatabaseCaFile, withClient } from '../util/db.js';
-import { StreamMissingError, UsageError } from '../util/errors.js';
+import { errorMessage, StreamMissingError, UsageError } from '../util/errors.js';
 import { within } from '../util/sleep.js';
 import { formatLsn } from '../source/lsn.js';
 import { connectNats } from '../sink/nats.js';
 import { natsAuthOptions } from '../sink/natsauth.js';
 import { ensureStream, findStream } from '../sink/stream.js';
 import { JetStreamSink } from '../sink/jetstream.js';
+import { loadAppendScript, RedisSink } from '../sink/redis.js';
+import { closeRedis, connectRedis, type RedisLink } from '../sink/redis-client.js';
 import { DeadLetterWriter } from '../sink/deadletter.js';
 import { MessageKeys } from '../sink/signing.js';
 import type { Sink } from '../sink/sink.js';
@@ -81,6 +83,8 @@ export class Relay extends EventEmitter<RelayEvents> {
   private failure: Error | null = null;
   private readonly missing = new Map<string, string>();
   private natsUp = false;
+  /** backend = "redis": the connection every Redis command of the relay goes through (blocking reads have their own) */
+  private redis: RedisLink | null = null;
   /** `[relay] signing_key_env`, read from the environment at start */
   private keys: MessageKeys | null = null;
 
@@ -142,12 +146,20 @@ export class Relay extends EventEmitter<RelayEvents> {
     // every PostgreSQL connection of the process verifies against [relay] database_ca_file (the CLI sets it too)
     if (config.relay.database_ca_file !== undefined) setDatabaseCaFile(config.relay.database_ca_file);
     const nats = config.observers.backend === 'nats';
-    if (!nats && config.observers.subscribe.length > 0) {
+    const redis = config.observers.backend === 'redis';
+    if (config.observers.backend === 'webhook' && config.observers.subscribe.length > 0) {
       throw new UsageError(
         '[[observers.subscribe]] needs NATS: with backend = "webhook" there is nothing to consume; use backend = "nats"',
       );
     }
     if (nats && !config.observers.nats_url) throw new UsageError('[observers] nats_url is required with backend = "nats"');
+    if (redis && !config.observers.redis_url) throw new UsageError('[observers] redis_url is required with backend = "redis"');
+    if (redis && webhookRoutes(config).length > 0) {
+      throw new UsageError(
+        'webhook actions are not delivered with backend = "redis" yet: use backend = "nats" (deliveries queued in JetStream) ' +
+          'or backend = "webhook" (delivered straight from the slot)',
+      );
+    }
     if (this.opts.migrate) {
       log.info({ schema: config.relay.schema }, 'running migrate before starting (run --migrate)');
       await migrate(config, log.child({ component: 'migrate' }));
@@ -188,12 +200,34 @@ export class Relay extends EventEmitter<RelayEvents> {
       });
       streamSubjects = await ensureStream(this.nc, config, requiredSubjects(config), log.child({ component: 'stream' }));
     }
+    if (redis) {
+      log.info({ database }, 'connecting to Redis');
+      this.redis = await connectRedis({
+        url: config.observers.redis_url!,
+        log: log.child({ component: 'redis' }),
+        onStatus: (up) => this.emit('redis', up),
+      });
+    }
     this.deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
     if (needsSlot(config)) {
       const routerFor = await this.routers(database);
       const targets = new Map(webhooks.map((w) => [w.route.subject, w.target]));
       let first = true;
       const makeSink = async (): Promise<Sink> => {
+        if (redis) {
+          // each session starts with the append script in the server's cache (a restarted Redis has none)
+          await loadAppendScript(this.redis!).catch((err: unknown) =>
+            log.warn({ err: errorMessage(err) }, 'could not load the append script into Redis: the session will retry'),
+          );
+          return new RedisSink(this.redis!, {
+            maxInFlight: config.relay.max_in_flight,
+            maxInFlightBytes: config.relay.max_in_flight_bytes,
+            timeoutMs: this.opts.publishTimeoutMs ?? 10_000,
+            redis: config.relay.redis,
+            log: log.child({ component: 'publisher' }),
+            keys: this.keys,
+          });
+        }
         if (!nats) {
           return new WebhookSink(
             targets,
@@ -237,7 +271,7 @@ export class Relay extends EventEmitter<RelayEvents> {
           onUnrouted: () => this.emit('unrouted'),
           onHeartbeat: (lagMs) => this.emit('heartbeat', lagMs),
           onSlot: (s) => this.emit('slot', s),
-          onReconnect: (cause) => this.emit('reconnect', cause),
+          onReconnect: (cause) => this.emit('reconnect', redis && cause === 'nats' ? 'redis' : cause),
           onPostgres: (problem) => this.emit('postgres', problem === null, problem),
           onFatal: (err) => this.die(err),
         },
@@ -248,6 +282,11 @@ export class Relay extends EventEmitter<RelayEvents> {
       await this.startWebhookWorkers(webhooks);
       if (config.observers.subscribe.length > 0) await this.startInbound();
     }
+  }
+
+  /** backend = "redis": the relay's Redis connection (null before start, and with any other backend). */
+  get redisClient(): RedisLink | null {
+    return this.redis;
   }
 
   /** Which router each relation's changes go to: the outbox, rule tables, FraiseQL's change log. */
@@ -441,6 +480,7 @@ export class Relay extends EventEmitter<RelayEvents> {
     const left = (floor: number) => Math.max(floor, deadline - Date.now());
     await within(Promise.all([this.runner?.stop(bound), ...this.workers.map((w) => w.stop(bound))]), bound);
     await within(Promise.all([this.inbox?.close(), this.deadLetters?.close()]), left(500));
+    closeRedis(this.redis);
     if (this.nc) {
       // draining needs the server: with NATS down it would wait for a reconnection that may never come
       if (this.natsUp)

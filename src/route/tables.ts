@@ -73,7 +73,7 @@ export class TableRouter implements Router {
     config.observers.rules.forEach((rule, i) => {
       const t = resolved[i]!;
       const subjects: string[] = [];
-      if (rule.subject && config.observers.backend === 'nats') subjects.push(rule.subject);
+      if (rule.subject && config.observers.backend !== 'webhook') subjects.push(rule.subject);
       rule.actions.forEach((_, j) => {
         const s = webhookSubject(i, j);
         if (s) subjects.push(s);

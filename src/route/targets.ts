@@ -9,7 +9,7 @@ import type { Target } from './envelope.js';
 export function publishTargets(config: Config, index: number): Target[] {
   const p = config.observers.publish[index]!;
   const out: Target[] = [];
-  if (config.observers.backend === 'nats') {
+  if (config.observers.backend !== 'webhook') {
     const t: Target = { subject: p.subject };
     if (p.subscription_topic !== undefined) t.subscriptionTopic = p.subscription_topic;
     out.push(t);

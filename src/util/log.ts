@@ -25,6 +25,8 @@ const REDACT = [
   '*.database_url',
   'nats_url',
   '*.nats_url',
+  'redis_url',
+  '*.redis_url',
   'password',
   '*.password',
   'token',
