@@ -3,9 +3,10 @@
  * relay, and ways to run the relay in-process or as a child process that can be SIGKILLed.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, symlinkSync } from 'node:fs';
 import { mkdtemp, writeFile, rm, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { connect as natsConnect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JsMsg } from '@nats-io/jetstream';
 import type pg from 'pg';
@@ -73,7 +74,8 @@ export class TestEnv {
     const [pgs, nats] = await Promise.all([LocalPostgres.start(opts.pg), LocalNats.start(opts.nats)]);
     const dbUrl = await pgs.createDatabase(APP_DB);
     // `npm run test:matrix` says which major it meant to start: a wrong PG_BIN must not pass silently
-    const expected = process.env['TEST_PG_MAJOR'];
+    // (not when the test chose the binaries itself)
+    const expected = opts.pg?.binDir === undefined ? process.env['TEST_PG_MAJOR'] : undefined;
     if (expected) {
       const v = (await pgs.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`, [], APP_DB)).rows[0]!.v;
       if (Math.floor(Number(v) / 10000) !== Number(expected)) {
@@ -87,8 +89,11 @@ export class TestEnv {
     return new TestEnv(pgs, nats, dir, dbUrl, configFile);
   }
 
+  /** DATABASE_URL as the relay is given it: `dbUrl` unless a test points the relay elsewhere (several hosts) */
+  databaseUrl: string | undefined;
+
   get env(): NodeJS.ProcessEnv {
-    return { ...process.env, DATABASE_URL: this.dbUrl, NATS_URL: this.nats.url };
+    return { ...process.env, DATABASE_URL: this.databaseUrl ?? this.dbUrl, NATS_URL: this.nats.url };
   }
 
   config(): Config {
@@ -263,4 +268,24 @@ export async function waitForRows<R>(q: () => Promise<R[]>, timeoutMs = 10_000):
     rows = await q();
   }
   return rows;
+}
+
+/**
+ * The directory with initdb, pg_ctl and postgres of npm's PostgreSQL `major` (dev dependency
+ * `embedded-pg<major>`, as `npm run test:matrix` uses them). The package's postinstall script
+ * restores its library symlinks; npm may not have run it, so missing ones are made here.
+ */
+export function embeddedPostgresBin(major: number): string {
+  const pkg = join(ROOT, 'node_modules', `embedded-pg${major}`);
+  if (!existsSync(join(pkg, 'native', 'bin', 'postgres'))) {
+    throw new Error(`PostgreSQL ${major}'s server binaries are not installed (${pkg}): run npm ci`);
+  }
+  const list = join(pkg, 'native', 'pg-symlinks.json');
+  if (existsSync(list)) {
+    for (const { source, target } of JSON.parse(readFileSync(list, 'utf8')) as { source: string; target: string }[]) {
+      const to = join(pkg, target);
+      if (!existsSync(to)) symlinkSync(relative(dirname(to), join(pkg, source)), to);
+    }
+  }
+  return join(pkg, 'native', 'bin');
 }

@@ -35,7 +35,37 @@ export interface LocalPostgresOptions {
    * server refuses a key others can read). Clients choose whether to use it (`sslmode`).
    */
   ssl?: { certFile: string; keyFile: string };
+  /** The directory with initdb, pg_ctl and postgres (default: findPostgresBin(), which reads PG_BIN). */
+  binDir?: string;
 }
+
+export interface StandbyOptions {
+  /** the physical slot created on the primary for the standby (`primary_slot_name`) */
+  slot?: string;
+  /** the standby's `application_name` on the primary, the name `synchronous_standby_names` lists */
+  applicationName?: string;
+  /** the database named in `primary_conninfo` (slot synchronization, PostgreSQL 17+, connects to it) */
+  dbname?: string;
+  /** extra settings of the standby (for example `sync_replication_slots`, `hot_standby_feedback`) */
+  settings?: Record<string, string>;
+}
+
+/**
+ * What a base backup leaves out of the copy (as pg_basebackup does): the lock and options files,
+ * and the contents of the directories PostgreSQL rebuilds or fills again (WAL streams in from the
+ * primary; replication slots are the primary's).
+ */
+const BACKUP_SKIPPED_FILES = new Set(['postmaster.pid', 'postmaster.opts', 'pg_internal.init', 'backup_label', 'tablespace_map']);
+const BACKUP_EMPTIED_DIRS = new Set([
+  'pg_wal',
+  'pg_replslot',
+  'pg_dynshmem',
+  'pg_notify',
+  'pg_serial',
+  'pg_snapshots',
+  'pg_stat_tmp',
+  'pg_subtrans',
+]);
 
 export type PgStopMode = 'fast' | 'immediate';
 
@@ -130,19 +160,76 @@ export class LocalPostgres {
    * 127.0.0.1 with `wal_level=logical`. Runs as the `postgres` OS user when this process is root.
    */
   static async start(opts: LocalPostgresOptions = {}): Promise<LocalPostgres> {
-    const binDir = findPostgresBin();
-    const owner = isRoot() ? await lookupPgOsUser() : undefined;
-    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fraiseql-relay-pg-'));
-    const server = new LocalPostgres(dir, binDir, opts);
-    try {
-      if (owner) await fsp.chown(dir, owner.uid, owner.gid);
-      if (opts.ssl) await server.installSslFiles(opts.ssl, owner);
+    return LocalPostgres.create(opts, async (server, owner, dir) => {
       await server
         .pgTool('initdb', ['-D', server.dataDir, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--locale=C'])
         .catch((err: unknown) => {
           const hint = owner ? ` (initdb runs as OS user '${PG_OS_USER}': it must be able to write ${dir})` : '';
           throw new Error(`initdb failed${hint}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
         });
+    });
+  }
+
+  /**
+   * A physical streaming standby of `primary` (same binaries), started on its own free port: a
+   * base backup taken with the low-level API (`pg_backup_start`/`pg_backup_stop`, which every
+   * major has, where npm's server packages ship no pg_basebackup), a physical replication slot on
+   * the primary (`primary_slot_name`, so the primary keeps the WAL the standby still needs),
+   * `standby.signal` and a `primary_conninfo` with `application_name` and `dbname`. Resolves once
+   * the standby is streaming from the primary.
+   */
+  static async standbyOf(primary: LocalPostgres, opts: StandbyOptions = {}): Promise<LocalPostgres> {
+    const slot = opts.slot ?? 'standby1';
+    const applicationName = opts.applicationName ?? slot;
+    const conninfo = `host=127.0.0.1 port=${primary.port} user=postgres dbname=${opts.dbname ?? 'postgres'} application_name=${applicationName}`;
+    const standbyOpts: LocalPostgresOptions = {
+      ...primary.opts,
+      binDir: primary.binDir,
+      ssl: undefined,
+      settings: {
+        ...primary.opts.settings,
+        primary_conninfo: conninfo,
+        primary_slot_name: slot,
+        hot_standby: 'on',
+        ...opts.settings,
+      },
+    };
+    await primary.query(`SELECT pg_create_physical_replication_slot($1, true)`, [slot]);
+    const standby = await LocalPostgres.create(standbyOpts, async (server, owner) => {
+      await primary.baseBackup(server.dataDir, owner);
+      await fsp.writeFile(path.join(server.dataDir, 'standby.signal'), '');
+      if (owner) await fsp.chown(path.join(server.dataDir, 'standby.signal'), owner.uid, owner.gid);
+    });
+    try {
+      await primary.waitFor(
+        `SELECT EXISTS (SELECT 1 FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming') AS ok`,
+        [applicationName],
+        `standby ${applicationName} streaming from the primary`,
+      );
+      return standby;
+    } catch (err) {
+      await standby.destroy().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /**
+   * A new cluster in a temporary directory: `makeData` fills `dataDir` (initdb, or a base backup),
+   * then the server starts on a free port of 127.0.0.1, as the `postgres` OS user when this
+   * process is root.
+   */
+  private static async create(
+    opts: LocalPostgresOptions,
+    makeData: (server: LocalPostgres, owner: OsUser | undefined, dir: string) => Promise<void>,
+  ): Promise<LocalPostgres> {
+    const binDir = opts.binDir ?? findPostgresBin();
+    const owner = isRoot() ? await lookupPgOsUser() : undefined;
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fraiseql-relay-pg-'));
+    const server = new LocalPostgres(dir, binDir, opts);
+    try {
+      if (owner) await fsp.chown(dir, owner.uid, owner.gid);
+      if (opts.ssl) await server.installSslFiles(opts.ssl, owner);
+      await makeData(server, owner, dir);
       for (let attempt = 1; ; attempt++) {
         server.portValue = await getFreePort();
         try {
@@ -158,6 +245,69 @@ export class LocalPostgres {
       await server.destroy().catch(() => undefined);
       throw err;
     }
+  }
+
+  /**
+   * Copies this running cluster into `target` as a base backup: `pg_backup_start` (`pg_start_backup`
+   * before 15, non-exclusive) on one session, the data directory copied file by file while the
+   * server runs, `pg_backup_stop` on the same session, and its label file written as `backup_label`
+   * (recovery starts from the checkpoint it names and replays the WAL written during the copy).
+   */
+  private async baseBackup(target: string, owner: OsUser | undefined): Promise<void> {
+    const client = new pg.Client({ connectionString: this.url() });
+    client.on('error', () => undefined);
+    await client.connect();
+    try {
+      const major = Math.floor(
+        Number((await client.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`)).rows[0]!.v) / 10000,
+      );
+      await client.query(
+        major >= 15
+          ? `SELECT pg_backup_start('fraiseql-relay standby', true)`
+          : `SELECT pg_start_backup('fraiseql-relay standby', true, false)`,
+      );
+      await copyDataDir(this.dataDir, target);
+      const stop = await client.query<{ labelfile: string; spcmapfile: string | null }>(
+        major >= 15
+          ? `SELECT labelfile, spcmapfile FROM pg_backup_stop(false)`
+          : `SELECT labelfile, spcmapfile FROM pg_stop_backup(false, false)`,
+      );
+      await fsp.writeFile(path.join(target, 'backup_label'), stop.rows[0]!.labelfile);
+      if (stop.rows[0]!.spcmapfile) await fsp.writeFile(path.join(target, 'tablespace_map'), stop.rows[0]!.spcmapfile);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+    await fsp.chmod(target, 0o700);
+    if (owner) await chownTree(target, owner);
+  }
+
+  /** Promotes a standby (`pg_promote`, waiting until it accepts writes). */
+  async promote(): Promise<void> {
+    const r = await this.query<{ ok: boolean }>(`SELECT pg_promote(true, 60) AS ok`);
+    if (!r.rows[0]?.ok) throw new Error(`PostgreSQL on port ${this.portValue} did not finish its promotion within 60 s`);
+  }
+
+  /** The directory of this server's initdb, pg_ctl and postgres. */
+  get binaries(): string {
+    return this.binDir;
+  }
+
+  /** Polls a query returning one row `{ ok }` until ok is true (at most `timeoutMs`). */
+  async waitFor(sql: string, params: unknown[], what: string, timeoutMs = 30_000, db = 'postgres'): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let last = '';
+    while (Date.now() < deadline) {
+      try {
+        if ((await this.query<{ ok: boolean }>(sql, params, db)).rows[0]?.ok) return;
+        last = '';
+      } catch (err) {
+        last = `: ${err instanceof Error ? err.message : String(err)}`;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(
+      `timed out after ${timeoutMs} ms waiting for ${what}${last}\n--- ${this.logFile} (tail) ---\n${await this.logTail(20)}`,
+    );
   }
 
   /** TCP port on 127.0.0.1 (stable across stop/start/kill). */
@@ -402,5 +552,36 @@ export class LocalPostgres {
     } catch {
       return '(no log)';
     }
+  }
+}
+
+/** Copies a live data directory for a base backup: what a backup leaves out is skipped, files that vanish meanwhile are ignored. */
+async function copyDataDir(from: string, to: string): Promise<void> {
+  await fsp.mkdir(to, { recursive: true, mode: 0o700 });
+  for (const e of await fsp.readdir(from, { withFileTypes: true })) {
+    const src = path.join(from, e.name);
+    const dst = path.join(to, e.name);
+    if (e.isDirectory()) {
+      if (BACKUP_EMPTIED_DIRS.has(e.name)) {
+        await fsp.mkdir(dst, { mode: 0o700 });
+        // PostgreSQL needs pg_wal/archive_status to exist
+        if (e.name === 'pg_wal') await fsp.mkdir(path.join(dst, 'archive_status'), { mode: 0o700 });
+        continue;
+      }
+      await copyDataDir(src, dst);
+    } else if (e.isFile() && !BACKUP_SKIPPED_FILES.has(e.name) && !e.name.startsWith('pgsql_tmp')) {
+      await fsp.copyFile(src, dst).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw err; // dropped while copying: WAL replay recreates what is needed
+      });
+    }
+  }
+}
+
+async function chownTree(dir: string, owner: OsUser): Promise<void> {
+  await fsp.chown(dir, owner.uid, owner.gid);
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) await chownTree(p, owner);
+    else await fsp.chown(p, owner.uid, owner.gid);
   }
 }

@@ -1,9 +1,9 @@
-import pg from 'pg';
+import type pg from 'pg';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Config } from '../config/load.js';
 import type { Logger } from '../util/log.js';
 import { errorMessage } from '../util/errors.js';
-import { connectionConfig, quoteIdent, rawTypes } from '../util/db.js';
+import { connectionConfig, DbClient, quoteIdent, rawTypes } from '../util/db.js';
 import { OUTBOX_COLUMNS, OutboxRouter, outboxRowChange } from '../route/outbox.js';
 import type { TupleValue } from '../source/types.js';
 import { JetStreamSink } from '../sink/jetstream.js';
@@ -81,7 +81,7 @@ export async function republishOutbox(
   log: Logger,
   window = 256,
 ): Promise<RepublishResult> {
-  const client = new pg.Client(connectionConfig(config.database.url, { types: rawTypes, application_name: 'fraiseql-relay replay' }));
+  const client = new DbClient(connectionConfig(config.database.url, { types: rawTypes, application_name: 'fraiseql-relay replay' }));
   client.on('error', () => {});
   await client.connect();
   const deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);

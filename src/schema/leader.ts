@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
-import pg from 'pg';
-import { connectionConfig } from '../util/db.js';
+import type pg from 'pg';
+import { connectionConfig, DbClient } from '../util/db.js';
 import type { Logger } from '../util/log.js';
 import { errorMessage, postgresConnectError } from '../util/errors.js';
 
@@ -59,7 +59,7 @@ export class LeaderLock {
     if (this.stopped || this.held) return;
     try {
       if (!this.client) {
-        const c = new pg.Client(connectionConfig(this.url, { application_name: leaderApplicationName() }));
+        const c = new DbClient(connectionConfig(this.url, { application_name: leaderApplicationName() }));
         c.on('error', () => {});
         c.on('end', () => this.lost('the leader connection to PostgreSQL closed'));
         await c.connect().catch((err: unknown) => {

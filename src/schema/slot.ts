@@ -100,6 +100,24 @@ export function lostSlotMessage(slot: string): string {
   );
 }
 
+/**
+ * The explanation and the way out when the slot is missing but this relay streamed from it before
+ * (`relay_state` records it): it was lost, most often in a failover to a standby without a
+ * synchronized copy. `recorded` names the relay_state row and what it says.
+ */
+export function goneSlotMessage(slot: string, recorded: string): string {
+  return (
+    `replication slot "${slot}" does not exist on this server, but this relay streamed from it before (${recorded}): the slot was lost. ` +
+    `Most likely PostgreSQL failed over to a standby that had no synchronized copy of it (PostgreSQL 16 and older have no failover ` +
+    `slots; on 17 and later the standby needs sync_replication_slots = on, see "High availability" in the README), or it was dropped. ` +
+    `Events committed after the last confirmed position may not have been published.\n` +
+    `  Way out: run \`fraiseql-relay reconcile --yes\`: it recreates the slot and re-publishes every retained outbox row committed ` +
+    `after the last confirmed event (same message ids, so JetStream drops what it already has); a running relay then streams from ` +
+    `the new slot by itself. Do not run \`migrate\` for this: it would create the slot at the current position, and the events ` +
+    `committed since the last confirmed one would never be published.`
+  );
+}
+
 export function slotPool(url: string): pg.Pool {
   const p = new pg.Pool({ ...connectionConfig(url, { application_name: 'fraiseql-relay monitor' }), max: 1 });
   p.on('error', () => {});

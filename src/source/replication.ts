@@ -1,6 +1,6 @@
-import pg from 'pg';
+import type pg from 'pg';
 import { both, type CopyBothQueryStream } from 'pg-copy-streams';
-import { connectionConfig, quoteLiteral } from '../util/db.js';
+import { connectionConfig, DbClient, quoteIdent, quoteLiteral } from '../util/db.js';
 import type { Logger } from '../util/log.js';
 import { SlotError, SlotLostError } from '../util/errors.js';
 import type { Lsn } from './types.js';
@@ -8,7 +8,7 @@ import { formatLsn } from './lsn.js';
 import { standbyStatus } from './frames.js';
 import type { PluginName } from './decoder.js';
 import { startReplicationSql, type StartOptions, type StreamedTable } from './plugin.js';
-import { readSlot } from '../schema/slot.js';
+import { goneSlotMessage, readSlot } from '../schema/slot.js';
 
 export interface ReplicationOptions {
   url: string;
@@ -65,7 +65,7 @@ export class ReplicationConnection {
 
   static async open(opts: ReplicationOptions): Promise<ReplicationConnection> {
     const plugin = opts.plugin ?? 'pgoutput';
-    const client = new pg.Client(
+    const client = new DbClient(
       connectionConfig(opts.url, {
         replication: 'database',
         // values leave the walsender as text in a fixed, lossless form (the same for every plugin),
@@ -80,6 +80,8 @@ export class ReplicationConnection {
       // readSlot's query has no bind parameters: a replication connection only speaks the simple query protocol
       const row = await readSlot(client, opts.slot);
       if (!row.exists) {
+        const recorded = await streamedBefore(client, opts.slot);
+        if (recorded !== null) throw new SlotError(goneSlotMessage(opts.slot, recorded));
         throw new SlotError(
           `replication slot "${opts.slot}" does not exist; run \`fraiseql-relay migrate\` to create it (events committed before it exists are not streamed)`,
         );
@@ -251,4 +253,31 @@ function pluginError(err: unknown, slot: string): Error {
     );
   }
   return err instanceof Error ? err : new Error(msg);
+}
+
+/**
+ * Whether a relay streamed from `slot` before on this database: the `relay_state` row of a relay
+ * schema (any schema with a relay_state table this role may read) names it. A slot that is missing
+ * although it was streamed was lost (a failover without a synchronized copy, or dropped): `migrate`
+ * must not simply create it again. Simple protocol only, as on every replication connection.
+ * Returns what the row says, for the message, or null.
+ */
+async function streamedBefore(client: pg.Client, slot: string): Promise<string | null> {
+  try {
+    const schemas = await client.query<{ nspname: string }>(
+      `SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relname = 'relay_state' AND c.relkind IN ('r', 'p') AND has_table_privilege(c.oid, 'SELECT')
+        ORDER BY n.nspname`,
+    );
+    for (const { nspname } of schemas.rows) {
+      const r = await client.query<{ lsn: string | null; at: string | null }>(
+        `SELECT confirmed_lsn::text AS lsn, updated_at::text AS at FROM ${quoteIdent(nspname)}.relay_state WHERE slot = ${quoteLiteral(slot)}`,
+      );
+      const row = r.rows[0];
+      if (row) return `${nspname}.relay_state: confirmed up to ${row.lsn ?? '?'}, last written ${row.at ?? '?'}`;
+    }
+  } catch {
+    // not readable: say what is known without it
+  }
+  return null;
 }

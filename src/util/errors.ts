@@ -11,6 +11,8 @@
  *   ├─ PublishFailedError    a publish failed for a reason of NATS: the session reconnects
  *   └─ PublishRefusedError   JetStream answered a publish with an error
  */
+import { parsePgUrl } from './pgurl.js';
+
 export class RelayError extends Error {
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
@@ -56,6 +58,11 @@ export class PublishRefusedError extends RelayError {
 /** `host:port/database` of a PostgreSQL URL, for messages (no user, no password). */
 export function pgWhere(url: string): string {
   try {
+    // several hosts (libpq's `host1:port1,host2:port2`): every one of them
+    const parsed = parsePgUrl(url);
+    if (parsed && parsed.hosts.length > 1) {
+      return `${parsed.hosts.map((h) => h.label).join(',')}${parsed.path.length > 1 ? parsed.path : ''}`;
+    }
     const u = new URL(url);
     return `${u.hostname || 'localhost'}${u.port ? ':' + u.port : ''}${u.pathname && u.pathname !== '/' ? u.pathname : ''}`;
   } catch {

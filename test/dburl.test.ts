@@ -1,0 +1,168 @@
+/**
+ * Database URLs with several hosts, as libpq reads them (`host1:port1,host2:port2` and
+ * `target_session_attrs`): the parsing, and against real servers that every kind of connection
+ * the relay opens (a single client, a pool, the replication connection) reaches the server asked for.
+ */
+import { test, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import pg from 'pg';
+import { parsePgUrl, PgUrlError } from '../src/util/pgurl.js';
+import { connect, connectionConfig, DbClient } from '../src/util/db.js';
+import { pgWhere, UsageError } from '../src/util/errors.js';
+import { LocalPostgres } from '../src/local/postgres.js';
+import { getFreePort } from '../src/local/ports.js';
+import { ROOT } from './fixture.js';
+
+describe('parsePgUrl', () => {
+  test('every host of the list, in order, each with its port (or the default)', () => {
+    const p = parsePgUrl('postgresql://relay:s3cr%40t@db-a:5432,db-b,[::1]:6543/orders?sslmode=require&target_session_attrs=read-write')!;
+    assert.deepEqual(
+      p.hosts.map((h) => [h.host, h.port, h.label]),
+      [
+        ['db-a', 5432, 'db-a:5432'],
+        ['db-b', undefined, 'db-b:5432'],
+        ['::1', 6543, '[::1]:6543'],
+      ],
+    );
+    assert.equal(p.targetSessionAttrs, 'read-write');
+    assert.equal(p.path, '/orders');
+    // one URL per host for node-postgres: the credentials and every other parameter kept, target_session_attrs gone
+    assert.equal(p.forHost(p.hosts[1]!), 'postgresql://relay:s3cr%40t@db-b/orders?sslmode=require');
+    assert.equal(p.forHost(p.hosts[2]!), 'postgresql://relay:s3cr%40t@[::1]:6543/orders?sslmode=require');
+  });
+
+  test('one host and no target_session_attrs: any server, the URL unchanged', () => {
+    const p = parsePgUrl('postgres://u@localhost:5433/app')!;
+    assert.equal(p.targetSessionAttrs, 'any');
+    assert.deepEqual(
+      p.hosts.map((h) => h.label),
+      ['localhost:5433'],
+    );
+    assert.equal(p.forHost(p.hosts[0]!), 'postgres://u@localhost:5433/app');
+    assert.deepEqual(parsePgUrl('postgres:///app?target_session_attrs=primary')!.hosts, []);
+    assert.equal(parsePgUrl('postgres:///app?target_session_attrs=primary')!.withoutHostChoice, 'postgres:///app');
+  });
+
+  test("libpq's values of target_session_attrs; anything else is refused, naming them", () => {
+    for (const v of ['any', 'read-write', 'read-only', 'primary', 'standby', 'prefer-standby']) {
+      assert.equal(parsePgUrl(`postgres://a,b/db?target_session_attrs=${v}`)!.targetSessionAttrs, v);
+    }
+    assert.throws(
+      () => parsePgUrl('postgres://a,b/db?target_session_attrs=master'),
+      (e: Error) => {
+        assert.ok(e instanceof PgUrlError);
+        assert.match(e.message, /invalid target_session_attrs value "master".*read-write/);
+        return true;
+      },
+    );
+    assert.throws(() => parsePgUrl('postgres://a,,b/db'), PgUrlError);
+    assert.throws(() => parsePgUrl('postgres://a:99999/db'), PgUrlError);
+    assert.throws(() => connectionConfig('postgres://a,b/db?target_session_attrs=rw'), UsageError);
+  });
+
+  test('a key=value connection string is not a URL: left to node-postgres as it is', () => {
+    assert.equal(parsePgUrl('host=db-a port=5432 dbname=app'), null);
+  });
+
+  test('messages name every server, never the password', () => {
+    assert.equal(pgWhere('postgres://u:hunter2@db-a:5432,db-b:5433/app?target_session_attrs=read-write'), 'db-a:5432,db-b:5433/app');
+    assert.equal(pgWhere('postgres://u:hunter2@db-a:5432/app'), 'db-a:5432/app');
+  });
+
+  test('connectionConfig: one target per host, each with the URL tweaks; pools get DbClient', () => {
+    const c = connectionConfig('postgres://u:pw@a:1,b:2/app?dbname=orders&target_session_attrs=primary', { application_name: 'x' });
+    assert.equal(c.Client, DbClient);
+    assert.equal(c.targetSessionAttrs, 'primary');
+    assert.deepEqual(
+      c.dbTargets.map((t) => [t.label, t.connectionString]),
+      [
+        ['a:1', 'postgres://u:pw@a:1/orders'],
+        ['b:2', 'postgres://u:pw@b:2/orders'],
+      ],
+    );
+    assert.equal(c.connectionString, 'postgres://u:pw@a:1/orders');
+    assert.equal(c.application_name, 'x');
+  });
+});
+
+test('every PostgreSQL connection of src/ goes through connectionConfig with DbClient (a plain pg.Client reaches only the first host)', () => {
+  const files = (dir: string): string[] =>
+    readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+      e.isDirectory() ? files(join(dir, e.name)) : e.name.endsWith('.ts') ? [join(dir, e.name)] : [],
+    );
+  const bad: string[] = [];
+  for (const f of files(join(ROOT, 'src'))) {
+    const name = relative(ROOT, f);
+    // the throwaway local servers connect to themselves; db.ts asks each server with a plain client
+    if (name.startsWith('src/local/') || name === 'src/util/db.ts') continue;
+    const text = readFileSync(f, 'utf8');
+    for (const m of text.matchAll(/new pg\.(Client|Pool)\(([^;]*)/g)) {
+      const line = text.slice(0, m.index).split('\n').length;
+      if (m[1] === 'Client' || !m[2]!.includes('connectionConfig(')) bad.push(`${name}:${line}: new pg.${m[1]}(${m[2]!.slice(0, 60)}`);
+    }
+  }
+  assert.deepEqual(bad, []);
+});
+
+test('multi-host URLs against real servers: read-write skips a down server and a read-only one, for clients, pools and replication', async () => {
+  // a read-only server (default_transaction_read_only = on) is what libpq's read-write refuses, like a standby
+  const [ro, rw] = await Promise.all([LocalPostgres.start({ settings: { default_transaction_read_only: 'on' } }), LocalPostgres.start()]);
+  const down = await getFreePort();
+  try {
+    const hosts = `127.0.0.1:${down},127.0.0.1:${ro.port},127.0.0.1:${rw.port}`;
+    const url = (attrs: string) => `postgres://postgres:not-shown@${hosts}/postgres?target_session_attrs=${attrs}`;
+    const portOf = async (c: pg.ClientBase) => Number((await c.query<{ p: string }>(`SELECT current_setting('port') AS p`)).rows[0]!.p);
+
+    for (const [attrs, port] of [
+      ['read-write', rw.port],
+      ['any', ro.port],
+      ['read-only', ro.port],
+      ['primary', ro.port], // not in recovery: primary does not look at read-only sessions
+    ] as const) {
+      const c = await connect(url(attrs));
+      try {
+        assert.equal(await portOf(c), port, attrs);
+      } finally {
+        await c.end();
+      }
+    }
+
+    // a pool built from connectionConfig connects each client the same way
+    const pool = new pg.Pool({ ...connectionConfig(url('read-write')), max: 2 });
+    try {
+      assert.equal(await portOf(pool as unknown as pg.ClientBase), rw.port, 'pool');
+    } finally {
+      await pool.end();
+    }
+
+    // the replication connection too (a walsender answers SQL on replication=database)
+    const repl = new DbClient(connectionConfig(url('read-write'), { replication: 'database' } as pg.ClientConfig));
+    await repl.connect();
+    try {
+      assert.equal(repl.server, `127.0.0.1:${rw.port}`);
+      assert.equal((await repl.query('IDENTIFY_SYSTEM')).rows.length, 1);
+    } finally {
+      await repl.end();
+    }
+
+    // none fits: every server and why, never the password
+    await assert.rejects(
+      connect(`postgres://postgres:not-shown@127.0.0.1:${down},127.0.0.1:${ro.port}/postgres?target_session_attrs=read-write`),
+      (e: Error) => {
+        assert.match(e.message, new RegExp(`127\\.0\\.0\\.1:${down}: .*ECONNREFUSED`));
+        assert.match(e.message, new RegExp(`127\\.0\\.0\\.1:${ro.port}: its sessions are read-only`));
+        assert.doesNotMatch(e.message, /not-shown/);
+        return true;
+      },
+    );
+    // one host is checked on the connection itself
+    await assert.rejects(
+      connect(`postgres://postgres@127.0.0.1:${ro.port}/postgres?target_session_attrs=read-write`),
+      /does not accept target_session_attrs=read-write sessions: its sessions are read-only/,
+    );
+  } finally {
+    await Promise.all([ro.destroy(), rw.destroy()]);
+  }
+});
