@@ -32,6 +32,7 @@ import { InboxExecutor, checkHandler } from '../inbound/inbox.js';
 import { ensureConsumer } from '../inbound/durable.js';
 import type { DurableUpkeep } from '../inbound/loop.js';
 import { InboundWorker, type HandlerOutcome } from '../inbound/worker.js';
+import { RedisInboundWorker } from '../inbound/redis.js';
 import { WebhookWorker } from '../webhook/worker.js';
 import { WebhookSink } from '../webhook/sink.js';
 import { resolveWebhookTarget, type WebhookOutcome, type WebhookTarget } from '../webhook/deliver.js';
@@ -282,6 +283,55 @@ export class Relay extends EventEmitter<RelayEvents> {
       await this.startWebhookWorkers(webhooks);
       if (config.observers.subscribe.length > 0) await this.startInbound();
     }
+    if (redis && config.observers.subscribe.length > 0) await this.startRedisInbound();
+  }
+
+  /** backend = "redis": one consumer group and `concurrency` readers per [[observers.subscribe]]. */
+  private async startRedisInbound(): Promise<void> {
+    const { config } = this;
+    const log = this.log.child({ component: 'inbound' });
+    const subs = config.observers.subscribe;
+    const problems: string[] = [];
+    for (const s of subs) {
+      if (/[*>]/.test(s.subject)) {
+        problems.push(`[[observers.subscribe]] subject ${s.subject}: with backend = "redis" a subject names one stream: no wildcards`);
+      }
+      if (s.order_by !== null) {
+        problems.push(`[[observers.subscribe]] subject ${s.subject}: order_by is not supported with backend = "redis" yet`);
+      }
+    }
+    await withClient(config.database.url, async (c) => {
+      for (const s of subs) {
+        const p = await checkHandler(c, s.handler);
+        if (p) problems.push(`[[observers.subscribe]] subject ${s.subject}: ${p}`);
+      }
+    });
+    if (problems.length > 0) throw new UsageError(problems.join('\n'));
+    this.inbox = new InboxExecutor(config.database.url, config.relay.schema, subs.reduce((a, s) => a + s.concurrency, 0) + 1);
+    for (const rule of subs) {
+      const w = new RedisInboundWorker({
+        redis: this.redis!,
+        config: config.relay.redis,
+        rule,
+        inbox: this.inbox,
+        deadLetters: this.deadLetters!,
+        onOutcome: (consumer, outcome, seconds) => this.onHandler(consumer, outcome, seconds),
+        log: log.child({ consumer: rule.consumer }),
+        keys: this.keys,
+      });
+      await w.start();
+      this.workers.push(w);
+    }
+  }
+
+  private onHandler(consumer: string, outcome: HandlerOutcome, seconds?: number): void {
+    const s = this.inbound;
+    if (outcome === 'applied') s.applied++;
+    else if (outcome === 'duplicate') s.duplicates++;
+    else if (outcome === 'failed') s.failed++;
+    else s.deadLettered++;
+    this.emit('handler', consumer, outcome, seconds ?? null);
+    if (outcome === 'dead_lettered') this.emit('deadLetter', 'inbound', null);
   }
 
   /** backend = "redis": the relay's Redis connection (null before start, and with any other backend). */
