@@ -288,6 +288,15 @@ test('no failover slot (PostgreSQL 16 and older): after the promotion the relay 
     assert.match(said, /Do not run `migrate` for this/);
     assert.equal(relay.fatalError, null, 'the relay waits for the slot (and streams again once reconcile recreated it)');
 
+    // a relay (re)started now refuses with the same explanation: `migrate` would create the slot empty
+    await assert.rejects(env.startRelay(), (e: Error) => {
+      assert.match(
+        e.message,
+        new RegExp(`^run refused: replication slot "${slot}" does not exist on this server, but this relay streamed from it before`),
+      );
+      assert.match(e.message, /run `fraiseql-relay reconcile --yes`/);
+      return true;
+    });
     // what the operator does: reconcile recreates the slot and re-publishes the retained outbox rows
     await runReconcile(env.config(), createLogger('silent'), { yes: true, force: false, margin: '5m' });
     // and the running relay streams from the recreated slot by itself: one more event arrives

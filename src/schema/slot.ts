@@ -114,7 +114,7 @@ export function goneSlotMessage(slot: string, recorded: string): string {
     `  Way out: run \`fraiseql-relay reconcile --yes\`: it recreates the slot and re-publishes every retained outbox row committed ` +
     `after the last confirmed event (same message ids, so JetStream drops what it already has); a running relay then streams from ` +
     `the new slot by itself. Do not run \`migrate\` for this: it would create the slot at the current position, and the events ` +
-    `committed since the last confirmed one would never be published.`
+    `committed since the last confirmed one would never be published (after a deliberate \`teardown\`, \`migrate\` is right).`
   );
 }
 
