@@ -27,8 +27,10 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
   const olog = log.child({ component: 'health' });
   const outbound = needsSlot(config);
   const nats = config.observers.backend === 'nats';
+  const redis = config.observers.backend === 'redis';
   health.register('postgres', 'not connected to PostgreSQL yet');
   if (nats) health.register('nats', 'not connected to NATS yet');
+  if (redis) health.register('redis', 'not connected to Redis yet');
   if (outbound) {
     health.register('heartbeat', 'no heartbeat has come back yet');
     health.register('slot', 'slot not inspected yet');
@@ -85,6 +87,11 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
     if (!up) metrics.reconnects.inc({ target: 'nats' });
     health.set('nats', up, 'NATS is unreachable');
   });
+  relay.on('redis', (up) => {
+    metrics.up.set({ target: 'redis' }, up ? 1 : 0);
+    if (!up) metrics.reconnects.inc({ target: 'redis' });
+    health.set('redis', up, 'Redis is unreachable');
+  });
   relay.on('handler', (consumer, outcome, seconds) => {
     metrics.handlerCalls.inc({ consumer, outcome });
     if (seconds !== null) metrics.handlerDuration.observe({ consumer }, seconds);
@@ -114,11 +121,11 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
     if (silent > config.relay.heartbeat_timeout) {
       const where =
         o.lastFailure === 'nats' && o.lastError
-          ? `publishing to JetStream fails (${o.lastError})`
+          ? `publishing to ${redis ? 'Redis' : 'JetStream'} fails (${o.lastError})`
           : !o.connected
             ? `the replication connection is down (${o.lastError ?? 'connecting'})`
             : o.inFlight.messages > 0
-              ? `${o.inFlight.messages} messages are waiting for JetStream acknowledgements`
+              ? `${o.inFlight.messages} messages are waiting for ${redis ? 'Redis' : 'JetStream'} acknowledgements`
               : 'changes are not arriving from PostgreSQL (is the walsender stuck, or the slot in use elsewhere?)';
       health.set('heartbeat', false, `no heartbeat back for ${Math.round(silent / 1000)} s: ${where}`);
       if (!stuckLogged) olog.warn({ silent_ms: silent, where }, 'no heartbeat came back in time: the data path is stuck');
@@ -132,7 +139,7 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
 
   // consumers' pending and redelivered counts
   const consumerTimer =
-    config.observers.subscribe.length > 0 && nats
+    config.observers.subscribe.length > 0 && (nats || redis)
       ? setInterval(() => {
           relay.consumers().then(
             (list) => {
@@ -161,6 +168,7 @@ async function openDaemon(config: Config, log: Logger, opts: RelayOptions): Prom
   const metrics = new RelayMetrics({
     version: VERSION,
     nats: config.observers.backend === 'nats',
+    redis: config.observers.backend === 'redis',
     consumers: config.observers.subscribe.map((s) => s.consumer),
     subjects: requiredSubjects(config).filter((s) => !/[*>]/.test(s)),
     deadLetterCounts: () => relay.deadLetterCounts(),

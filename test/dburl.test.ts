@@ -147,6 +147,12 @@ test('multi-host URLs against real servers: read-write skips a down server and a
       await repl.end();
     }
 
+    // ended while the servers are being asked (a relay stopping during an outage): nothing is opened after all
+    const early = new DbClient(connectionConfig(url('read-write')));
+    const connecting = early.connect();
+    await early.end();
+    await assert.rejects(connecting, /Connection terminated/);
+
     // none fits: every server and why, never the password
     await assert.rejects(
       connect(`postgres://postgres:not-shown@127.0.0.1:${down},127.0.0.1:${ro.port}/postgres?target_session_attrs=read-write`),

@@ -17,6 +17,7 @@ import { inspectOwnership, ownershipProbes } from '../schema/ownership.js';
 import { namesProbe, resolveNames } from '../schema/names.js';
 import { probeStream } from '../sink/stream.js';
 import { loadMutationMap, type MutationInfo } from '../route/changelog.js';
+import { probeRedis } from './check-redis.js';
 
 type Status = 'ok' | 'warn' | 'fail';
 interface Probe {
@@ -419,6 +420,7 @@ export async function runCheck(config: Config, _log: Logger, opts: { json?: bool
   const out: Probe[] = [{ what: 'config', status: 'ok', detail: config.file }, ...serviceProbes(config)];
   await probePostgres(config, out);
   await probeNats(config, out);
+  if (config.observers.backend === 'redis') out.push(...(await probeRedis(config)));
   const ok = !out.some((p) => p.status === 'fail');
   if (opts.json) {
     process.stdout.write(JSON.stringify({ ok, probes: out.map(({ what, status, detail }) => ({ what, status, detail })) }, null, 2) + '\n');

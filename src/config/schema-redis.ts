@@ -2,7 +2,7 @@
 import { z } from 'zod';
 import { checked, duration, DURATION_LIMITS, int, table } from './fields.js';
 
-export const redisShape = {
+const redisShape = {
   // stream key = stream_prefix + subject; the de-duplication keys are <stream_prefix>dedup:<event id>:<subject>
   stream_prefix: checked('a key prefix such as "fraiseql:"', (s) =>
     /^[\x21-\x7e]*$/.test(s) ? undefined : 'must be printable ASCII without spaces (it starts every stream key)',

@@ -14,7 +14,7 @@
  *   exponential), claimed anew so that its count grows.
  */
 import { hostname } from 'node:os';
-import type { RedisConfig, SubscribeRule } from '../config/load.js';
+import type { Config, RedisConfig, SubscribeRule } from '../config/load.js';
 import type { Logger } from '../util/log.js';
 import { storableKey, type DeadLetter, type DeadLetterWriter } from '../sink/deadletter.js';
 import { errorMessage } from '../util/errors.js';
@@ -37,8 +37,33 @@ interface Entry {
   deliveries: number;
 }
 
+/** The subscriptions' consumer groups as Redis reports them (XINFO GROUPS; `lag` needs Redis 7). */
+export async function redisGroups(
+  redis: RedisLink,
+  config: Config,
+): Promise<{ consumer: string; stream: string; pending: number; redelivered: number }[]> {
+  const out: { consumer: string; stream: string; pending: number; redelivered: number }[] = [];
+  for (const sub of config.observers.subscribe) {
+    const key = streamKey(config.relay.redis, sub.subject);
+    let groups: (string | number | null)[][];
+    try {
+      groups = await redis.sendCommand<(string | number | null)[][]>(['XINFO', 'GROUPS', key]);
+    } catch {
+      continue; // no stream yet
+    }
+    for (const g of groups) {
+      const info = new Map<string, string | number | null>();
+      for (let i = 0; i + 1 < g.length; i += 2) info.set(String(g[i]), g[i + 1]!);
+      if (info.get('name') !== sub.consumer) continue;
+      const pending = Number(info.get('pending') ?? 0) + Number(info.get('lag') ?? 0);
+      out.push({ consumer: sub.consumer, stream: key, pending, redelivered: 0 });
+    }
+  }
+  return out;
+}
+
 /** Creates the consumer group (reading the stream from its start) unless it exists. */
-export async function ensureGroup(redis: RedisLink, key: string, group: string): Promise<boolean> {
+async function ensureGroup(redis: RedisLink, key: string, group: string): Promise<boolean> {
   try {
     await redis.sendCommand(['XGROUP', 'CREATE', key, group, '0', 'MKSTREAM']);
     return true;
@@ -105,6 +130,8 @@ class Reader {
   ) {
     // a blocking read has its own connection: it would hold up every other command on a shared one
     this.conn = o.redis.duplicate();
+    // node-redis throws an 'error' event nobody listens to; the shared connection reports the state
+    this.conn.on('error', (err: Error) => o.log.debug({ err: errorMessage(err) }, 'reader connection error'));
     this.blockMs = o.blockMs ?? Math.max(50, Math.min(2000, Math.floor(o.rule.ack_wait / 2)));
     this.keepAlive = setInterval(() => void this.refresh(), Math.max(500, Math.floor(o.rule.ack_wait / 2)));
     this.keepAlive.unref();

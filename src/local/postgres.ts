@@ -287,11 +287,6 @@ export class LocalPostgres {
     if (!r.rows[0]?.ok) throw new Error(`PostgreSQL on port ${this.portValue} did not finish its promotion within 60 s`);
   }
 
-  /** The directory of this server's initdb, pg_ctl and postgres. */
-  get binaries(): string {
-    return this.binDir;
-  }
-
   /** Polls a query returning one row `{ ok }` until ok is true (at most `timeoutMs`). */
   async waitFor(sql: string, params: unknown[], what: string, timeoutMs = 30_000, db = 'postgres'): Promise<void> {
     const deadline = Date.now() + timeoutMs;

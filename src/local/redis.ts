@@ -32,7 +32,7 @@ interface Running {
  * Path of `redis-server`: `$REDIS_SERVER_BIN`, else PATH, else `/usr/bin/redis-server`.
  * @throws MissingBinaryError naming `redis-server` and how to install it.
  */
-export function findRedisServer(): string {
+function findRedisServer(): string {
   const hint = 'Install it with `apt-get install -y redis-server` (Debian/Ubuntu), or set REDIS_SERVER_BIN to its path.';
   const executable = (f: string) => {
     try {

@@ -1,5 +1,5 @@
 /** What readiness is made of: each component must be ok for `/readyz` to answer 200. */
-export type HealthComponent = 'postgres' | 'nats' | 'slot' | 'heartbeat' | 'consumers';
+export type HealthComponent = 'postgres' | 'nats' | 'redis' | 'slot' | 'heartbeat' | 'consumers';
 
 export interface Readiness {
   ready: boolean;

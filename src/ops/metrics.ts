@@ -10,6 +10,8 @@ export interface RelayMetricsOptions {
   now?: () => number;
   /** false: the relay uses no NATS (backend = "webhook"): no `up{target="nats"}` series */
   nats?: boolean;
+  /** true: backend = "redis": an `up{target="redis"}` series (and no nats one) */
+  redis?: boolean;
   /** the package version, for `build_info` */
   version?: string;
   /** configured durable consumers: their counters start at 0 */
@@ -288,6 +290,7 @@ export class RelayMetrics {
     this.up.set({ target: 'postgres' }, 0);
     // a relay without NATS (backend = "webhook") has no nats series at all, rather than a 0 that never changes
     if (opts.nats !== false) this.up.set({ target: 'nats' }, 0);
+    if (opts.redis === true) this.up.set({ target: 'redis' }, 0);
 
     this.buildInfo = new Gauge({
       name: `${p}build_info`,
@@ -339,7 +342,7 @@ export class RelayMetrics {
     // rate() or increase() alert sees the first increment after a restart
     for (const d of DEAD_LETTER_DIRECTIONS) this.deadLetters.inc({ direction: d }, 0);
     for (const k of ['transient', 'permanent']) this.publishErrors.inc({ kind: k }, 0);
-    for (const t of ['postgres', 'nats']) this.reconnects.inc({ target: t }, 0);
+    for (const t of ['postgres', opts.redis === true ? 'redis' : 'nats']) this.reconnects.inc({ target: t }, 0);
     for (const o of ['delivered', 'retried', 'dead_lettered']) this.webhookDeliveries.inc({ outcome: o }, 0);
     for (const consumer of opts.consumers ?? []) {
       for (const outcome of HANDLER_OUTCOMES) this.handlerCalls.inc({ consumer, outcome }, 0);

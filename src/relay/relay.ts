@@ -32,7 +32,7 @@ import { InboxExecutor, checkHandler } from '../inbound/inbox.js';
 import { ensureConsumer } from '../inbound/durable.js';
 import type { DurableUpkeep } from '../inbound/loop.js';
 import { InboundWorker, type HandlerOutcome } from '../inbound/worker.js';
-import { RedisInboundWorker } from '../inbound/redis.js';
+import { RedisInboundWorker, redisGroups } from '../inbound/redis.js';
 import { WebhookWorker } from '../webhook/worker.js';
 import { WebhookSink } from '../webhook/sink.js';
 import { resolveWebhookTarget, type WebhookOutcome, type WebhookTarget } from '../webhook/deliver.js';
@@ -496,8 +496,13 @@ export class Relay extends EventEmitter<RelayEvents> {
     return this.deadLetters ? this.deadLetters.counts() : {};
   }
 
-  /** Pending and redelivered counts of the subscriptions' durable consumers (asks NATS). */
+  /**
+   * Pending and redelivered counts of the subscriptions' durable consumers (asks NATS). With
+   * backend = "redis", of their consumer groups: pending = entries not yet delivered to the group
+   * (its lag) plus those delivered and not acknowledged; redelivered = 0 (Redis does not count it per group).
+   */
   async consumers(): Promise<ConsumerState[]> {
+    if (this.redis) return redisGroups(this.redis, this.config);
     const nc = this.nc;
     if (!nc) return [];
     const jsm = await jetstreamManager(nc);

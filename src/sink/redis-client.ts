@@ -35,10 +35,12 @@ export interface RedisConnectOptions {
   onStatus?: (up: boolean) => void;
   /** CLIENT SETNAME, shown by CLIENT LIST */
   name?: string;
+  /** one attempt, no reconnection (`check`, `status`): a Redis that is down fails at once */
+  once?: boolean;
 }
 
 /** A client not yet connected: call `connect()`; it reconnects by itself from then on. */
-export function redisClient(opts: RedisConnectOptions): RedisLink {
+function redisClient(opts: RedisConnectOptions): RedisLink {
   const client = createClient({
     url: opts.url,
     RESP: 2,
@@ -46,7 +48,9 @@ export function redisClient(opts: RedisConnectOptions): RedisLink {
     name: opts.name ?? 'fraiseql-relay',
     socket: {
       connectTimeout: 5000,
-      reconnectStrategy: (retries: number) => Math.min(100 * 2 ** Math.min(retries, 5), 2000) + Math.floor(Math.random() * 100),
+      reconnectStrategy: opts.once
+        ? false
+        : (retries: number) => Math.min(100 * 2 ** Math.min(retries, 5), 2000) + Math.floor(Math.random() * 100),
     },
   }) as unknown as RedisLink;
   watch(client, opts);

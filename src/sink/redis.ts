@@ -47,7 +47,7 @@ export function streamKey(config: RedisConfig, subject: string): string {
 }
 
 /** The de-duplication key of a message: `<stream_prefix>dedup:<event id>:<subject>`. */
-export function dedupKey(config: RedisConfig, eventId: string, subject: string): string {
+function dedupKey(config: RedisConfig, eventId: string, subject: string): string {
   return `${config.stream_prefix}dedup:${eventId}:${subject}`;
 }
 

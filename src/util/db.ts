@@ -171,12 +171,26 @@ export class DbClient extends pg.Client {
       Client: _c,
       ...rest
     } = c as DbConfig & { replication?: unknown };
-    this.probeConfig = { ...rest, connectionTimeoutMillis: c.connectionTimeoutMillis || PROBE_TIMEOUT_MS };
+    // its own application_name: a probe is not the connection (a leader lock's, say) that `status` looks for
+    this.probeConfig = {
+      ...rest,
+      application_name: 'fraiseql-relay probe',
+      connectionTimeoutMillis: c.connectionTimeoutMillis || PROBE_TIMEOUT_MS,
+    };
     this.serverState = watchServerState(this);
   }
 
   /** The server this client connected to (`host:port`), once connected. */
   server = '';
+  /** end() was called: a connection still being chosen must not be opened after all */
+  private ended = false;
+
+  override end(): Promise<void>;
+  override end(callback: (err: Error) => void): void;
+  override end(callback?: (err: Error) => void): Promise<void> | void {
+    this.ended = true;
+    return callback ? super.end(callback) : super.end();
+  }
 
   override connect(): Promise<pg.Client>;
   override connect(callback: (err: Error) => void): void;
@@ -195,7 +209,8 @@ export class DbClient extends pg.Client {
       return super.connect();
     }
     const chosen = this.targets.length === 1 ? this.targets[0]! : await this.choose();
-    // the stream pg.Pool destroys when its connectionTimeoutMillis passes while the servers are asked
+    // ended while the servers were asked (pg.Pool destroys the stream when its connectionTimeoutMillis passes)
+    if (this.ended) throw new Error('Connection terminated');
     if ((this.connection as unknown as { stream?: { destroyed?: boolean } }).stream?.destroyed) throw new Error('timeout expired');
     // pg.Client connects to this.host and this.port (its connectionParameters hold the same, for its own use)
     const params = (this as unknown as { connectionParameters: { host?: string; port?: number } }).connectionParameters;

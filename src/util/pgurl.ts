@@ -10,10 +10,10 @@
  */
 
 /** libpq's `target_session_attrs` values (PostgreSQL 14 and later). */
-export const TARGET_SESSION_ATTRS = ['any', 'read-write', 'read-only', 'primary', 'standby', 'prefer-standby'] as const;
+const TARGET_SESSION_ATTRS = ['any', 'read-write', 'read-only', 'primary', 'standby', 'prefer-standby'] as const;
 export type TargetSessionAttrs = (typeof TARGET_SESSION_ATTRS)[number];
 
-export interface PgUrlHost {
+interface PgUrlHost {
   /** the host as the URL writes it (percent-encoded, IPv6 in brackets) */
   raw: string;
   /** the host to connect to: decoded, without IPv6 brackets; a path starting with `/` is a socket directory */
