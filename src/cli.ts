@@ -14,6 +14,7 @@ import { runDemo } from './commands/demo.js';
 import { dlqList, dlqRetry, dlqPurge } from './commands/dlq.js';
 import { runStatus } from './commands/status.js';
 import { runReplay, runReconcile } from './commands/replay.js';
+import { backfillCancel, backfillStatus, runBackfill } from './commands/backfill.js';
 
 interface GlobalOpts {
   config: string;
@@ -161,6 +162,58 @@ export function buildProgram(): Command {
         const { config, log } = setup(o);
         return runReconcile(config, log, { yes: o.yes === true, force: o.force === true, margin: o.margin });
       }),
+    );
+
+  withCommon(program.command('backfill'))
+    .description("publish a table's existing rows as READ events on its rules' subjects, while the relay keeps streaming")
+    .argument('[table]', 'a table of [[observers.rules]] (may be schema-qualified)')
+    .option('--subject <subject>', "only this one of the table's rule subjects")
+    .option('--where <sql>', "only rows where this SQL condition holds (besides the rules' own where)")
+    .option('--chunk-size <n>', 'rows per chunk (1-100000)', '1000')
+    .option('--rate <rows>', 'at most this many rows per second')
+    .option('--detach', 'only request it: print its id and exit (the relay does the work)')
+    .option('--status', 'list open and recent backfills with their progress')
+    .option('--cancel [id]', 'cancel a backfill (default: every open one); the relay stops within one chunk')
+    .option('--json', 'machine-readable output')
+    .addHelpText(
+      'after',
+      "\nThe active relay (`fraiseql-relay run`) does the work: this command writes the request into the relay schema's\n" +
+        'backfill table and follows its progress (Ctrl-C stops following, not the backfill). A relay that restarts resumes\n' +
+        'at the last chunk JetStream acknowledged.',
+    )
+    .action(
+      (
+        table: string | undefined,
+        o: GlobalOpts & {
+          subject?: string;
+          where?: string;
+          chunkSize: string;
+          rate?: string;
+          detach?: boolean;
+          status?: boolean;
+          cancel?: string | boolean;
+          json?: boolean;
+        },
+      ) =>
+        guard(async () => {
+          const { config } = setup(o);
+          const json = o.json === true;
+          if (o.status === true) return backfillStatus(config, { json });
+          if (o.cancel !== undefined) {
+            const id = o.cancel === true ? null : Number(o.cancel);
+            if (id !== null && !Number.isInteger(id)) throw new UsageError(`--cancel takes a backfill id (got ${String(o.cancel)})`);
+            return backfillCancel(config, id, { json });
+          }
+          return runBackfill(config, {
+            ...(table === undefined ? {} : { table }),
+            ...(o.subject === undefined ? {} : { subject: o.subject }),
+            ...(o.where === undefined ? {} : { where: o.where }),
+            chunkSize: Number(o.chunkSize),
+            ...(o.rate === undefined ? {} : { rate: Number(o.rate) }),
+            detach: o.detach === true,
+            json,
+          });
+        }),
     );
 
   const dlq = program.command('dlq').description('inspect and re-drive dead letters');

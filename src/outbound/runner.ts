@@ -49,7 +49,7 @@ export interface RunnerEvents {
   onFatal?: (err: Error) => void;
 }
 
-type SessionDeps = Pick<OutboundDeps, 'config' | 'deadLetters' | 'database' | 'publications' | 'routerFor'>;
+type SessionDeps = Pick<OutboundDeps, 'config' | 'deadLetters' | 'database' | 'publications' | 'routerFor' | 'backfill'>;
 
 /**
  * The outbound side's lifecycle: win the leader lock (or stand by), then keep a replication

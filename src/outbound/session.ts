@@ -13,6 +13,7 @@ import type { DeadLetterWriter } from '../sink/deadletter.js';
 import { errorMessage, PublishFailedError, RelayError } from '../util/errors.js';
 import { UndeliverableError } from '../sink/limits.js';
 import { heartbeatTime } from './heartbeat.js';
+import { BACKFILL_PREFIX, type BackfillWindows } from '../backfill/windows.js';
 import { sleep, within } from '../util/sleep.js';
 
 type RowMessage = Extract<PgoutputMessage, { tag: 'insert' | 'update' | 'delete' }>;
@@ -59,6 +60,8 @@ export interface OutboundDeps {
   publications: string[];
   /** which router a relation's changes go to */
   routerFor: RouterFor;
+  /** backfill chunks in progress: their watermarks and the changes of their tables */
+  backfill?: BackfillWindows;
 }
 
 /**
@@ -149,6 +152,7 @@ export class OutboundSession {
       'outbound stopped',
     );
     await this.conn?.close();
+    this.deps.backfill?.sessionEnded();
     this.settleRun();
   }
 
@@ -168,6 +172,7 @@ export class OutboundSession {
     for (const m of this.sending) this.unanswered(m);
     this.sending.clear();
     this.conn?.stream.pause();
+    this.deps.backfill?.sessionEnded();
     this.settleRun(err);
   }
 
@@ -268,9 +273,15 @@ export class OutboundSession {
         return this.routeChange(r, rel, m, t, lsn);
       }
       case 'message': {
-        if (m.transactional && this.txn) {
+        const t = this.txn;
+        if (m.transactional && t) {
+          if (m.prefix === BACKFILL_PREFIX && this.deps.backfill) {
+            // a chunk's high watermark: its rows go out here, in this transaction, in stream order
+            const reads = this.deps.backfill.marker(m.content, t, { lsn: xlogStartText(buf), xid: t.xid, commitTime: this.commitTime });
+            return reads === null || reads.length === 0 ? undefined : this.send(t, reads);
+          }
           const at = heartbeatTime(m.prefix, m.content);
-          if (at !== null) this.txn.heartbeatAt = at;
+          if (at !== null) t.heartbeatAt = at;
         }
         return undefined;
       }
@@ -281,11 +292,15 @@ export class OutboundSession {
   }
 
   private routeChange(router: Router, relation: Relation, m: RowMessage, t: TxnTicket, lsn: string): Promise<void> | undefined {
+    const newTuple = m.tag === 'delete' ? null : m.newTuple;
+    const oldTuple = m.tag === 'insert' ? null : (m.oldTuple ?? m.keyTuple);
+    const backfill = this.deps.backfill;
+    if (backfill?.active) backfill.noteChange(relation, newTuple, oldTuple, t.xid);
     const routed = router.route({
       op: m.tag === 'insert' ? 'INSERT' : m.tag === 'update' ? 'UPDATE' : 'DELETE',
       relation,
-      newTuple: m.tag === 'delete' ? null : m.newTuple,
-      oldTuple: m.tag === 'insert' ? null : (m.oldTuple ?? m.keyTuple),
+      newTuple,
+      oldTuple,
       oldIsKey: m.tag !== 'insert' && m.oldTuple === null,
       lsn,
       xid: t.xid,

@@ -10,6 +10,8 @@ export class TxnTicket {
   committed = false;
   /** set when the transaction carried a relay heartbeat: when it was emitted (ms since epoch) */
   heartbeatAt: number | null = null;
+  /** called once the transaction is durable (a backfill chunk's READ events ride in it) */
+  whenDurable: (() => void) | null = null;
   constructor(readonly xid: number) {}
 }
 
@@ -97,6 +99,7 @@ export class AckWatermark {
       if (!t.committed || t.pending !== 0) break;
       if (t.endLsn > this.durable) this.durable = t.endLsn;
       if (t.heartbeatAt !== null) this.onHeartbeat(t.heartbeatAt);
+      t.whenDurable?.();
       this.head++;
       moved = true;
     }

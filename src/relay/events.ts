@@ -1,3 +1,5 @@
+import type { Backfill } from '../backfill/store.js';
+import type { ChunkOutcome } from '../backfill/windows.js';
 import type { OutboundMessage } from '../sink/sink.js';
 import type { DeadLetter } from '../sink/deadletter.js';
 import type { SlotStats } from '../schema/slot.js';
@@ -41,6 +43,8 @@ export type RelayEvents = {
   consumer: [consumer: string, present: boolean, reason: string | null];
   /** the relay cannot go on (its slot was invalidated): stop it and exit non-zero */
   fatal: [error: Error];
+  /** a backfill's chunk is durable (with what it published and skipped), or its state changed (outcome null) */
+  backfill: [backfill: Backfill, outcome: ChunkOutcome | null];
 };
 
 export interface InboundStats {

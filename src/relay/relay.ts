@@ -39,6 +39,9 @@ import { resolveWebhookTarget, type WebhookOutcome, type WebhookTarget } from '.
 import { ruleWebhookSubject, webhookRoutes, type WebhookRoute } from '../webhook/route.js';
 import type { OutboundStats } from '../outbound/session.js';
 import { OutboundRunner } from '../outbound/runner.js';
+import { BackfillWindows } from '../backfill/windows.js';
+import { BackfillRunner } from '../backfill/runner.js';
+import type { Backfill } from '../backfill/store.js';
 import type { ConsumerState, InboundStats, OutboundState, RelayEvents, WebhookStats } from './events.js';
 
 export interface RelayOptions {
@@ -88,6 +91,9 @@ export class Relay extends EventEmitter<RelayEvents> {
   private redis: RedisLink | null = null;
   /** `[relay] signing_key_env`, read from the environment at start */
   private keys: MessageKeys | null = null;
+  /** table rules: backfills run beside the stream on the active relay */
+  private readonly backfillWindows = new BackfillWindows();
+  private backfills: BackfillRunner | null = null;
 
   constructor(
     /** replaced by start() with the slot and publication names it resolved (schema/names.ts) */
@@ -211,7 +217,7 @@ export class Relay extends EventEmitter<RelayEvents> {
     }
     this.deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
     if (needsSlot(config)) {
-      const routerFor = await this.routers(database);
+      const routerFor = await this.routers(database, tablesPublication(config));
       const targets = new Map(webhooks.map((w) => [w.route.subject, w.target]));
       let first = true;
       const makeSink = async (): Promise<Sink> => {
@@ -254,7 +260,7 @@ export class Relay extends EventEmitter<RelayEvents> {
         config.observers.rules.length > 0 ? [outboxPublication(config), tablesPublication(config)] : [outboxPublication(config)];
       this.runner = new OutboundRunner(
         config,
-        { config, deadLetters: this.deadLetters, database, publications, routerFor },
+        { config, deadLetters: this.deadLetters, database, publications, routerFor, backfill: this.backfillWindows },
         makeSink,
         log,
         {
@@ -265,7 +271,12 @@ export class Relay extends EventEmitter<RelayEvents> {
           slotPollMs: this.opts.slotPollMs ?? 10_000,
         },
         {
-          onActive: (active) => this.emit('active', active),
+          onActive: (active) => {
+            this.emit('active', active);
+            // backfills run on the active relay only; a standby that takes over resumes them
+            if (active) this.backfills?.start();
+            else void this.backfills?.pause();
+          },
           onDurable: (lsn) => this.emit('durable', lsn),
           onPublished: (msg) => this.emit('published', msg),
           onDeadLetter: (msg) => this.emit('deadLetter', 'outbound', msg.subject),
@@ -339,8 +350,13 @@ export class Relay extends EventEmitter<RelayEvents> {
     return this.redis;
   }
 
+  /** The backfill being worked on by this relay (with its progress), or null. */
+  get backfill(): Backfill | null {
+    return this.backfills?.current ?? null;
+  }
+
   /** Which router each relation's changes go to: the outbox, rule tables, FraiseQL's change log. */
-  private async routers(database: string): Promise<RouterFor> {
+  private async routers(database: string, tablesPub: string): Promise<RouterFor> {
     const { config, log } = this;
     const table = await withClient(config.database.url, (c) => resolveChangeLog(c, config));
     // with the change log streamed, one event per mutation: see route/twins.ts
@@ -352,6 +368,20 @@ export class Relay extends EventEmitter<RelayEvents> {
       // column types beyond the built-in ones are read from the catalog once, on a normal connection
       const types = new TypeCatalog(catalogQuery(config.database.url));
       tables = new TableRouter(config, perRule, database, ruleWebhookSubject(config), types, this.keys);
+      const ruleWhere = new Map(perRule.map((t, i) => [`${t.schema}.${t.name}`, config.observers.rules[i]!.where ?? null]));
+      this.backfills = new BackfillRunner({
+        url: config.database.url,
+        schema: config.relay.schema,
+        publication: tablesPub,
+        database,
+        windows: this.backfillWindows,
+        router: tables,
+        ruleWhere,
+        keys: this.keys,
+        log: log.child({ component: 'backfill' }),
+        onChunk: (b, outcome) => this.emit('backfill', b, outcome),
+        onState: (b) => this.emit('backfill', b, null),
+      });
     }
     let changeLog: { schema: string; name: string; router: Router } | null = null;
     if (table) {
@@ -533,7 +563,7 @@ export class Relay extends EventEmitter<RelayEvents> {
     const bound = this.config.relay.shutdown_timeout;
     const deadline = Date.now() + bound;
     const left = (floor: number) => Math.max(floor, deadline - Date.now());
-    await within(Promise.all([this.runner?.stop(bound), ...this.workers.map((w) => w.stop(bound))]), bound);
+    await within(Promise.all([this.runner?.stop(bound), this.backfills?.close(), ...this.workers.map((w) => w.stop(bound))]), bound);
     await within(Promise.all([this.inbox?.close(), this.deadLetters?.close()]), left(500));
     closeRedis(this.redis);
     if (this.nc) {

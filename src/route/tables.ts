@@ -1,5 +1,5 @@
 import type { Config, TableRule } from '../config/load.js';
-import type { Relation } from '../source/types.js';
+import type { Relation, Tuple } from '../source/types.js';
 import { parseLsn, pgMicrosToIso } from '../source/lsn.js';
 import type { OutboundMessage } from '../sink/sink.js';
 import { rowToJson, ValueWriter } from './values.js';
@@ -115,16 +115,72 @@ export class TableRouter implements Router {
     const rel = change.relation;
     const targets = this.byTableOp.get(key(rel.schema, rel.name, change.op));
     if (!targets || targets.length === 0) return UNROUTED;
-
-    const { newTuple, oldTuple } = change;
-    const oldIsKeyOnly = change.oldIsKey;
     const eventId = walEventId(parseLsn(change.lsn), change.xid, this.database, this.keys);
+    const messages = this.messages(change.op, rel, targets, change.newTuple, change.oldTuple, change.oldIsKey, eventId, change, null, null);
+    return { messages, unrouted: messages.length === 0 };
+  }
+
+  /**
+   * A backfilled row (operation READ) as messages: by default on the subjects of the table's
+   * INSERT rules (a READ says "this row exists", as an INSERT does), or of its UPDATE rules when it
+   * has no INSERT rule; with `subject`, on that one of any of its rules. Each rule's `columns`
+   * applies. `at` is the chunk's high watermark: its position, transaction and commit time stand
+   * for the moment the row was read.
+   */
+  read(
+    rel: Relation,
+    row: Tuple,
+    eventId: string,
+    at: { lsn: string; xid: number; commitTime: bigint },
+    subject: string | null,
+    backfillId: number,
+  ): OutboundMessage[] {
+    return this.messages(
+      'READ',
+      rel,
+      this.readTargets(rel.schema, rel.name, subject),
+      row,
+      null,
+      false,
+      eventId,
+      at,
+      subject,
+      `{"backfill_id":${backfillId}}`,
+    );
+  }
+
+  /** The subjects a backfill of the table publishes to (see {@link read}); empty: none. */
+  readSubjects(schema: string, name: string, subject: string | null = null): string[] {
+    const out = new Set<string>();
+    for (const t of this.readTargets(schema, name, subject)) for (const s of t.subjects) if (subject === null || s === subject) out.add(s);
+    return [...out];
+  }
+
+  private readTargets(schema: string, name: string, subject: string | null): RuleTarget[] {
+    const of = (op: string) => this.byTableOp.get(key(schema, name, op)) ?? [];
+    if (subject !== null) return [...of('INSERT'), ...of('UPDATE'), ...of('DELETE')].filter((t) => t.subjects.includes(subject));
+    const inserts = of('INSERT').filter((t) => t.subjects.length > 0);
+    return inserts.length > 0 ? inserts : of('UPDATE');
+  }
+
+  private messages(
+    op: RowChange['op'] | 'READ',
+    rel: Relation,
+    targets: readonly RuleTarget[],
+    newTuple: Tuple | null,
+    oldTuple: Tuple | null,
+    oldIsKeyOnly: boolean,
+    eventId: string,
+    at: { lsn: string; xid: number; commitTime: bigint },
+    onlySubject: string | null,
+    metadata: string | null,
+  ): OutboundMessage[] {
     const idIndex = rel.columns.findIndex((c) => c.name === 'id');
     const keyIndex = idIndex >= 0 ? idIndex : rel.columns.findIndex((c) => (c.flags & 1) !== 0);
     const idValue = keyIndex < 0 ? null : (newTuple?.[keyIndex] ?? oldTuple?.[keyIndex] ?? null);
 
     let updatedNames: string[] | null = null;
-    if (change.op === 'UPDATE' && newTuple && oldTuple && !oldIsKeyOnly) {
+    if (op === 'UPDATE' && newTuple && oldTuple && !oldIsKeyOnly) {
       updatedNames = [];
       rel.columns.forEach((c, i) => {
         const n = newTuple[i];
@@ -135,7 +191,7 @@ export class TableRouter implements Router {
     const headers: Record<string, string> = {
       'Fraiseql-Event-Id': eventId,
       'Fraiseql-Entity-Type': entityType,
-      'Fraiseql-Operation': change.op,
+      'Fraiseql-Operation': op,
     };
     // one body per distinct column list
     const bodies = new Map<string, Buffer>();
@@ -151,18 +207,18 @@ export class TableRouter implements Router {
         eventId: JSON.stringify(eventId),
         id: idValue === null || idValue === undefined ? 'null' : JSON.stringify(idValue),
         entityType: JSON.stringify(entityType),
-        operation: JSON.stringify(change.op),
+        operation: JSON.stringify(op),
         mutation: 'null',
         entity: after ? after.json : 'null',
         entityBefore: before ? before.json : 'null',
         updatedFields: updated === null ? 'null' : JSON.stringify(updated),
-        metadata: missing.length > 0 ? JSON.stringify({ unchanged_toast: missing }) : 'null',
+        metadata: missing.length > 0 ? JSON.stringify({ unchanged_toast: missing }) : (metadata ?? 'null'),
         tenantId: 'null',
         userId: 'null',
-        occurredAt: JSON.stringify(pgMicrosToIso(change.commitTime)),
+        occurredAt: JSON.stringify(pgMicrosToIso(at.commitTime)),
         source: sourceJsonPrefix(this.database, rel.schema, rel.name),
-        lsn: change.lsn,
-        xid: change.xid,
+        lsn: at.lsn,
+        xid: at.xid,
       });
       bodies.set(k, body);
       return body;
@@ -173,11 +229,11 @@ export class TableRouter implements Router {
       // `changed`: only an UPDATE of one of these columns (an old row without them cannot tell: published)
       if (t.changed !== null && updatedNames !== null && !updatedNames.some((n) => t.changed!.has(n))) continue;
       for (const subject of t.subjects) {
-        if (seen.has(subject)) continue;
+        if (seen.has(subject) || (onlySubject !== null && subject !== onlySubject)) continue;
         seen.add(subject);
         messages.push({ subject, eventId, headers, body: bodyFor(t.only) });
       }
     }
-    return { messages, unrouted: messages.length === 0 };
+    return messages;
   }
 }

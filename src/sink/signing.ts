@@ -114,14 +114,21 @@ export class MessageKeys {
    * the same id).
    */
   eventId(lsn: bigint, xid: number, database: string): string {
-    const d = createHmac('sha256', this.idKey)
-      .update(`${lsn.toString(16)}/${(xid >>> 0).toString(16)}/${database}`)
-      .digest();
-    d[6] = (d[6]! & 0x0f) | 0x80; // version 8
-    d[8] = (d[8]! & 0x3f) | 0x80; // RFC 9562 variant
-    const h = d.toString('hex', 0, 16);
-    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
+    return this.uuidOf(`${lsn.toString(16)}/${(xid >>> 0).toString(16)}/${database}`);
   }
+
+  /** An id only key holders can compute for `text`: HMAC-SHA256, written as a version 8 UUID. */
+  uuidOf(text: string): string {
+    return uuidV8(createHmac('sha256', this.idKey).update(text).digest());
+  }
+}
+
+/** The first 16 bytes of a digest as a version 8 UUID (RFC 9562). */
+export function uuidV8(d: Buffer): string {
+  d[6] = (d[6]! & 0x0f) | 0x80; // version 8
+  d[8] = (d[8]! & 0x3f) | 0x80; // RFC 9562 variant
+  const h = d.toString('hex', 0, 16);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20, 32)}`;
 }
 
 function digest(key: KeyObject, eventId: string, subject: string, body: Uint8Array): Buffer {
