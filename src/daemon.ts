@@ -105,6 +105,14 @@ export function observeRelay(config: Config, relay: Relay, metrics: RelayMetrics
     else olog.error({ consumer, reason }, 'durable consumer missing: its events are not being handled');
   });
   relay.on('webhook', (outcome) => metrics.webhookDeliveries.inc({ outcome }));
+  relay.on('backfill', (b, outcome) => {
+    if (outcome !== null) {
+      metrics.backfillRows.inc({ result: 'published' }, outcome.published);
+      metrics.backfillRows.inc({ result: 'skipped' }, outcome.skipped);
+    }
+    const left = b.state === 'running' && b.rowsTotal !== null ? Math.max(0, b.rowsTotal - b.rowsPublished - b.rowsSkipped) : 0;
+    metrics.backfillRemaining.set(left);
+  });
 
   // a loop that turns: proves liveness, samples the in-flight gauges and notices a stuck data path
   let stuckLogged = false;

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { TestEnv, runCli, sleep, type RelayProcess, type StoredMessage } from './fixture.js';
+import { TestEnv, allowWal2json, runCli, sleep, type RelayProcess, type StoredMessage } from './fixture.js';
 import type { Backfill } from '../src/backfill/store.js';
 
 const TOML = `
@@ -217,6 +217,17 @@ test(
       const id = Number(req.stdout.trim());
       assert.equal(id, 2);
       await waitFor('some progress', async () => Number((await backfillRow(env, id)).rows_published) >= 300, 60_000);
+      // `status` shows it with its progress
+      const status = await runCli(['status', '-c', env.configFile, '--json'], env.env);
+      assert.equal(status.code, 0, status.stderr);
+      const open = (
+        JSON.parse(status.stdout) as {
+          backfills: { id: number; table: string; state: string; rows_total: number; rows_published: number }[];
+        }
+      ).backfills;
+      assert.equal(open.length, 1);
+      assert.deepEqual([open[0]!.id, open[0]!.table, open[0]!.state, open[0]!.rows_total], [id, 'public.tb_item', 'running', 5000]);
+      assert.ok(open[0]!.rows_published >= 300);
       const cancel = await runCli(['backfill', '-c', env.configFile, '--cancel', String(id)], env.env);
       assert.equal(cancel.code, 0, cancel.stderr);
       const atCancel = await env.streamCount();
@@ -268,6 +279,13 @@ test('a relay SIGKILLed mid-backfill resumes at its last chunk and finishes with
     proc = env.spawnRelay('relay2');
     await proc.waitForLog('backfill resumed', 60_000);
     await waitFor('the backfill to finish', async () => (await backfillRow(env, 1)).state === 'done', 120_000);
+    // the metrics of the relay that finished it count what it did
+    const port = /serving \/livez, \/readyz and \/metrics on http:\/\/127\.0\.0\.1:(\d+)/.exec(proc.output())?.[1];
+    assert.ok(port, 'the relay says where it serves /metrics');
+    const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const sample = (name: string) => Number(new RegExp(`^${name.replace(/[{}"]/g, '\\$&')} (\\S+)$`, 'm').exec(metrics)?.[1]);
+    assert.equal(sample('fraiseql_relay_backfill_rows_total{result="published"}'), 30_000 - Number(atKill.rows_published));
+    assert.equal(sample('fraiseql_relay_backfill_remaining_rows'), 0);
     const msgs = await drained(env, 1_000_001);
     const reads = msgs.filter((m) => (m.body as Body).operation === 'READ');
     const ids = new Set(reads.map((m) => (m.body as Body).id));
@@ -284,3 +302,54 @@ test('a relay SIGKILLed mid-backfill resumes at its last chunk and finishes with
     await env.destroy();
   }
 });
+
+test(
+  'backfill through wal2json, limited by --where; requests the relay could not serve are refused up front',
+  { timeout: 120_000 },
+  async () => {
+    const env = await TestEnv.create({ toml: TOML.replace('[relay]\n', '[relay]\nplugin = "wal2json"\n') });
+    let relay: Awaited<ReturnType<TestEnv['startRelay']>> | undefined;
+    try {
+      await env.sql(SCHEMA);
+      await env.sql(seed(2000));
+      await allowWal2json(env.dbUrl);
+      await env.sql(`CREATE TABLE tb_other (id int PRIMARY KEY)`);
+      await env.sql(`CREATE TABLE tb_nokey (id int)`);
+      await env.migrate();
+      relay = await env.startRelay();
+      const refused = async (args: string[], pattern: RegExp) => {
+        const r = await runCli(['backfill', '-c', env.configFile, ...args], env.env);
+        assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+        assert.match(r.stderr, pattern);
+      };
+      await refused(['tb_missing'], /table tb_missing does not exist/);
+      await refused(['tb_other'], /no \[\[observers\.rules\]\] watches public\.tb_other.*rule tables: public\.tb_item/);
+      await refused(
+        ['tb_item', '--where', 'no_such_column > 1'],
+        /--where 'no_such_column > 1' is not a valid condition on public\.tb_item: column "no_such_column" does not exist/,
+      );
+      await refused(['tb_item', '--subject', 'fraiseql.other'], /no rule of public\.tb_item publishes to fraiseql\.other/);
+      await refused(['tb_item', '--chunk-size', '0'], /--chunk-size must be an integer from 1 to 100000/);
+      const none = await runCli(['backfill', '-c', env.configFile, '--status'], env.env);
+      assert.equal(none.stdout, 'no backfills\n');
+
+      const r = await runCli(['backfill', 'public.tb_item', '-c', env.configFile, '--where', 'v = 3', '--chunk-size', '7'], env.env);
+      assert.equal(r.code, 0, r.stderr);
+      const expected = (await env.sql<{ id: number }>(`SELECT id FROM tb_item WHERE v = 3 ORDER BY id`)).map((x) => String(x.id));
+      assert.ok(expected.length > 10);
+      assert.match(r.stdout, new RegExp(`done: ${expected.length} rows published as READ events`));
+      const msgs = await drained(env, 1_000_001);
+      const reads = msgs.filter((m) => (m.body as Body).operation === 'READ');
+      assert.deepEqual(
+        reads.map((m) => (m.body as Body).id),
+        expected,
+        'exactly the rows --where selects, in key order',
+      );
+      const table = await tableView(env);
+      for (const m of reads) assert.deepEqual((m.body as Body).entity, table.get(Number((m.body as Body).id)));
+    } finally {
+      await relay?.stop();
+      await env.destroy();
+    }
+  },
+);

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { connect as natsConnect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JsMsg } from '@nats-io/jetstream';
-import type pg from 'pg';
+import pg from 'pg';
 import { LocalPostgres, type LocalPostgresOptions } from '../src/local/postgres.js';
 import { LocalNats, type LocalNatsOptions } from '../src/local/nats.js';
 import { loadConfig, type Config } from '../src/config/load.js';
@@ -288,4 +288,25 @@ export function embeddedPostgresBin(major: number): string {
     }
   }
   return join(pkg, 'native', 'bin');
+}
+
+/** PostgreSQL 15.19+ only decodes with plugins listed in output_plugin_libraries. */
+export async function allowWal2json(url: string): Promise<void> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    const has = await c.query(`SELECT 1 FROM pg_settings WHERE name = 'output_plugin_libraries'`);
+    if (has.rowCount === 0) return;
+    await c.query(`ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'wal2json'`);
+    await c.query(`SELECT pg_reload_conf()`);
+  } finally {
+    await c.end();
+  }
+  for (const until = Date.now() + 10_000; Date.now() < until; await sleep(50)) {
+    const c2 = new pg.Client({ connectionString: url });
+    await c2.connect();
+    const r = await c2.query<{ s: string }>(`SELECT current_setting('output_plugin_libraries') AS s`).finally(() => c2.end());
+    if (r.rows[0]!.s.includes('wal2json')) return;
+  }
+  throw new Error('output_plugin_libraries was not reloaded');
 }

@@ -11,7 +11,7 @@ import { writeFile } from 'node:fs/promises';
 import pg from 'pg';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect as natsConnect } from '@nats-io/transport-node';
-import { TestEnv, sleep } from './fixture.js';
+import { TestEnv, allowWal2json, sleep } from './fixture.js';
 import { LocalNats } from '../src/local/nats.js';
 import { LocalPostgres } from '../src/local/postgres.js';
 import { findPostgresBin } from '../src/local/binaries.js';
@@ -331,27 +331,6 @@ const wal2jsonLib = (() => {
 })();
 const SKIP =
   wal2jsonLib && existsSync(wal2jsonLib) ? false : 'the wal2json plugin is not installed (apt-get install postgresql-<version>-wal2json)';
-
-/** PostgreSQL 15.19+ only decodes with plugins listed in output_plugin_libraries. */
-async function allowWal2json(url: string): Promise<void> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    const has = await c.query(`SELECT 1 FROM pg_settings WHERE name = 'output_plugin_libraries'`);
-    if (has.rowCount === 0) return;
-    await c.query(`ALTER SYSTEM SET output_plugin_libraries = 'pgoutput', 'test_decoding', 'wal2json'`);
-    await c.query(`SELECT pg_reload_conf()`);
-  } finally {
-    await c.end();
-  }
-  for (const until = Date.now() + 10_000; Date.now() < until; await sleep(50)) {
-    const c2 = new pg.Client({ connectionString: url });
-    await c2.connect();
-    const r = await c2.query<{ s: string }>(`SELECT current_setting('output_plugin_libraries') AS s`).finally(() => c2.end());
-    if (r.rows[0]!.s.includes('wal2json')) return;
-  }
-  throw new Error('output_plugin_libraries was not reloaded');
-}
 
 /** Transactions as comparable lines: begin/commit positions, and each change by column name. */
 function normalize(d: Decoder, msgs: PgoutputMessage[]): unknown[] {

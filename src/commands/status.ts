@@ -7,6 +7,7 @@ import { errorMessage, pgWhere } from '../util/errors.js';
 import { readSlot } from '../schema/slot.js';
 import { needsSlot } from '../schema/plan.js';
 import { findStream } from '../sink/stream.js';
+import { BackfillStore } from '../backfill/store.js';
 
 /** A relay process: its own host name and pid (not a PostgreSQL backend's), and where it connects from. */
 interface RelayProcessInfo {
@@ -63,6 +64,16 @@ export interface StatusReport {
     error: string | null;
   }[];
   dead_letters: { outbound: number; inbound: number; webhook: number };
+  /** open backfills (pending or running), oldest first: the active relay works on the first */
+  backfills: {
+    id: number;
+    table: string;
+    state: 'pending' | 'running';
+    rows_total: number | null;
+    rows_published: number;
+    rows_skipped: number;
+    updated_at: string;
+  }[];
 }
 
 /** The advisory lock of the active relay (schema/leader.ts), as pg_locks shows it, in this database. */
@@ -135,6 +146,7 @@ async function collectStatus(config: Config): Promise<StatusReport> {
     heartbeat: null,
     consumers: [],
     dead_letters: { outbound: 0, inbound: 0, webhook: 0 },
+    backfills: [],
   };
   await withClient(config.database.url, async (c) => {
     if (needsSlot(config)) {
@@ -203,6 +215,20 @@ async function collectStatus(config: Config): Promise<StatusReport> {
     for (const r of dl.rows) {
       if (r.direction === 'outbound' || r.direction === 'inbound' || r.direction === 'webhook')
         report.dead_letters[r.direction] = Number(r.n);
+    }
+    // a database migrated by an older version has no backfill table: no backfills
+    const open = await new BackfillStore(config.relay.schema).list(c, 0).catch(() => []);
+    for (const b of open) {
+      if (b.state !== 'pending' && b.state !== 'running') continue;
+      report.backfills.push({
+        id: b.id,
+        table: `${b.schema}.${b.table}`,
+        state: b.state,
+        rows_total: b.rowsTotal,
+        rows_published: b.rowsPublished,
+        rows_skipped: b.rowsSkipped,
+        updated_at: b.updatedAt.toISOString(),
+      });
     }
   });
   if (config.observers.subscribe.length > 0 && config.observers.nats_url) {
@@ -320,6 +346,14 @@ function formatStatus(r: StatusReport, where: string): string {
   }
   const dl = Object.entries(r.dead_letters).filter(([, n]) => n > 0);
   rows.push(['dead letters', dl.length === 0 ? '0' : dl.map(([k, v]) => `${v} ${k}`).join(', ')]);
+  for (const b of r.backfills) {
+    const done = b.rows_published + b.rows_skipped;
+    const share = b.rows_total ? ` ${Math.floor((100 * done) / b.rows_total)}%` : '';
+    rows.push([
+      `backfill ${b.id}`,
+      `${b.table} ${b.state}${share} (${done}${b.rows_total === null ? '' : ` / ${b.rows_total}`} rows, ${b.rows_skipped} skipped)`,
+    ]);
+  }
   const w = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}\n`).join('');
 }

@@ -114,6 +114,10 @@ export class RelayMetrics {
   readonly deadLetterBacklog: Gauge<'direction'>;
   /** Seconds since the newest commit known to be published (heartbeat-based). */
   readonly lagSeconds: Gauge<string>;
+  /** Rows of backfills done, by result (published as READ events, skipped because they changed while read). */
+  readonly backfillRows: Counter<'result'>;
+  /** Rows the running backfill has still to read (0 when none runs). */
+  readonly backfillRemaining: Gauge<string>;
 
   private readonly now: () => number;
   private readonly pendingPublished = new Map<string, number>();
@@ -338,12 +342,26 @@ export class RelayMetrics {
       },
     });
 
+    this.backfillRows = new Counter({
+      name: `${p}backfill_rows_total`,
+      help: 'Rows of backfills done, by result: published (as READ events) or skipped (changed while its chunk was read: the change was published)',
+      labelNames: ['result'] as const,
+      registers: reg,
+    });
+    this.backfillRemaining = new Gauge({
+      name: `${p}backfill_remaining_rows`,
+      help: 'Rows the backfill this relay works on has still to read (0 when none runs)',
+      registers: reg,
+    });
+    this.backfillRemaining.set(0);
+
     // every labelled counter exists at 0 from the start for the label values known now, so a
     // rate() or increase() alert sees the first increment after a restart
     for (const d of DEAD_LETTER_DIRECTIONS) this.deadLetters.inc({ direction: d }, 0);
     for (const k of ['transient', 'permanent']) this.publishErrors.inc({ kind: k }, 0);
     for (const t of ['postgres', opts.redis === true ? 'redis' : 'nats']) this.reconnects.inc({ target: t }, 0);
     for (const o of ['delivered', 'retried', 'dead_lettered']) this.webhookDeliveries.inc({ outcome: o }, 0);
+    for (const r of ['published', 'skipped']) this.backfillRows.inc({ result: r }, 0);
     for (const consumer of opts.consumers ?? []) {
       for (const outcome of HANDLER_OUTCOMES) this.handlerCalls.inc({ consumer, outcome }, 0);
       this.consumerMissing.set({ consumer }, 0);
