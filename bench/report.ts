@@ -8,9 +8,10 @@ import type { PublishResults } from './sections/publish.js';
 import type { CompareResults } from './sections/compare.js';
 import { LAT_P99_LIMIT_MS, LAT_WARMUP_MS, type LatencyResults, type LatResult, type LatRun } from './sections/latency.js';
 import { CEILINGS, HANDLER_CASES, LAT_CASES, LAT_RATE, ORDER_KEYS, BATCH_DEFAULT, type HandlerResults } from './sections/handlers.js';
+import { BACKFILL_N, BACKFILL_WRITE_RATE, type BackfillResults } from './sections/backfill.js';
 
 /** Everything the sections record, each section filling in its own part. */
-export type Results = DrainResults & PublishResults & CompareResults & LatencyResults & HandlerResults;
+export type Results = DrainResults & PublishResults & CompareResults & LatencyResults & HandlerResults & BackfillResults;
 
 function esc(s: string): string {
   return s.replace(/\|/g, '\\|').replace(/\n/g, ' ');
@@ -318,6 +319,29 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
       `pg-transactional-outbox reads the whole backlog into memory (peak RSS ${fmtMB(median(results.pto.rss))}) and, with its default mutex strategy, handles one message at a time: a transaction that locks the row, the handler's awaited PubAck, the update that marks it processed.`,
     );
   }
+  // (g)
+  L.push(`## (g) Backfill: ${fmtInt(BACKFILL_N)} existing rows published as READ events while the relay streams`);
+  L.push('');
+  L.push(
+    `\`fraiseql-relay backfill\` of a table whose ${fmtInt(BACKFILL_N)} rows exist before the slot (chunks of 1,000 rows, each between a low and a high watermark), requested through the backfill table while the relay runs. Rows/s from the relay picking the request up to its last chunk being durable in JetStream (the backfill row's \`started_at\` and \`finished_at\`); "with writes": single-row UPDATEs of random rows committed at ${fmtInt(BACKFILL_WRITE_RATE)}/s meanwhile (their events are published too, in order with the READ events). Beside it, the relay's own drain of (a) from this run.`,
+  );
+  L.push('');
+  const bf = results.backfill;
+  if (!bf) L.push('not run');
+  else {
+    const drainMed = single && single.relay.ok() ? single.relay.med() : null;
+    L.push(
+      '| run | rows/s | relay peak RSS | UPDATEs/s committed meanwhile | rows skipped (changed inside their window) | ÷ relay drain of (a), single-row |',
+    );
+    L.push('|---|---|---|---|---|---|');
+    L.push(`| alone | ${cell(bf.alone)} | ${rssCell(bf.alone)} | – | – | ${drainMed === null ? '–' : ratio(bf.alone.med(), drainMed)} |`);
+    L.push(
+      `| with writes | ${cell(bf.withWrites)} | ${rssCell(bf.withWrites)} | ${bf.writesPerSec.length ? fmtSpread(bf.writesPerSec) : '–'} | ${bf.skipped.length ? fmtSpread(bf.skipped) : '–'} | ${drainMed === null ? '–' : ratio(bf.withWrites.med(), drainMed)} |`,
+    );
+    L.push(`| relay drain, (a) single-row transactions | ${drainMed === null ? 'not run' : cell(single!.relay)} | | | | |`);
+  }
+  L.push('');
+
   if (notes.length > 0) {
     L.push('## Notes on this run');
     L.push('');

@@ -14,6 +14,7 @@
  *   BENCH_REF_LATENCY    0: no latency steps for the reference   default 1
  *   BENCH_HANDLER_CASES  e.g. "trivial-c8-b32": only these (c) cases  default all
  *   BENCH_ONLY           e.g. "a,e": run only these sections     default all
+ *   BENCH_BACKFILL_N     rows of the backfilled table (g)        default 1000000
  *   BENCH_OUT            where to write the report               default BENCHMARKS.md
  *                        ("-" prints only)
  *   BENCH_RELAY_NODE_ARGS node options for the relay process     e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
@@ -35,9 +36,10 @@ import { sectionPublish } from './sections/publish.js';
 import { sectionCompare } from './sections/compare.js';
 import { newLatResult, sectionLatency } from './sections/latency.js';
 import { HANDLER_SETTINGS, sectionHandlers } from './sections/handlers.js';
+import { sectionBackfill } from './sections/backfill.js';
 import { render, type Results } from './report.js';
 
-const ONLY = new Set((process.env['BENCH_ONLY'] ?? 'a,b,c,d,e,f').split(',').map((s) => s.trim().toLowerCase()));
+const ONLY = new Set((process.env['BENCH_ONLY'] ?? 'a,b,c,d,e,f,g').split(',').map((s) => s.trim().toLowerCase()));
 const OUT = process.env['BENCH_OUT'] ?? join(ROOT, 'BENCHMARKS.md');
 
 const results: Results = {
@@ -53,6 +55,7 @@ const results: Results = {
   ceilings: new Map(),
   handlerLat: new Map(),
   template: { bytes: 0, headers: {}, source: '' },
+  backfill: null,
 };
 
 async function main(): Promise<void> {
@@ -119,6 +122,15 @@ async function main(): Promise<void> {
       (env) => sectionHandlers(env, results),
       (e) => (results.handlersError = e),
       HANDLER_SETTINGS,
+    );
+  if (ONLY.has('g'))
+    await section(
+      '(g)',
+      (env) => sectionBackfill(env, results),
+      (e) => {
+        results.backfill ??= { alone: new Series(), withWrites: new Series(), writesPerSec: [], skipped: [] };
+        results.backfill.alone.errors.push(e);
+      },
     );
   const total = (nowMs() - T0) / 1000;
   const md = render(results, info, total);
