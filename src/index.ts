@@ -44,6 +44,10 @@ export {
 
 export { migrate, migrationPlan, type MigrateResult } from './schema/migrate.js';
 
+// backfills: request, list and cancel them through the database (the active relay does the work)
+export { BackfillStore, type Backfill, type BackfillRequest, type BackfillState } from './backfill/store.js';
+export type { ChunkOutcome } from './backfill/windows.js';
+
 export { startDaemon, observeRelay, type Daemon } from './daemon.js';
 export { RelayMetrics, METRIC_PREFIX } from './ops/metrics.js';
 export { Health, type HealthComponent, type Readiness } from './ops/health.js';

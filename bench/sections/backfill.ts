@@ -20,7 +20,7 @@ export const BACKFILL_N = Number(process.env['BENCH_BACKFILL_N'] ?? 1_000_000);
 export const BACKFILL_WRITE_RATE = 2000;
 const CHUNK = 1000;
 
-export interface BackfillResult {
+interface BackfillResult {
   /** rows/s */
   alone: Series;
   withWrites: Series;

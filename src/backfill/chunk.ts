@@ -87,7 +87,7 @@ export async function describeTable(c: pg.Client, schema: string, name: string, 
 }
 
 /** The rows a chunk selects, as SQL: `$1…$n` are the last key's values (absent for the first chunk). */
-export function chunkQuery(t: BackfillTable, filters: readonly string[], after: boolean, limit: number): string {
+function chunkQuery(t: BackfillTable, filters: readonly string[], after: boolean, limit: number): string {
   const q = (n: string) => quoteIdent(n);
   const cols = t.relation.columns.map((c) => q(c.name)).join(', ');
   const conds = [...filters.map((f) => `(${f})`)];

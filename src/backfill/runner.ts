@@ -21,7 +21,7 @@ import { countRows, describeTable, readChunk, type BackfillTable } from './chunk
 import { BackfillStore, type Backfill } from './store.js';
 
 /** What turns a backfilled row into READ messages (the table router). */
-export interface ReadRouter {
+interface ReadRouter {
   read(rel: Relation, row: Tuple, eventId: string, at: MarkerPoint, subject: string | null, backfillId: number): OutboundMessage[];
   readSubjects(schema: string, name: string, subject?: string | null): string[];
   prepare(rel: Relation): Promise<void> | undefined;

@@ -47,7 +47,7 @@ export interface ChunkOutcome {
 }
 
 /** What the runner hands over once a chunk is read. */
-export interface Chunk {
+interface Chunk {
   rows: readonly ChunkRow[];
   /** low 32 bits of the xids the chunk's snapshot saw as running */
   running: ReadonlySet<number>;

@@ -30,7 +30,7 @@ export interface BackfillOptions {
 const TERMINAL = new Set(['done', 'cancelled', 'failed']);
 
 /** The backfill as `--json` prints it: snake_case keys. */
-export function backfillJson(b: Backfill): Record<string, unknown> {
+function backfillJson(b: Backfill): Record<string, unknown> {
   return {
     id: b.id,
     table: `${b.schema}.${b.table}`,
@@ -166,7 +166,7 @@ async function follow(config: Config, store: BackfillStore, id: number, opts: Ba
 }
 
 /** `[#####.....]  45%  45,000 / 100,000 rows  12,000 rows/s` */
-export function progressLine(b: Backfill, sinceMs: number): string {
+function progressLine(b: Backfill, sinceMs: number): string {
   const done = b.rowsPublished + b.rowsSkipped;
   const total = b.rowsTotal;
   const n = (x: number) => x.toLocaleString('en-US');
