@@ -177,6 +177,7 @@ async function openDaemon(config: Config, log: Logger, opts: RelayOptions): Prom
     version: VERSION,
     nats: config.observers.backend === 'nats',
     redis: config.observers.backend === 'redis',
+    postgres: config.observers.backend === 'postgres',
     consumers: config.observers.subscribe.map((s) => s.consumer),
     subjects: requiredSubjects(config).filter((s) => !/[*>]/.test(s)),
     deadLetterCounts: () => relay.deadLetterCounts(),

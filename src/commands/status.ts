@@ -231,7 +231,19 @@ async function collectStatus(config: Config): Promise<StatusReport> {
       });
     }
   });
-  if (config.observers.subscribe.length > 0 && config.observers.nats_url) {
+  if (config.observers.backend === 'postgres') {
+    // no broker: the subscriptions are applied from the slot, in commit order; their backlog is the slot's lag
+    for (const sub of config.observers.subscribe)
+      report.consumers.push({
+        consumer: sub.consumer,
+        subject: sub.subject,
+        stream: null,
+        pending: null,
+        ack_pending: null,
+        redelivered: null,
+        error: null,
+      });
+  } else if (config.observers.subscribe.length > 0 && config.observers.nats_url) {
     const failed = (sub: { consumer: string; subject: string }, stream: string | null, error: string) => ({
       consumer: sub.consumer,
       subject: sub.subject,
@@ -341,7 +353,11 @@ function formatStatus(r: StatusReport, where: string): string {
   for (const c of r.consumers) {
     rows.push([
       `consumer ${c.consumer}`,
-      c.error !== null ? `error: ${c.error}` : `${c.pending} pending, ${c.ack_pending} in progress, ${c.redelivered} redelivered`,
+      c.error !== null
+        ? `error: ${c.error}`
+        : c.pending === null
+          ? `${c.subject}: applied from the slot in commit order (backend = "postgres"; its backlog is the slot's lag)`
+          : `${c.pending} pending, ${c.ack_pending} in progress, ${c.redelivered} redelivered`,
     ]);
   }
   const dl = Object.entries(r.dead_letters).filter(([, n]) => n > 0);

@@ -204,14 +204,13 @@ const ruleSchema = z.strictObject(ruleShape, table('[[observers.rules]]')).super
   }
 });
 
-const BACKENDS = ['nats', 'webhook', 'redis'] as const;
+const BACKENDS = ['nats', 'webhook', 'redis', 'postgres'] as const;
 
 export const observersShape = {
   backend: z
     .enum(BACKENDS, {
       error: (iss: RawIssue) =>
-        `${describeValue(iss.input)} is not a supported backend; allowed values: ${BACKENDS.map((b) => `"${b}"`).join(', ')}` +
-        (iss.input === 'postgres' ? ` (FraiseQL's own "${iss.input}" observer backend is not used by the relay)` : ''),
+        `${describeValue(iss.input)} is not a supported backend; allowed values: ${BACKENDS.map((b) => `"${b}"`).join(', ')}`,
     })
     .default('nats'),
   nats_url: text('a NATS server URL such as "nats://localhost:4222"', true).optional(),

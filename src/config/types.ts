@@ -197,8 +197,8 @@ export interface RedisConfig {
 }
 
 export interface ObserversConfig {
-  /** default 'nats' */
-  backend: 'nats' | 'webhook' | 'redis';
+  /** default 'nats'; 'postgres': no broker, subscriptions applied straight from the slot */
+  backend: 'nats' | 'webhook' | 'redis' | 'postgres';
   /** set whenever backend is 'nats' and anything is published or subscribed */
   nats_url?: string;
   /** set whenever backend is 'redis' and anything is published or subscribed */

@@ -12,6 +12,8 @@ export interface RelayMetricsOptions {
   nats?: boolean;
   /** true: backend = "redis": an `up{target="redis"}` series (and no nats one) */
   redis?: boolean;
+  /** true: backend = "postgres": no broker, so no series with a nats or redis target at all */
+  postgres?: boolean;
   /** the package version, for `build_info` */
   version?: string;
   /** configured durable consumers: their counters start at 0 */
@@ -359,7 +361,8 @@ export class RelayMetrics {
     // rate() or increase() alert sees the first increment after a restart
     for (const d of DEAD_LETTER_DIRECTIONS) this.deadLetters.inc({ direction: d }, 0);
     for (const k of ['transient', 'permanent']) this.publishErrors.inc({ kind: k }, 0);
-    for (const t of ['postgres', opts.redis === true ? 'redis' : 'nats']) this.reconnects.inc({ target: t }, 0);
+    const broker = opts.postgres === true ? [] : [opts.redis === true ? 'redis' : 'nats'];
+    for (const t of ['postgres', ...broker]) this.reconnects.inc({ target: t }, 0);
     for (const o of ['delivered', 'retried', 'dead_lettered']) this.webhookDeliveries.inc({ outcome: o }, 0);
     for (const r of ['published', 'skipped']) this.backfillRows.inc({ result: r }, 0);
     for (const consumer of opts.consumers ?? []) {

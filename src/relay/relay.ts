@@ -33,6 +33,7 @@ import { ensureConsumer } from '../inbound/durable.js';
 import type { DurableUpkeep } from '../inbound/loop.js';
 import { InboundWorker, type HandlerOutcome } from '../inbound/worker.js';
 import { RedisInboundWorker, redisGroups } from '../inbound/redis.js';
+import { PostgresSink } from '../inbound/postgres.js';
 import { WebhookWorker } from '../webhook/worker.js';
 import { WebhookSink } from '../webhook/sink.js';
 import { resolveWebhookTarget, type WebhookOutcome, type WebhookTarget } from '../webhook/deliver.js';
@@ -154,9 +155,12 @@ export class Relay extends EventEmitter<RelayEvents> {
     if (config.relay.database_ca_file !== undefined) setDatabaseCaFile(config.relay.database_ca_file);
     const nats = config.observers.backend === 'nats';
     const redis = config.observers.backend === 'redis';
+    // backend = "postgres": the subscriptions are applied straight from this database's slot
+    const direct = config.observers.backend === 'postgres';
     if (config.observers.backend === 'webhook' && config.observers.subscribe.length > 0) {
       throw new UsageError(
-        '[[observers.subscribe]] needs NATS: with backend = "webhook" there is nothing to consume; use backend = "nats"',
+        '[[observers.subscribe]] needs a broker: with backend = "webhook" there is nothing to consume; use backend = "nats", ' +
+          'or backend = "postgres" when the events come from this same database',
       );
     }
     if (nats && !config.observers.nats_url) throw new UsageError('[observers] nats_url is required with backend = "nats"');
@@ -216,6 +220,10 @@ export class Relay extends EventEmitter<RelayEvents> {
       });
     }
     this.deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
+    if (direct) {
+      await this.checkHandlers();
+      this.inbox = new InboxExecutor(config.database.url, config.relay.schema, 2);
+    }
     if (needsSlot(config)) {
       const routerFor = await this.routers(database, tablesPublication(config));
       const targets = new Map(webhooks.map((w) => [w.route.subject, w.target]));
@@ -233,6 +241,29 @@ export class Relay extends EventEmitter<RelayEvents> {
             redis: config.relay.redis,
             log: log.child({ component: 'publisher' }),
             keys: this.keys,
+          });
+        }
+        if (direct) {
+          const hooks =
+            targets.size === 0
+              ? null
+              : new WebhookSink(
+                  targets,
+                  this.deadLetters!,
+                  1,
+                  log.child({ component: 'webhook' }),
+                  (o) => this.onWebhook(o),
+                  (seconds) => this.emit('webhookRequest', seconds),
+                );
+          return new PostgresSink({
+            subscribe: config.observers.subscribe,
+            inbox: this.inbox!,
+            deadLetters: this.deadLetters!,
+            maxQueued: config.relay.max_in_flight,
+            webhooks: hooks,
+            onOutcome: (consumer, outcome, seconds) => this.onHandler(consumer, outcome, seconds),
+            onIgnored: () => this.emit('unrouted'),
+            log: log.child({ component: 'inbound' }),
           });
         }
         if (!nats) {
@@ -283,7 +314,8 @@ export class Relay extends EventEmitter<RelayEvents> {
           onUnrouted: () => this.emit('unrouted'),
           onHeartbeat: (lagMs) => this.emit('heartbeat', lagMs),
           onSlot: (s) => this.emit('slot', s),
-          onReconnect: (cause) => this.emit('reconnect', redis && cause === 'nats' ? 'redis' : cause),
+          // a failed handler call or webhook delivery (backend = "postgres") is PostgreSQL's or the endpoint's, never NATS's
+          onReconnect: (cause) => this.emit('reconnect', cause !== 'nats' ? cause : redis ? 'redis' : direct ? 'postgres' : cause),
           onPostgres: (problem) => this.emit('postgres', problem === null, problem),
           onFatal: (err) => this.die(err),
         },
@@ -295,6 +327,19 @@ export class Relay extends EventEmitter<RelayEvents> {
       if (config.observers.subscribe.length > 0) await this.startInbound();
     }
     if (redis && config.observers.subscribe.length > 0) await this.startRedisInbound();
+  }
+
+  /** Every [[observers.subscribe]] handler exists (a UsageError naming those that do not). */
+  private async checkHandlers(): Promise<void> {
+    const { config } = this;
+    const problems: string[] = [];
+    await withClient(config.database.url, async (c) => {
+      for (const s of config.observers.subscribe) {
+        const p = await checkHandler(c, s.handler);
+        if (p) problems.push(`[[observers.subscribe]] subject ${s.subject}: ${p}`);
+      }
+    });
+    if (problems.length > 0) throw new UsageError(problems.join('\n'));
   }
 
   /** backend = "redis": one consumer group and `concurrency` readers per [[observers.subscribe]]. */

@@ -42,10 +42,13 @@ export function outboxPublication(config: Config): string {
   return `${config.relay.publication}_outbox`;
 }
 
-/** The relay needs a slot when anything flows outbound (a subscriber-only service needs none). */
+/**
+ * The relay needs a slot when anything flows outbound (a subscriber-only service needs none),
+ * and always with backend = "postgres", whose subscriptions are applied from the slot's stream.
+ */
 export function needsSlot(config: Config): boolean {
   const o = config.observers;
-  return o.publish.length > 0 || o.rules.length > 0 || o.subscribe.length === 0;
+  return o.backend === 'postgres' || o.publish.length > 0 || o.rules.length > 0 || o.subscribe.length === 0;
 }
 
 type RowEvent = 'INSERT' | 'UPDATE' | 'DELETE';

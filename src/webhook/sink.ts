@@ -58,37 +58,50 @@ export class WebhookSink implements Sink {
     this.abort.abort();
   }
 
+  /** True when `subject` is one of this sink's webhook queues. */
+  accepts(subject: string): boolean {
+    return this.targets.has(subject);
+  }
+
+  /**
+   * Delivers one message with its retries: resolves with no error once the endpoint accepted it
+   * or its dead letter is recorded, with an error when it was interrupted or could not be
+   * recorded (the slot must not move past it).
+   */
+  async deliver(msg: OutboundMessage): Promise<Error | undefined> {
+    const target = this.targets.get(msg.subject)!;
+    try {
+      const started = performance.now();
+      const r = await deliverWithRetries(target, msg.eventId, msg.body, { signal: this.abort.signal });
+      this.onRequest((performance.now() - started) / 1000);
+      if (this.abort.signal.aborted && !r.delivered) return new Error('webhook delivery interrupted');
+      if (r.delivered) {
+        this.onOutcome('delivered');
+        return undefined;
+      }
+      const reason = r.last.ok ? 'unknown' : r.last.error;
+      this.log.warn({ event_id: msg.eventId, webhook: msg.subject, attempts: r.attempts, err: reason }, 'webhook dead-lettered');
+      await this.deadLetters.write({
+        direction: 'webhook',
+        eventId: msg.eventId,
+        subject: msg.subject,
+        headers: msg.headers,
+        body: msg.body.toString('utf8'),
+        error: reason,
+        attempts: r.attempts,
+      });
+      this.onOutcome('dead_lettered');
+      return undefined;
+    } catch (e) {
+      return new Error(`webhook delivery: ${errorMessage(e)}`);
+    }
+  }
+
   private async drain(): Promise<void> {
     this.running = true;
     while (this.queue.length > 0) {
       const { msg, done } = this.queue[0]!;
-      const target = this.targets.get(msg.subject)!;
-      let err: Error | undefined;
-      try {
-        const started = performance.now();
-        const r = await deliverWithRetries(target, msg.eventId, msg.body, { signal: this.abort.signal });
-        this.onRequest((performance.now() - started) / 1000);
-        if (this.abort.signal.aborted && !r.delivered) {
-          err = new Error('webhook delivery interrupted');
-        } else if (r.delivered) {
-          this.onOutcome('delivered');
-        } else {
-          const reason = r.last.ok ? 'unknown' : r.last.error;
-          this.log.warn({ event_id: msg.eventId, webhook: msg.subject, attempts: r.attempts, err: reason }, 'webhook dead-lettered');
-          await this.deadLetters.write({
-            direction: 'webhook',
-            eventId: msg.eventId,
-            subject: msg.subject,
-            headers: msg.headers,
-            body: msg.body.toString('utf8'),
-            error: reason,
-            attempts: r.attempts,
-          });
-          this.onOutcome('dead_lettered');
-        }
-      } catch (e) {
-        err = new Error(`webhook delivery: ${errorMessage(e)}`);
-      }
+      const err = await this.deliver(msg);
       this.queue.shift();
       this.queuedBytes -= msg.body.length;
       done(err);

@@ -1,0 +1,200 @@
+/**
+ * backend = "postgres": no broker at all. The `[[observers.subscribe]]` handlers of the service's
+ * own database are driven straight from the decoded stream of its slot: each message of a
+ * subscribed subject is applied through the inbox (the inbox row and the handler call commit in
+ * one transaction), and the message is done, so the slot may move past it, only after that COMMIT.
+ */
+import type { SubscribeRule } from '../config/load.js';
+import type { Logger } from '../util/log.js';
+import type { OutboundMessage, Sink } from '../sink/sink.js';
+import type { DeadLetterWriter } from '../sink/deadletter.js';
+import { subjectMatches } from '../sink/subjects.js';
+import { errorMessage } from '../util/errors.js';
+import { backoffDelay } from '../util/backoff.js';
+import { sleep } from '../util/sleep.js';
+import type { InboxExecutor } from './inbox.js';
+import { isTransient, isUnstorable } from './sqlerrors.js';
+import type { HandlerOutcome } from './worker.js';
+
+/** Webhook actions delivered in line, in commit order (webhook/sink.ts's WebhookSink fits). */
+export interface InlineDeliveries {
+  accepts(subject: string): boolean;
+  /** resolves with no error once delivered or dead-lettered; with an error when the slot must not move past it */
+  deliver(msg: OutboundMessage): Promise<Error | undefined>;
+  close(): void;
+}
+
+export interface PostgresSinkOptions {
+  subscribe: readonly SubscribeRule[];
+  inbox: InboxExecutor;
+  deadLetters: DeadLetterWriter;
+  /** messages queued before the session pauses reading */
+  maxQueued: number;
+  /** webhook actions, or null when none is configured */
+  webhooks: InlineDeliveries | null;
+  /** each handler call's outcome, with its duration in seconds when the handler ran */
+  onOutcome: (consumer: string, outcome: HandlerOutcome, seconds?: number) => void;
+  /** a message no subscription matches: acknowledged without a handler call */
+  onIgnored: (msg: OutboundMessage) => void;
+  log: Logger;
+}
+
+/** SQLSTATE-bearing transient failures (a deadlock, a serialization failure) retried in place before the session gives up. */
+const IN_PLACE_RETRIES = 5;
+
+/**
+ * One message at a time, in commit order: for each subscription whose subject matches (NATS
+ * wildcards `*` and `>`), in configuration order, its handler is applied once through the inbox.
+ * A handler failure is retried after the subscription's backoff, up to `max_deliver` attempts,
+ * then dead-lettered (direction inbound), and the stream moves on. A lost database connection
+ * ends the session: it re-reads from the slot's confirmed position and what was already applied
+ * finds its inbox row.
+ */
+export class PostgresSink implements Sink {
+  private readonly queue: { msg: OutboundMessage; done: (err?: Error) => void }[] = [];
+  private queuedBytes = 0;
+  private running = false;
+  private waiters: (() => void)[] = [];
+  private readonly abort = new AbortController();
+  /** set once a message failed: the session is over and nothing after it may be applied */
+  private broken: Error | null = null;
+  /** subject ▶ the subscriptions it matches (subjects repeat: matched once each) */
+  private readonly routes = new Map<string, SubscribeRule[]>();
+
+  constructor(private readonly opts: PostgresSinkOptions) {}
+
+  check(): null {
+    return null;
+  }
+
+  get hasCapacity(): boolean {
+    return this.queue.length < this.opts.maxQueued;
+  }
+
+  get messagesInFlight(): number {
+    return this.queue.length;
+  }
+
+  get bytesInFlight(): number {
+    return this.queuedBytes;
+  }
+
+  waitForCapacity(): Promise<void> {
+    if (this.hasCapacity) return Promise.resolve();
+    return new Promise((r) => this.waiters.push(r));
+  }
+
+  publish(msg: OutboundMessage, done: (err?: Error) => void): void {
+    this.queue.push({ msg, done });
+    this.queuedBytes += msg.body.length;
+    if (!this.running) void this.drain();
+  }
+
+  /** The session is over: stop retrying; what is queued is read again from the slot by the next one. */
+  close(): void {
+    this.abort.abort();
+    this.opts.webhooks?.close();
+  }
+
+  /** The subscriptions whose subject captures `subject`, in configuration order. */
+  private rulesFor(subject: string): SubscribeRule[] {
+    let r = this.routes.get(subject);
+    if (r === undefined) {
+      r = this.opts.subscribe.filter((s) => subjectMatches(s.subject, subject));
+      if (this.routes.size > 10_000) this.routes.clear();
+      this.routes.set(subject, r);
+    }
+    return r;
+  }
+
+  private async drain(): Promise<void> {
+    this.running = true;
+    while (this.queue.length > 0) {
+      const { msg, done } = this.queue[0]!;
+      const err = this.broken ?? (await this.handle(msg));
+      if (err) this.broken ??= err;
+      this.queue.shift();
+      this.queuedBytes -= msg.body.length;
+      done(err);
+      if (this.waiters.length > 0 && this.hasCapacity) {
+        const w = this.waiters;
+        this.waiters = [];
+        for (const r of w) r();
+      }
+    }
+    this.running = false;
+  }
+
+  private async handle(msg: OutboundMessage): Promise<Error | undefined> {
+    const webhooks = this.opts.webhooks;
+    if (webhooks?.accepts(msg.subject)) return webhooks.deliver(msg);
+    const rules = this.rulesFor(msg.subject);
+    if (rules.length === 0) {
+      this.opts.onIgnored(msg);
+      return undefined;
+    }
+    for (const rule of rules) {
+      const err = await this.apply(rule, msg);
+      if (err) return err;
+    }
+    return undefined;
+  }
+
+  /** Applies one subscription's handler to one message: applied (or already), or dead-lettered; else an error. */
+  private async apply(rule: SubscribeRule, msg: OutboundMessage): Promise<Error | undefined> {
+    const { inbox, log } = this.opts;
+    const body = msg.body.toString('utf8');
+    let failures = 0;
+    let transient = 0;
+    for (;;) {
+      if (this.abort.signal.aborted) return new Error('handler call interrupted: the session is over');
+      const started = performance.now();
+      try {
+        const outcome = await inbox.process(rule.consumer, msg.eventId, msg.subject, rule.handler, body);
+        this.opts.onOutcome(rule.consumer, outcome, (performance.now() - started) / 1000);
+        return undefined;
+      } catch (err) {
+        const seconds = (performance.now() - started) / 1000;
+        if (isTransient(err)) {
+          const code = (err as { code?: string }).code;
+          // no SQLSTATE: the connection broke; the session ends and re-reads once PostgreSQL is back
+          if (code === undefined || code.startsWith('08') || code.startsWith('57P') || ++transient > IN_PLACE_RETRIES)
+            return new Error(`handler ${rule.handler} (${rule.consumer}): ${errorMessage(err)}`);
+          await sleep(backoffDelay(transient, 100, 2_000), this.abort.signal);
+          continue;
+        }
+        failures++;
+        this.opts.onOutcome(rule.consumer, 'failed', seconds);
+        const reason = `${(err as { code?: string }).code ?? ''} ${errorMessage(err)}`.trim();
+        if (failures >= rule.max_deliver || isUnstorable(err)) {
+          try {
+            await this.opts.deadLetters.write({
+              direction: 'inbound',
+              eventId: msg.eventId,
+              subject: msg.subject,
+              consumer: rule.consumer,
+              handler: rule.handler,
+              headers: msg.headers,
+              body,
+              error: reason,
+              attempts: failures,
+            });
+          } catch (e) {
+            return new Error(`could not record a dead letter: ${errorMessage(e)}`);
+          }
+          this.opts.onOutcome(rule.consumer, 'dead_lettered');
+          log.warn({ consumer: rule.consumer, event_id: msg.eventId, subject: msg.subject, error: reason }, 'inbound event dead-lettered');
+          return undefined;
+        }
+        if (failures === 1) log.warn({ consumer: rule.consumer, event_id: msg.eventId, err: reason }, 'handler failed; retrying');
+        await sleep(this.backoff(rule, failures), this.abort.signal);
+      }
+    }
+  }
+
+  /** Delay before the next attempt after `failures` handler failures: `backoff`, else exponential (as the NATS worker). */
+  private backoff(rule: SubscribeRule, failures: number): number {
+    const b = rule.backoff;
+    return b.length > 0 ? b[Math.min(failures - 1, b.length - 1)]! : Math.min(30_000, 1000 * 2 ** Math.max(0, failures - 1));
+  }
+}
