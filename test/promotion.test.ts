@@ -24,7 +24,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import assert from 'node:assert/strict';
 import type pg from 'pg';
-import { TestEnv, embeddedPostgresBin, sleep, type StoredMessage } from './fixture.js';
+import { TestEnv, embeddedPostgresBin, runCli, sleep, type StoredMessage } from './fixture.js';
 import { LocalPostgres } from '../src/local/postgres.js';
 import { findPostgresBin } from '../src/local/binaries.js';
 import { connect } from '../src/util/db.js';
@@ -285,10 +285,10 @@ test('no failover slot (PostgreSQL 16 and older): after the promotion the relay 
     assert.match(said, new RegExp(`replication slot "${slot}" does not exist on this server, but this relay streamed from it before`));
     assert.match(said, /failed over to a standby that had no synchronized copy/);
     assert.match(said, /run `fraiseql-relay reconcile --yes`/);
-    assert.match(said, /Do not run `migrate` for this/);
+    assert.match(said, /Do not create it with `migrate`/);
     assert.equal(relay.fatalError, null, 'the relay waits for the slot (and streams again once reconcile recreated it)');
 
-    // a relay (re)started now refuses with the same explanation: `migrate` would create the slot empty
+    // a relay (re)started now refuses with the same explanation
     await assert.rejects(env.startRelay(), (e: Error) => {
       assert.match(
         e.message,
@@ -297,6 +297,19 @@ test('no failover slot (PostgreSQL 16 and older): after the promotion the relay 
       assert.match(e.message, /run `fraiseql-relay reconcile --yes`/);
       return true;
     });
+    // and migrate refuses to create it at the current position
+    await assert.rejects(env.migrate(), (e: Error) => {
+      assert.match(e.message, new RegExp(`^migrate refused: replication slot "${slot}" does not exist on this server`));
+      assert.match(e.message, /run `fraiseql-relay reconcile --yes`/);
+      return true;
+    });
+    // and check fails on the slot, saying the same
+    const ck = await runCli(['check', '-c', env.configFile], env.env);
+    assert.match(
+      ck.stdout,
+      new RegExp(`^FAIL\\s+slot\\s+${slot} is missing, but this relay streamed from it .*reconcile --yes, not migrate`, 'm'),
+      ck.stdout,
+    );
     // what the operator does: reconcile recreates the slot and re-publishes the retained outbox rows
     await runReconcile(env.config(), createLogger('silent'), { yes: true, force: false, margin: '5m' });
     // and the running relay streams from the recreated slot by itself: one more event arrives

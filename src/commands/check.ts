@@ -12,7 +12,7 @@ import { filterCovers } from '../sink/subjects.js';
 import { checkHandler } from '../inbound/inbox.js';
 import { identityProblem, resolveChangeLog, resolveRuleTables, tablesPublication } from '../schema/tables.js';
 import { checkRuleFilters } from '../schema/filters.js';
-import { readSlot } from '../schema/slot.js';
+import { readSlot, slotRecord } from '../schema/slot.js';
 import { inspectOwnership, ownershipProbes } from '../schema/ownership.js';
 import { namesProbe, resolveNames } from '../schema/names.js';
 import { probeStream } from '../sink/stream.js';
@@ -128,8 +128,16 @@ async function probePostgres(config: Config, out: Probe[]): Promise<void> {
       } else {
         out.push({ what: 'plugin', status: 'ok', detail: config.relay.plugin });
       }
-      if (!row.exists) out.push({ what: 'slot', status: 'fail', detail: `${slot} is missing: run fraiseql-relay migrate` });
-      else if (owned.slot?.ownership.state === 'foreign') {
+      if (!row.exists) {
+        const lost = await slotRecord(client, config.relay.schema, slot);
+        out.push({
+          what: 'slot',
+          status: 'fail',
+          detail: lost
+            ? `${slot} is missing, but this relay streamed from it (${lost.table}): it was lost, e.g. in a failover; run fraiseql-relay reconcile --yes, not migrate`
+            : `${slot} is missing: run fraiseql-relay migrate`,
+        });
+      } else if (owned.slot?.ownership.state === 'foreign') {
         out.push({ what: 'slot', status: 'fail', detail: `${slot} is not this relay's (see ownership)` });
       } else if (row.plugin !== config.relay.plugin) {
         out.push({

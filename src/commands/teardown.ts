@@ -34,6 +34,15 @@ export async function runTeardown(config: Config, log: Logger, yes: boolean): Pr
       await c.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
       log.info({ slot }, 'dropped replication slot');
     }
+    // dropped on purpose, not lost: a later migrate creates it again (it refuses to recreate a slot relay_state still records)
+    await c.query(`DELETE FROM ${quoteIdent(config.relay.schema)}.relay_state WHERE slot = $1`, [slot]).catch((err: unknown) => {
+      // no relay schema (never migrated): nothing to forget
+      if (['42P01', '3F000'].includes((err as { code?: string }).code ?? '')) return;
+      log.warn(
+        { err: (err as Error).message, table: `${config.relay.schema}.relay_state` },
+        "could not forget the dropped slot's relay state; delete its row as the schema owner before the next migrate",
+      );
+    });
     for (const p of dropped) await c.query(`DROP PUBLICATION IF EXISTS ${quoteIdent(p)}`);
     log.info({ publications: dropped }, 'dropped publications');
     // what no longer exists is no longer this relay's: a later slot of that name is recorded anew by migrate

@@ -4,7 +4,7 @@ import { connect } from '../util/db.js';
 import { UsageError, errorMessage } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { DEFAULT_CHANGE_LOG } from './tables.js';
-import { readSlot, type SlotStats } from './slot.js';
+import { goneSlotMessage, readSlot, slotRecord, type SlotStats } from './slot.js';
 import { assertOwnership } from './ownership.js';
 import { buildPlan, emptyDatabaseState, inspectDatabase, migrateLockSql, needsSlot, type MigrationPlan } from './plan.js';
 import { legacyNotice, renamedSlotProblem, resolveNames } from './names.js';
@@ -179,6 +179,11 @@ export async function migrate(configured: Config, log: Logger = createLogger('si
       const renamed = renamedSlotProblem(names);
       if (renamed) throw new UsageError(`migrate refused: ${renamed}. Nothing was changed.`);
       config = names.config;
+      if (needsSlot(config) && !names.slotExists) {
+        // lost (a failover without a synchronized copy): created now it would skip the events since the last confirmation
+        const rec = await slotRecord(client, config.relay.schema, config.relay.slot);
+        if (rec) throw new UsageError(`migrate refused: ${goneSlotMessage(config.relay.slot, rec)} Nothing was changed.`);
+      }
       const notice = legacyNotice(names);
       if (notice) log.warn({ slot: config.relay.slot, publication: config.relay.publication }, notice);
       result.names = {

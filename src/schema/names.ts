@@ -22,7 +22,7 @@ import { quoteIdent } from '../util/db.js';
 import { UsageError } from '../util/errors.js';
 import { findLegacySlot, OWNED_TABLE } from './ownership.js';
 import { loadMigrations, needsSlot, outboxPublication } from './plan.js';
-import { goneSlotMessage, readSlot } from './slot.js';
+import { goneSlotMessage, readSlot, slotRecord } from './slot.js';
 
 export interface ResolvedNames {
   /** the configuration with the slot and publication this relay uses */
@@ -195,20 +195,8 @@ export async function assertMigrated(client: pg.Client, names: ResolvedNames): P
   }
   if (has.migrations && needsSlot(config) && !names.slotExists) {
     // streamed from before and gone (a failover without a synchronized copy): migrate would create it empty
-    const row = await client
-      .query<{ lsn: string | null; at: string }>(
-        `SELECT confirmed_lsn::text AS lsn, updated_at::text AS at FROM ${quoteIdent(schema)}.relay_state WHERE slot = $1`,
-        [slot],
-      )
-      .then(
-        (r) => r.rows[0],
-        () => undefined,
-      );
-    if (row) {
-      throw new UsageError(
-        `run refused: ${goneSlotMessage(slot, `${schema}.relay_state: confirmed up to ${row.lsn ?? '?'}, last written ${row.at}`)} Nothing was changed.`,
-      );
-    }
+    const rec = await slotRecord(client, schema, slot);
+    if (rec) throw new UsageError(`run refused: ${goneSlotMessage(slot, rec)} Nothing was changed.`);
   }
   if (missing.length > 0) {
     throw new UsageError(

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import { connectionConfig, quoteLiteral } from '../util/db.js';
+import { connectionConfig, quoteIdent, quoteLiteral } from '../util/db.js';
 
 export interface SlotStats {
   exists: boolean;
@@ -100,21 +100,48 @@ export function lostSlotMessage(slot: string): string {
   );
 }
 
+/** What a relay schema's `relay_state` records of a slot it streamed from. */
+export interface SlotRecord {
+  /** `<schema>.relay_state` */
+  table: string;
+  confirmedLsn: string | null;
+  updatedAt: string;
+}
+
+/**
+ * The `relay_state` row of `slot` in `schema`, or null (no row, no such table, not readable).
+ * Simple protocol (no bind parameters), so it also runs on a replication connection.
+ */
+export async function slotRecord(client: pg.Client, schema: string, slot: string): Promise<SlotRecord | null> {
+  try {
+    const r = await client.query<{ lsn: string | null; at: string }>(
+      `SELECT confirmed_lsn::text AS lsn, updated_at::text AS at FROM ${quoteIdent(schema)}.relay_state WHERE slot = ${quoteLiteral(slot)}`,
+    );
+    const row = r.rows[0];
+    return row ? { table: `${schema}.relay_state`, confirmedLsn: row.lsn, updatedAt: row.at } : null;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * The explanation and the way out when the slot is missing but this relay streamed from it before
  * (`relay_state` records it): it was lost, most often in a failover to a standby without a
- * synchronized copy. `recorded` names the relay_state row and what it says.
+ * synchronized copy. `run`, a running relay, `migrate` and `check` say it; `migrate` refuses to
+ * create such a slot, which would silently skip the events since the last confirmation.
  */
-export function goneSlotMessage(slot: string, recorded: string): string {
+export function goneSlotMessage(slot: string, rec: SlotRecord): string {
   return (
-    `replication slot "${slot}" does not exist on this server, but this relay streamed from it before (${recorded}): the slot was lost. ` +
+    `replication slot "${slot}" does not exist on this server, but this relay streamed from it before (${rec.table}: confirmed up to ` +
+    `${rec.confirmedLsn ?? '?'}, last written ${rec.updatedAt}): the slot was lost. ` +
     `Most likely PostgreSQL failed over to a standby that had no synchronized copy of it (PostgreSQL 16 and older have no failover ` +
     `slots; on 17 and later the standby needs sync_replication_slots = on, see "High availability" in the README), or it was dropped. ` +
     `Events committed after the last confirmed position may not have been published.\n` +
     `  Way out: run \`fraiseql-relay reconcile --yes\`: it recreates the slot and re-publishes every retained outbox row committed ` +
     `after the last confirmed event (same message ids, so JetStream drops what it already has); a running relay then streams from ` +
-    `the new slot by itself. Do not run \`migrate\` for this: it would create the slot at the current position, and the events ` +
-    `committed since the last confirmed one would never be published (after a deliberate \`teardown\`, \`migrate\` is right).`
+    `the new slot by itself. Do not create it with \`migrate\`: at the current position, the events committed since the last ` +
+    `confirmed one would never be published (migrate refuses while ${rec.table} records the slot; delete that row only to start ` +
+    `afresh on purpose, without those events).`
   );
 }
 

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { both, type CopyBothQueryStream } from 'pg-copy-streams';
-import { connectionConfig, DbClient, quoteIdent, quoteLiteral } from '../util/db.js';
+import { connectionConfig, DbClient, quoteLiteral } from '../util/db.js';
 import type { Logger } from '../util/log.js';
 import { SlotError, SlotLostError } from '../util/errors.js';
 import type { Lsn } from './types.js';
@@ -8,7 +8,7 @@ import { formatLsn } from './lsn.js';
 import { standbyStatus } from './frames.js';
 import type { PluginName } from './decoder.js';
 import { startReplicationSql, type StartOptions, type StreamedTable } from './plugin.js';
-import { goneSlotMessage, readSlot } from '../schema/slot.js';
+import { goneSlotMessage, readSlot, slotRecord, type SlotRecord } from '../schema/slot.js';
 
 export interface ReplicationOptions {
   url: string;
@@ -81,7 +81,7 @@ export class ReplicationConnection {
       const row = await readSlot(client, opts.slot);
       if (!row.exists) {
         const recorded = await streamedBefore(client, opts.slot);
-        if (recorded !== null) throw new SlotError(goneSlotMessage(opts.slot, recorded));
+        if (recorded) throw new SlotError(goneSlotMessage(opts.slot, recorded));
         throw new SlotError(
           `replication slot "${opts.slot}" does not exist; run \`fraiseql-relay migrate\` to create it (events committed before it exists are not streamed)`,
         );
@@ -260,9 +260,8 @@ function pluginError(err: unknown, slot: string): Error {
  * schema (any schema with a relay_state table this role may read) names it. A slot that is missing
  * although it was streamed was lost (a failover without a synchronized copy, or dropped): `migrate`
  * must not simply create it again. Simple protocol only, as on every replication connection.
- * Returns what the row says, for the message, or null.
  */
-async function streamedBefore(client: pg.Client, slot: string): Promise<string | null> {
+async function streamedBefore(client: pg.Client, slot: string): Promise<SlotRecord | null> {
   try {
     const schemas = await client.query<{ nspname: string }>(
       `SELECT n.nspname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -270,11 +269,8 @@ async function streamedBefore(client: pg.Client, slot: string): Promise<string |
         ORDER BY n.nspname`,
     );
     for (const { nspname } of schemas.rows) {
-      const r = await client.query<{ lsn: string | null; at: string | null }>(
-        `SELECT confirmed_lsn::text AS lsn, updated_at::text AS at FROM ${quoteIdent(nspname)}.relay_state WHERE slot = ${quoteLiteral(slot)}`,
-      );
-      const row = r.rows[0];
-      if (row) return `${nspname}.relay_state: confirmed up to ${row.lsn ?? '?'}, last written ${row.at ?? '?'}`;
+      const rec = await slotRecord(client, nspname, slot);
+      if (rec) return rec;
     }
   } catch {
     // not readable: say what is known without it
