@@ -15,6 +15,7 @@
  *   BENCH_HANDLER_CASES  e.g. "trivial-c8-b32": only these (c) cases  default all
  *   BENCH_ONLY           e.g. "a,e": run only these sections     default all
  *   BENCH_BACKFILL_N     rows of the backfilled table (g)        default 1000000
+ *   BENCH_BACKFILL_CHUNK rows per backfill chunk (g)             default 1000
  *   BENCH_OUT            where to write the report               default BENCHMARKS.md
  *                        ("-" prints only)
  *   BENCH_RELAY_NODE_ARGS node options for the relay process     e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"

@@ -18,7 +18,7 @@ import { spawnRelay } from '../lib/runs.js';
 export const BACKFILL_N = Number(process.env['BENCH_BACKFILL_N'] ?? 1_000_000);
 /** UPDATEs per second committed during the "with writes" runs */
 export const BACKFILL_WRITE_RATE = 2000;
-const CHUNK = 1000;
+const CHUNK = Number(process.env['BENCH_BACKFILL_CHUNK'] ?? 1000);
 
 interface BackfillResult {
   /** rows/s */
