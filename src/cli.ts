@@ -247,12 +247,13 @@ export function buildProgram(): Command {
 
   program
     .command('demo')
-    .description('start throwaway PostgreSQL and NATS and run the order/inventory example end to end')
+    .description('start throwaway PostgreSQL and NATS (or Redis) and run the order/inventory example end to end')
     .addOption(new Option('--log-level <level>', 'log level').env('LOG_LEVEL').default('error'))
-    .option('--orders <n>', 'orders before, during and after the NATS outage', '20')
-    .option('--outage <seconds>', 'how long NATS is down', '3')
-    .action((o: { logLevel: string; orders: string; outage: string }) =>
-      guard(async () => runDemo({ logLevel: o.logLevel, orders: Number(o.orders), outageSeconds: Number(o.outage) })),
+    .addOption(new Option('--backend <backend>', 'the broker the two services use').choices(['nats', 'redis']).default('nats'))
+    .option('--orders <n>', 'orders before, during and after the broker outage', '20')
+    .option('--outage <seconds>', 'how long the broker is down', '3')
+    .action((o: { logLevel: string; orders: string; outage: string; backend: 'nats' | 'redis' }) =>
+      guard(async () => runDemo({ logLevel: o.logLevel, orders: Number(o.orders), outageSeconds: Number(o.outage), backend: o.backend })),
     );
 
   return program;

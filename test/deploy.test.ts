@@ -1344,3 +1344,76 @@ test(
     }
   },
 );
+
+// ---------------------------------------------------------------- the same with Redis
+
+/** Helm's merge of a values file over the chart's: maps merged key by key, null deletes, the rest replaced. */
+function helmMerge(base: unknown, over: unknown): unknown {
+  if (over === null || typeof over !== 'object' || Array.isArray(over)) return over;
+  if (base === null || typeof base !== 'object' || Array.isArray(base)) base = {};
+  const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
+  for (const [k, v] of Object.entries(over as Record<string, unknown>)) {
+    if (v === null) delete out[k];
+    else out[k] = helmMerge(out[k], v);
+  }
+  return out;
+}
+
+test('helm values-redis.yaml: the chart runs the relay with backend = "redis", its values valid for the schema', () => {
+  const values = helmMerge(parseYaml(read(join(CHART, 'values.yaml'))), parseYaml(read(join(DEPLOY, 'helm', 'values-redis.yaml')))) as K8s;
+  const env: Record<string, string> = {};
+  for (const k of values.secretKeys as string[]) {
+    assert.equal(typeof values.secretValues?.[k], 'string', `values-redis: secretValues has an example for ${k}`);
+    env[k] = values.secretValues[k];
+  }
+  assert.deepEqual(Object.keys(values.secretValues).sort(), ['DATABASE_URL', 'REDIS_URL'], 'values-redis: no NATS_URL left in the Secret');
+  const config = checkConfig(values.config, env, 'helm values-redis');
+  assert.equal(config.observers.backend, 'redis');
+  assert.equal(config.observers.redis_url, env['REDIS_URL']);
+  assert.equal(values.port, portOf(config.relay.listen), 'values-redis: [relay] listen uses values.port');
+  assert.ok(values.terminationGracePeriodSeconds * 1000 > config.relay.shutdown_timeout, 'values-redis: grace period > shutdown_timeout');
+  assert.ok((values.prometheusRule.disabledAlerts as string[]).includes('FraiseqlRelayNatsDown'), 'values-redis: no NATS alert');
+  const schema = JSON.parse(read(join(CHART, 'values.schema.json')));
+  assert.deepEqual(schemaErrors(schema, values), [], 'values.yaml with values-redis.yaml validates');
+});
+
+test('compose.redis.yaml: Redis with an fsynced append-only file, migrate and the relay on fraiseql.redis.toml', () => {
+  const base = yamlDocs(read(join(DEPLOY, 'compose.yaml')), 'compose.yaml')[0];
+  const over = yamlDocs(read(join(DEPLOY, 'compose.redis.yaml')), 'compose.redis.yaml')[0];
+  const services = over.services as Record<string, K8s>;
+  const redis = services['redis'];
+  assert.ok(redis, 'compose.redis: a redis service');
+  assert.match(String(redis.image), /^redis:(6\.2|[7-9])/, 'compose.redis: Redis 6.2+ (XAUTOCLAIM)');
+  const cmd = (redis.command as string[]).join(' ');
+  assert.match(cmd, /--appendonly yes/, 'compose.redis: append-only file on');
+  assert.match(cmd, /--appendfsync always/, 'compose.redis: fsynced on every write');
+  assert.ok(redis.healthcheck?.test, 'compose.redis: redis has a healthcheck');
+  assert.ok(
+    (redis.volumes as string[]).some((v) => v.endsWith(':/data')),
+    'compose.redis: its data on a volume',
+  );
+  assert.ok((over.volumes)['redis-data'] !== undefined, 'compose.redis: declares the redis-data volume');
+  for (const [name, command] of [
+    ['migrate', 'migrate'],
+    ['relay', 'run'],
+  ] as const) {
+    const what = `compose.redis ${name}`;
+    const svc = base.services[name];
+    const o = services[name];
+    assert.ok(o, `${what}: overridden`);
+    const configPath = checkInvocation(svc.command, command, what);
+    // compose merges volumes by their path in the container: the override's mount replaces the base's
+    const mount = (o.volumes as string[]).map((v) => v.split(':')).find((p) => p[1] === configPath);
+    assert.ok(mount, `${what}: mounts its config at ${configPath}`);
+    const env = { ...(svc.environment as Record<string, string>), ...(o.environment as Record<string, string>) };
+    const config = checkConfig(read(resolve(DEPLOY, mount[0]!)), env, what);
+    assert.equal(config.observers.backend, 'redis', `${what}: backend = "redis"`);
+    assert.equal(config.observers.redis_url, 'redis://redis:6379', `${what}: the compose redis service`);
+    if (name === 'relay') {
+      assert.equal(portOf(config.relay.listen), DEFAULT_PORT, `${what}: the published port`);
+      assert.equal(o.depends_on?.redis?.condition, 'service_healthy', `${what}: waits for a healthy Redis`);
+    }
+  }
+  const text = read(join(DEPLOY, 'compose.redis.yaml'));
+  assert.ok(text.includes('docker compose -f deploy/compose.yaml -f deploy/compose.redis.yaml up --build'), 'documents how to start it');
+});

@@ -9,14 +9,108 @@ import { migrate } from '../schema/migrate.js';
 import { Relay } from '../relay/relay.js';
 import { LocalPostgres } from '../local/postgres.js';
 import { LocalNats } from '../local/nats.js';
+import { LocalRedis } from '../local/redis.js';
+import { connectRedis } from '../sink/redis-client.js';
 import { withClient } from '../util/db.js';
 import { sleep } from '../util/sleep.js';
 
 export interface DemoOptions {
   logLevel: string;
-  /** orders per phase (before, during and after the NATS outage) */
+  /** orders per phase (before, during and after the broker outage) */
   orders: number;
   outageSeconds: number;
+  /** default "nats": the broker started and stopped (Redis Streams with "redis") */
+  backend?: 'nats' | 'redis';
+}
+
+/** The throwaway broker the demo runs on, and how it reads back what arrived. */
+interface DemoBroker {
+  /** "NATS" or "Redis", and where the events are stored ("JetStream", "Redis") */
+  readonly name: string;
+  readonly store: string;
+  readonly url: string;
+  /** the `[observers]` keys that point a service at it */
+  readonly observers: string;
+  stop(): Promise<void>;
+  start(): Promise<void>;
+  destroy(): Promise<void>;
+  /** waits until `total` events are stored, then counts them by order id */
+  countOrders(total: number): Promise<Map<string, number>>;
+}
+
+async function natsBroker(): Promise<DemoBroker> {
+  const nats = await LocalNats.start();
+  return {
+    name: 'NATS',
+    store: 'JetStream',
+    url: nats.url,
+    observers: `backend = "nats"\nnats_url = "${nats.url}"`,
+    stop: () => nats.stop(),
+    start: () => nats.start(),
+    destroy: () => nats.destroy(),
+    async countOrders(total) {
+      const nc = await natsConnect({ servers: nats.url });
+      const counts = new Map<string, number>();
+      try {
+        const jsm = await jetstreamManager(nc);
+        await waitFor('every order to reach JetStream', 90_000, async () => {
+          try {
+            return (await jsm.streams.info('FRAISEQL')).state.messages >= total;
+          } catch {
+            return false;
+          }
+        });
+        const stored = (await jsm.streams.info('FRAISEQL')).state.messages;
+        const js = jetstream(nc);
+        const consumer = await js.consumers.get('FRAISEQL');
+        const iter = await consumer.fetch({ max_messages: stored, expires: 5000 });
+        let read = 0;
+        for await (const m of iter) {
+          const body = m.json<{ id: string }>();
+          counts.set(body.id, (counts.get(body.id) ?? 0) + 1);
+          if (++read >= stored) break;
+        }
+      } finally {
+        await nc.close();
+      }
+      return counts;
+    },
+  };
+}
+
+async function redisBroker(log: ReturnType<typeof createLogger>): Promise<DemoBroker> {
+  const redis = await LocalRedis.start();
+  const key = 'fraiseql.order.created';
+  return {
+    name: 'Redis',
+    store: 'Redis',
+    url: redis.url,
+    observers: `backend = "redis"\nredis_url = "${redis.url}"`,
+    stop: () => redis.stop(),
+    start: () => redis.start(),
+    destroy: () => redis.destroy(),
+    async countOrders(total) {
+      const c = await connectRedis({ url: redis.url, log, name: 'demo' });
+      const counts = new Map<string, number>();
+      try {
+        await waitFor('every order to reach Redis', 90_000, async () => (await c.sendCommand<number>(['XLEN', key])) >= total);
+        let from = '-';
+        for (;;) {
+          const page = await c.sendCommand<[string, string[]][]>(['XRANGE', key, from, '+', 'COUNT', '1000']);
+          for (const [, flat] of page) {
+            const i = flat.indexOf('body');
+            const body = JSON.parse(flat[i + 1] ?? 'null') as { id: string };
+            counts.set(body.id, (counts.get(body.id) ?? 0) + 1);
+          }
+          if (page.length < 1000) break;
+          from = '(' + page.at(-1)![0];
+        }
+      } finally {
+        c.destroy();
+      }
+      return counts;
+    },
+  };
 }
 
 /**
@@ -112,7 +206,7 @@ function demoItems(i: number): string[] {
   return items;
 }
 
-const orderToml = (pgUrl: string, natsUrl: string) => `# written by fraiseql-relay demo
+const orderToml = (pgUrl: string, observers: string) => `# written by fraiseql-relay demo
 [project]
 name = "order-service"
 
@@ -121,8 +215,7 @@ type = "postgresql"
 url = "${pgUrl}"
 
 [observers]
-backend = "nats"
-nats_url = "${natsUrl}"
+${observers}
 
 [[observers.publish]]
 mutation = "create_order"
@@ -136,7 +229,7 @@ name = "FRAISEQL"
 duplicate_window = "10m"
 `;
 
-const inventoryToml = (pgUrl: string, natsUrl: string) => `# written by fraiseql-relay demo
+const inventoryToml = (pgUrl: string, observers: string) => `# written by fraiseql-relay demo
 [project]
 name = "inventory-service"
 
@@ -145,8 +238,7 @@ type = "postgresql"
 url = "${pgUrl}"
 
 [observers]
-backend = "nats"
-nats_url = "${natsUrl}"
+${observers}
 
 [[observers.subscribe]]
 subject = "fraiseql.order.created"
@@ -170,30 +262,32 @@ async function waitFor(what: string, timeoutMs: number, fn: () => Promise<boolea
 }
 
 /**
- * Throwaway PostgreSQL and NATS, the order service and its relay, the inventory service (its own
- * database) and its relay; orders before, during and after a NATS outage; then a table showing
- * that every committed order reached JetStream exactly once, and a stock table showing that
+ * Throwaway PostgreSQL and NATS (or Redis, `backend: 'redis'`), the order service and its relay,
+ * the inventory service (its own database) and its relay; orders before, during and after a
+ * broker outage; then a table showing that every committed order reached the broker exactly once, and a stock table showing that
  * every order reserved its items in the inventory service exactly once.
  */
 export async function runDemo(opts: DemoOptions): Promise<number> {
   const log = createLogger(opts.logLevel);
   const n = Math.max(1, Math.floor(opts.orders));
-  out('fraiseql-relay demo: starting a throwaway PostgreSQL and NATS JetStream…');
+  const redis = opts.backend === 'redis';
+  out(`fraiseql-relay demo: starting a throwaway PostgreSQL and ${redis ? 'Redis' : 'NATS JetStream'}…`);
   const pg = await LocalPostgres.start();
-  let nats: LocalNats | null = null;
+  let broker: DemoBroker | null = null;
   const relays: Relay[] = [];
   const dir = await mkdtemp(join(tmpdir(), 'fraiseql-relay-demo-'));
   try {
-    nats = await LocalNats.start();
+    broker = redis ? await redisBroker(log) : await natsBroker();
+    const b = broker;
     const ordersUrl = await pg.createDatabase('orders');
     const inventoryUrl = await pg.createDatabase('inventory');
     const orderFile = join(dir, 'order-service.toml');
     const inventoryFile = join(dir, 'inventory-service.toml');
-    await writeFile(orderFile, orderToml(ordersUrl, nats.url));
-    await writeFile(inventoryFile, inventoryToml(inventoryUrl, nats.url));
-    const orderConfig = parseConfig(orderToml(ordersUrl, nats.url), orderFile);
-    const inventoryConfig = parseConfig(inventoryToml(inventoryUrl, nats.url), inventoryFile);
-    out(`  PostgreSQL on port ${pg.port}, NATS on ${nats.url}, configs in ${dir}`);
+    await writeFile(orderFile, orderToml(ordersUrl, b.observers));
+    await writeFile(inventoryFile, inventoryToml(inventoryUrl, b.observers));
+    const orderConfig = parseConfig(orderToml(ordersUrl, b.observers), orderFile);
+    const inventoryConfig = parseConfig(inventoryToml(inventoryUrl, b.observers), inventoryFile);
+    out(`  PostgreSQL on port ${pg.port}, ${b.name} on ${b.url}, configs in ${dir}`);
 
     await migrate(orderConfig, log);
     await withClient(ordersUrl, (c) => c.query(ORDER_SERVICE_SQL).then(() => undefined));
@@ -230,44 +324,21 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
       out(`  committed ${n} orders (${phase})`);
     };
 
-    await createOrders('NATS up');
-    await nats.stop();
-    out(`  NATS stopped: the relays wait and retry; the order service keeps committing`);
-    await createOrders('NATS down');
+    await createOrders(`${b.name} up`);
+    await b.stop();
+    out(`  ${b.name} stopped: the relays wait and retry; the order service keeps committing`);
+    await createOrders(`${b.name} down`);
     await sleep(opts.outageSeconds * 1000);
-    await nats.start();
-    out(`  NATS restarted after ${opts.outageSeconds}s`);
-    await createOrders('NATS back');
+    await b.start();
+    out(`  ${b.name} restarted after ${opts.outageSeconds}s`);
+    await createOrders(`${b.name} back`);
 
     const all = phases.flatMap((p) => p.orders);
     const total = all.length;
-    const nc = await natsConnect({ servers: nats.url });
-    const counts = new Map<string, number>();
-    try {
-      const jsm = await jetstreamManager(nc);
-      await waitFor('every order to reach JetStream', 90_000, async () => {
-        try {
-          return (await jsm.streams.info('FRAISEQL')).state.messages >= total;
-        } catch {
-          return false;
-        }
-      });
-      const stored = (await jsm.streams.info('FRAISEQL')).state.messages;
-      const js = jetstream(nc);
-      const consumer = await js.consumers.get('FRAISEQL');
-      const iter = await consumer.fetch({ max_messages: stored, expires: 5000 });
-      let read = 0;
-      for await (const m of iter) {
-        const body = m.json<{ id: string }>();
-        counts.set(body.id, (counts.get(body.id) ?? 0) + 1);
-        if (++read >= stored) break;
-      }
-    } finally {
-      await nc.close();
-    }
+    const counts = await b.countOrders(total);
 
     out('');
-    out('  phase        committed   in JetStream   exactly once');
+    out(`  phase        committed   ${`in ${b.store}`.padStart(12)}   exactly once`);
     out('  ───────────  ─────────   ────────────   ────────────');
     let ok = true;
     for (const p of phases) {
@@ -285,8 +356,8 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     out('');
     out(
       ok
-        ? `  ✔ every committed order arrived in JetStream exactly once, including the ${n} committed while NATS was down`
-        : `  ✘ some orders are missing from JetStream or duplicated`,
+        ? `  ✔ every committed order arrived in ${b.store} exactly once, including the ${n} committed while ${b.name} was down`
+        : `  ✘ some orders are missing from ${b.store} or duplicated`,
     );
 
     // the inventory service: wait until its consumer has processed every order, then compare
@@ -339,14 +410,14 @@ export async function runDemo(opts: DemoOptions): Promise<number> {
     out('');
     out(
       reservedOk
-        ? `  ✔ every order reserved its items exactly once in the inventory service (${total} orders, ${inv.reservations.length} reservations), including those committed while NATS was down`
+        ? `  ✔ every order reserved its items exactly once in the inventory service (${total} orders, ${inv.reservations.length} reservations), including those committed while ${b.name} was down`
         : `  ✘ inventory mismatch: ${seen} of ${total} orders processed, ${exact} reserved exactly their items, ` +
             `stock ${stockOk ? 'matches' : 'does not match'} the reservations, ${inv.deadLetters} dead letters`,
     );
     return ok && reservedOk ? 0 : 1;
   } finally {
     for (const r of relays.reverse()) await r.stop().catch(() => {});
-    await nats?.destroy().catch(() => {});
+    await broker?.destroy().catch(() => {});
     await pg.destroy().catch(() => {});
     await rm(dir, { recursive: true, force: true }).catch(() => {});
   }
