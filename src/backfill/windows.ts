@@ -209,12 +209,17 @@ export class BackfillWindows {
     for (const c of w.before) if (chunk.running.has(c.xid)) w.changed.add(c.key);
     const rows = w.changed.size === 0 ? chunk.rows : chunk.rows.filter((r) => !w.changed.has(r.key));
     const outcome: ChunkOutcome = { published: rows.length, skipped: chunk.rows.length - rows.length };
+    const messages = chunk.build(rows, at);
+    // the window is done with its rows: the READ messages carry what is needed from here on
+    w.chunk = null;
+    w.before = [];
+    w.changed.clear();
     this.publishing.add(w);
     ticket.whenDurable = () => {
       this.publishing.delete(w);
       w.resolve(outcome);
     };
-    return chunk.build(rows, at);
+    return messages;
   }
 
   /** The session ended: every window it was following must be read again. */

@@ -99,7 +99,12 @@ export class AckWatermark {
       if (!t.committed || t.pending !== 0) break;
       if (t.endLsn > this.durable) this.durable = t.endLsn;
       if (t.heartbeatAt !== null) this.onHeartbeat(t.heartbeatAt);
-      t.whenDurable?.();
+      if (t.whenDurable !== null) {
+        // settled tickets stay queued a while: what the hook holds (a backfill chunk) must not
+        const hook = t.whenDurable;
+        t.whenDurable = null;
+        hook();
+      }
       this.head++;
       moved = true;
     }
