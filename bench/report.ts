@@ -393,6 +393,13 @@ export function render(results: Results, info: SysInfo, totalSecs: number): stri
   L.push(
     `- Inbound p99 (stored → handler committed) < 50 ms at ${fmtInt(LAT_RATE)} events/s: ${worstP99 === null ? 'not measured' : `${latAll.map((r, i) => `${fmtMs(r.p99)} ms${LAT_CASES[i]!.orderBy ? ' ordered' : ' unordered'}`).join(', ')}`} → ${tgt(worstP99 === null ? null : worstP99 < 50)}`,
   );
+  const bfRss =
+    results.backfill && results.backfill.alone.rss.length
+      ? Math.max(...results.backfill.alone.rss, ...results.backfill.withWrites.rss)
+      : null;
+  L.push(
+    `- Peak RSS during a ${fmtInt(BACKFILL_N)}-row backfill < 200 MB (chunks are let go once durable): ${bfRss === null ? 'not measured' : `${fmtMB(bfRss)} (highest of the runs)`} → ${tgt(bfRss === null ? null : bfRss < 200 * 1024)}`,
+  );
   L.push('');
   L.push('## How to run');
   L.push('');
