@@ -14,6 +14,7 @@
  *   BENCH_REF_LATENCY    0: no latency steps for the reference   default 1
  *   BENCH_HANDLER_CASES  e.g. "trivial-c8-b32": only these (c) cases  default all
  *   BENCH_ONLY           e.g. "a,e": run only these sections     default all
+ *                        ("r": the backends NATS, Redis, PostgreSQL side by side)
  *   BENCH_BACKFILL_N     rows of the backfilled table (g)        default 1000000
  *   BENCH_BACKFILL_CHUNK rows per backfill chunk (g)             default 1000
  *   BENCH_OUT            where to write the report               default BENCHMARKS.md
@@ -38,9 +39,10 @@ import { sectionCompare } from './sections/compare.js';
 import { newLatResult, sectionLatency } from './sections/latency.js';
 import { HANDLER_SETTINGS, sectionHandlers } from './sections/handlers.js';
 import { sectionBackfill } from './sections/backfill.js';
+import { newBackendResults, renderBackends, sectionBackends, type BackendResults } from './sections/redis.js';
 import { render, type Results } from './report.js';
 
-const ONLY = new Set((process.env['BENCH_ONLY'] ?? 'a,b,c,d,e,f,g').split(',').map((s) => s.trim().toLowerCase()));
+const ONLY = new Set((process.env['BENCH_ONLY'] ?? 'a,b,c,d,e,f,g,r').split(',').map((s) => s.trim().toLowerCase()));
 const OUT = process.env['BENCH_OUT'] ?? join(ROOT, 'BENCHMARKS.md');
 
 const results: Results = {
@@ -133,8 +135,17 @@ async function main(): Promise<void> {
         results.backfill.alone.errors.push(e);
       },
     );
+  let backends: BackendResults | null = null;
+  if (ONLY.has('r')) {
+    const r = (backends = newBackendResults());
+    await section(
+      '(r)',
+      (env) => sectionBackends(env, r),
+      (e) => (r.error = e),
+    );
+  }
   const total = (nowMs() - T0) / 1000;
-  const md = render(results, info, total);
+  const md = render(results, info, total) + renderBackends(backends);
   process.stdout.write(`\n${md}\n`);
   if (OUT !== '-') {
     writeFileSync(OUT, md);
