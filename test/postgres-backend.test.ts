@@ -304,6 +304,7 @@ test('backend = "postgres": wildcard subscriptions, unsubscribed subjects acknow
     const check = await runCli(['check', '-c', env.configFile], env.env);
     assert.equal(check.code, 0, check.stdout + check.stderr);
     assert.doesNotMatch(check.stdout, /nats/i);
+    assert.match(check.stdout, /ok\s+backend\s+postgres: no broker; 2 subscription\(s\) applied from this database's slot/);
     const status = await runCli(['status', '--json', '-c', env.configFile], env.env);
     assert.equal(status.code, 0, status.stderr);
     const report = JSON.parse(status.stdout) as { slot: { name: string } | null; consumers: unknown[] };

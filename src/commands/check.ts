@@ -429,6 +429,17 @@ export async function runCheck(config: Config, _log: Logger, opts: { json?: bool
   await probePostgres(config, out);
   await probeNats(config, out);
   if (config.observers.backend === 'redis') out.push(...(await probeRedis(config)));
+  if (config.observers.backend === 'postgres') {
+    const subs = config.observers.subscribe.length;
+    out.push({
+      what: 'backend',
+      status: subs > 0 ? 'ok' : 'warn',
+      detail:
+        subs > 0
+          ? `postgres: no broker; ${subs} subscription(s) applied from this database's slot, in commit order`
+          : 'postgres: no broker and no [[observers.subscribe]]: every event is acknowledged and applied nowhere',
+    });
+  }
   const ok = !out.some((p) => p.status === 'fail');
   if (opts.json) {
     process.stdout.write(JSON.stringify({ ok, probes: out.map(({ what, status, detail }) => ({ what, status, detail })) }, null, 2) + '\n');
