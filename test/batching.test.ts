@@ -269,9 +269,12 @@ test(
       await env.destroy();
     });
     await env.migrate();
-    // no unique key: a second application of an event would be a second row
+    // no unique key: a second application of an event would be a second row. A millisecond per
+    // event keeps the relay busy for seconds (20,000 events, 4 workers): NATS is stopped while
+    // most of them are still to come, with the relay's buffer full, however loaded the machine
+    // (a fast handler could apply all of them before the test saw 2,000 and stopped NATS)
     await env.sql(`CREATE SCHEMA app; CREATE TABLE app.once (n int NOT NULL);
-      CREATE FUNCTION app.fn_once(p jsonb) RETURNS void LANGUAGE sql AS $$ INSERT INTO app.once VALUES ((p->>'n')::int) $$`);
+      CREATE FUNCTION app.fn_once(p jsonb) RETURNS void LANGUAGE sql AS $$ SELECT pg_sleep(0.001); INSERT INTO app.once VALUES ((p->>'n')::int) $$`);
     const jsm = await jetstreamManager(nc);
     await jsm.streams.add({ name: 'FRAISEQL', subjects: ['fraiseql.>'] });
     const js = jetstream(nc);
@@ -293,6 +296,7 @@ test(
     const pid = env.nats.pid!;
     process.kill(pid, 'SIGSTOP');
     const atStop = await count();
+    assert.ok(atStop < N - 1000, `NATS stopped with ${N - atStop} events still to apply`);
     const grown = await waitCount(env, `SELECT count(*)::text AS c FROM app.once`, atStop + 100, 20_000);
     await a.kill('SIGKILL');
     process.kill(pid, 'SIGCONT');
