@@ -17,7 +17,7 @@ import { isTransient, isUnstorable } from './sqlerrors.js';
 import type { HandlerOutcome } from './worker.js';
 
 /** Webhook actions delivered in line, in commit order (webhook/sink.ts's WebhookSink fits). */
-export interface InlineDeliveries {
+interface InlineDeliveries {
   accepts(subject: string): boolean;
   /** resolves with no error once delivered or dead-lettered; with an error when the slot must not move past it */
   deliver(msg: OutboundMessage): Promise<Error | undefined>;
