@@ -1392,7 +1392,7 @@ test('compose.redis.yaml: Redis with an fsynced append-only file, migrate and th
     (redis.volumes as string[]).some((v) => v.endsWith(':/data')),
     'compose.redis: its data on a volume',
   );
-  assert.ok((over.volumes)['redis-data'] !== undefined, 'compose.redis: declares the redis-data volume');
+  assert.ok(over.volumes['redis-data'] !== undefined, 'compose.redis: declares the redis-data volume');
   for (const [name, command] of [
     ['migrate', 'migrate'],
     ['relay', 'run'],
