@@ -285,7 +285,12 @@ test('backend = "postgres": wildcard subscriptions, unsubscribed subjects acknow
     assert.match(metrics, /fraiseql_relay_handler_calls_total\{consumer="order-log",outcome="applied"\} 4/);
     assert.match(metrics, /fraiseql_relay_events_unrouted_total 1\b/);
     assert.doesNotMatch(metrics, /target="(nats|redis)"/);
-    assert.match(metrics, /fraiseql_relay_up\{target="postgres"\} 1/);
+    // up is sampled once a second: it says 1 by the next sample after the connection
+    await until(
+      'up{target="postgres"} 1',
+      async () => /fraiseql_relay_up\{target="postgres"\} 1/.test(await (await fetch(`${base}/metrics`)).text()),
+      5_000,
+    );
     await until('ready', async () => (await fetch(`${base}/readyz`)).status === 200, 30_000);
     const ready = (await (await fetch(`${base}/readyz`)).json()) as Record<string, unknown>;
     assert.doesNotMatch(JSON.stringify(ready), /nats|redis/i);
