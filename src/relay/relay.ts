@@ -13,6 +13,7 @@ import { ensureStream, findStream } from '../sink/stream.js';
 import { JetStreamSink } from '../sink/jetstream.js';
 import { loadAppendScript, RedisSink } from '../sink/redis.js';
 import { closeRedis, connectRedis, type RedisLink } from '../sink/redis-client.js';
+import { SplitSink } from '../sink/split.js';
 import { DeadLetterWriter } from '../sink/deadletter.js';
 import { MessageKeys } from '../sink/signing.js';
 import type { Sink } from '../sink/sink.js';
@@ -165,12 +166,6 @@ export class Relay extends EventEmitter<RelayEvents> {
     }
     if (nats && !config.observers.nats_url) throw new UsageError('[observers] nats_url is required with backend = "nats"');
     if (redis && !config.observers.redis_url) throw new UsageError('[observers] redis_url is required with backend = "redis"');
-    if (redis && webhookRoutes(config).length > 0) {
-      throw new UsageError(
-        'webhook actions are not delivered with backend = "redis" yet: use backend = "nats" (deliveries queued in JetStream) ' +
-          'or backend = "webhook" (delivered straight from the slot)',
-      );
-    }
     if (this.opts.migrate) {
       log.info({ schema: config.relay.schema }, 'running migrate before starting (run --migrate)');
       await migrate(config, log.child({ component: 'migrate' }));
@@ -228,13 +223,23 @@ export class Relay extends EventEmitter<RelayEvents> {
       const routerFor = await this.routers(database, tablesPublication(config));
       const targets = new Map(webhooks.map((w) => [w.route.subject, w.target]));
       let first = true;
+      // webhook actions delivered in line, in commit order (every backend but "nats", which queues them in JetStream)
+      const webhookSink = (maxQueued: number) =>
+        new WebhookSink(
+          targets,
+          this.deadLetters!,
+          maxQueued,
+          log.child({ component: 'webhook' }),
+          (o) => this.onWebhook(o),
+          (seconds) => this.emit('webhookRequest', seconds),
+        );
       const makeSink = async (): Promise<Sink> => {
         if (redis) {
           // each session starts with the append script in the server's cache (a restarted Redis has none)
           await loadAppendScript(this.redis!).catch((err: unknown) =>
             log.warn({ err: errorMessage(err) }, 'could not load the append script into Redis: the session will retry'),
           );
-          return new RedisSink(this.redis!, {
+          const appends = new RedisSink(this.redis!, {
             maxInFlight: config.relay.max_in_flight,
             maxInFlightBytes: config.relay.max_in_flight_bytes,
             timeoutMs: this.opts.publishTimeoutMs ?? 10_000,
@@ -242,19 +247,11 @@ export class Relay extends EventEmitter<RelayEvents> {
             log: log.child({ component: 'publisher' }),
             keys: this.keys,
           });
+          // webhook actions are delivered in line from the slot, as with backend = "webhook"; the rest goes to Redis
+          return targets.size === 0 ? appends : new SplitSink(appends, webhookSink(config.relay.max_in_flight));
         }
         if (direct) {
-          const hooks =
-            targets.size === 0
-              ? null
-              : new WebhookSink(
-                  targets,
-                  this.deadLetters!,
-                  1,
-                  log.child({ component: 'webhook' }),
-                  (o) => this.onWebhook(o),
-                  (seconds) => this.emit('webhookRequest', seconds),
-                );
+          const hooks = targets.size === 0 ? null : webhookSink(1);
           return new PostgresSink({
             subscribe: config.observers.subscribe,
             inbox: this.inbox!,
@@ -266,16 +263,7 @@ export class Relay extends EventEmitter<RelayEvents> {
             log: log.child({ component: 'inbound' }),
           });
         }
-        if (!nats) {
-          return new WebhookSink(
-            targets,
-            this.deadLetters!,
-            config.relay.max_in_flight,
-            log.child({ component: 'webhook' }),
-            (o) => this.onWebhook(o),
-            (seconds) => this.emit('webhookRequest', seconds),
-          );
-        }
+        if (!nats) return webhookSink(config.relay.max_in_flight);
         const subjects = first ? streamSubjects : await this.streamSubjects();
         first = false;
         return new JetStreamSink(this.nc!, {

@@ -1,0 +1,197 @@
+/**
+ * backend = "redis" with webhook actions: a rule's events are appended to its Redis stream and its
+ * webhook action is delivered in line from the slot (as with backend = "webhook"): retried while
+ * the endpoint fails, the slot held until the 2xx or the dead letter, each delivery once.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import { createHmac } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import { RedisEnv } from './redis-fixture.js';
+import { sleep, waitForRows } from './fixture.js';
+import type { Relay } from '../src/relay/relay.js';
+
+const SECRET = 'whsec_' + Buffer.from('redis-webhook-signing-key').toString('base64');
+
+interface Received {
+  path: string;
+  id: string;
+  timestamp: string;
+  signature: string;
+  status: number;
+  body: string;
+}
+
+/** A local endpoint on a free port: `answer(path)` decides each status; every request is recorded. */
+async function endpoint(answer: (path: string) => number): Promise<{ server: Server; url: string; all: Received[] }> {
+  const all: Received[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const path = req.url ?? '';
+      const status = answer(path);
+      all.push({
+        path,
+        id: String(req.headers['webhook-id']),
+        timestamp: String(req.headers['webhook-timestamp']),
+        signature: String(req.headers['webhook-signature']),
+        status,
+        body: Buffer.concat(chunks).toString('utf8'),
+      });
+      res.writeHead(status).end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, all };
+}
+
+function verifies(r: Received): boolean {
+  const key = Buffer.from(SECRET.slice('whsec_'.length), 'base64');
+  const expected = createHmac('sha256', key).update(`${r.id}.${r.timestamp}.${r.body}`).digest('base64');
+  return r.signature.split(' ').includes(`v1,${expected}`);
+}
+
+async function until(what: string, fn: () => Promise<boolean> | boolean, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await fn()) return;
+    await sleep(50);
+  }
+  assert.fail(`timed out waiting for ${what}`);
+}
+
+const TOML = `
+[project]
+name = "redis-hooks"
+
+[database]
+url = "\${DATABASE_URL}"
+
+[observers]
+backend = "redis"
+redis_url = "\${REDIS_URL}"
+
+[[observers.rules]]
+table = "tb_order"
+event = "INSERT"
+subject = "fraiseql.order.created"
+[[observers.rules.actions]]
+type = "webhook"
+url_env = "REDIS_HOOK_URL"
+signing_secret_env = "REDIS_HOOK_SECRET"
+max_attempts = 50
+
+[[observers.rules]]
+table = "tb_order"
+event = "DELETE"
+subject = "fraiseql.order.deleted"
+[[observers.rules.actions]]
+type = "webhook"
+url_env = "REDIS_BROKEN_HOOK_URL"
+max_attempts = 2
+
+[relay]
+listen = "127.0.0.1:0"
+`;
+
+test('backend = "redis": rule events land in the stream and each webhook is delivered once, in order, retried, the slot held until then', async () => {
+  let failing = true;
+  const ep = await endpoint((path) => (path === '/broken' ? 500 : failing ? 503 : 200));
+  process.env['REDIS_HOOK_URL'] = `${ep.url}/orders`;
+  process.env['REDIS_BROKEN_HOOK_URL'] = `${ep.url}/broken`;
+  process.env['REDIS_HOOK_SECRET'] = SECRET;
+  const env = await RedisEnv.create({ toml: TOML });
+  let relay: Relay | null = null;
+  try {
+    await env.sql(`CREATE TABLE tb_order (id serial PRIMARY KEY, n int NOT NULL)`);
+    await env.migrate();
+    relay = await env.startRelay();
+    const confirmedBefore = async (lsn: string) => {
+      const [r] = await env.sql<{ before: boolean }>(
+        `SELECT confirmed_flush_lsn < $1::pg_lsn AS before FROM pg_replication_slots WHERE slot_name = $2`,
+        [lsn, env.config().relay.slot],
+      );
+      return r!.before;
+    };
+
+    await env.sql(`INSERT INTO tb_order (n) VALUES (0)`);
+    const [{ lsn: afterFirst }] = (await env.sql<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`)) as [{ lsn: string }];
+    for (let i = 1; i < 10; i++) await env.sql(`INSERT INTO tb_order (n) VALUES ($1)`, [i]);
+
+    // the appends do not wait for the endpoint; the slot does
+    await env.waitForLength('fraiseql.order.created', 10, 20_000);
+    await until('two failed attempts of the first webhook', () => ep.all.filter((r) => r.path === '/orders').length >= 2);
+    assert.ok(await confirmedBefore(afterFirst), 'the slot is not confirmed past an undelivered webhook');
+    assert.ok(
+      ep.all.every((r) => r.path !== '/orders' || JSON.parse(r.body).entity.n === 0),
+      'the webhooks behind the failing one wait for it',
+    );
+    assert.equal(relay.webhookStats.delivered, 0);
+
+    failing = false;
+    await until('ten webhooks delivered', () => relay!.webhookStats.delivered === 10);
+    const [{ lsn: afterAll }] = (await env.sql<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`)) as [{ lsn: string }];
+    await until('the slot confirmed past the last insert', async () => !(await confirmedBefore(afterAll)));
+
+    // max_attempts spent: dead-lettered, and the slot moves on
+    await env.sql(`DELETE FROM tb_order WHERE n = 9`);
+    const dl = await waitForRows(
+      () =>
+        env.sql<{ direction: string; attempts: number; error: string }>(
+          `SELECT direction, attempts, error FROM fraiseql_relay.dead_letter`,
+        ),
+      20_000,
+    );
+    assert.equal(dl.length, 1);
+    assert.equal(dl[0]!.direction, 'webhook');
+    assert.equal(dl[0]!.attempts, 2);
+    assert.match(dl[0]!.error, /500/);
+    await env.waitForLength('fraiseql.order.deleted', 1, 20_000);
+    const [{ lsn: afterDelete }] = (await env.sql<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`)) as [{ lsn: string }];
+    await until('the slot confirmed past the dead-lettered webhook', async () => !(await confirmedBefore(afterDelete)));
+
+    // a clean stop: nothing more can arrive, so what the endpoint got is final
+    await relay.stop();
+    relay = null;
+
+    const stream = await env.read('fraiseql.order.created');
+    assert.deepEqual(
+      stream.map((e) => (e.body['entity'] as { n: number }).n),
+      [...Array(10).keys()],
+      'every rule event in the Redis stream once, in commit order',
+    );
+    const delivered = ep.all.filter((r) => r.path === '/orders' && r.status === 200);
+    assert.deepEqual(
+      delivered.map((r) => (JSON.parse(r.body) as { entity: { n: number } }).entity.n),
+      [...Array(10).keys()],
+      'each webhook received once, in commit order',
+    );
+    assert.deepEqual(
+      delivered.map((r) => r.id),
+      stream.map((e) => e.body['event_id']),
+      'the webhook carries the same event as the stream entry (webhook-id is its event id)',
+    );
+    assert.deepEqual(
+      delivered.map((r) => JSON.parse(r.body) as unknown),
+      stream.map((e) => e.body),
+      'the webhook body is the message appended to the stream',
+    );
+    assert.ok(delivered.every(verifies), 'every delivery is signed');
+    const retried = ep.all.filter((r) => r.path === '/orders' && r.status !== 200);
+    assert.ok(retried.length >= 2);
+    assert.ok(
+      retried.every((r) => r.id === delivered[0]!.id),
+      'the failed attempts were the first event, retried with the same webhook-id',
+    );
+    assert.equal(ep.all.filter((r) => r.path === '/broken').length, 2, 'max_attempts = 2: two attempts, then the dead letter');
+    // the webhook queues are not Redis streams
+    const c = await env.client();
+    assert.deepEqual(await c.sendCommand(['KEYS', 'fraiseql.webhook.*']), []);
+  } finally {
+    await relay?.stop();
+    await env.destroy();
+    ep.server.close();
+  }
+});
