@@ -93,3 +93,86 @@ handler = "fn_seen"
     await env.destroy();
   }
 });
+
+test('status reads each consumer group: not delivered yet (lag), in progress (pending list), redelivered; missing streams and Redis down as errors', async () => {
+  const env = await RedisEnv.create({
+    toml: `${REDIS_TOML}
+[[observers.subscribe]]
+subject = "fraiseql.order.created"
+handler = "fn_seen"
+
+[[observers.subscribe]]
+subject = "fraiseql.order.shipped"
+handler = "fn_seen"
+consumer = "shipping"
+`,
+  });
+  const group = 'test-service-fraiseql_order_created';
+  const status = async () => {
+    const r = await runCli(['status', '--json', '-c', env.configFile], env.env);
+    assert.equal(r.code, 0, r.stderr);
+    return (JSON.parse(r.stdout) as { consumers: Record<string, unknown>[] }).consumers;
+  };
+  try {
+    await env.migrate();
+    let consumers = await status();
+    assert.equal(consumers.length, 2);
+    assert.match(String(consumers[0]!['error']), /^stream "fraiseql\.order\.created" does not exist yet/);
+    assert.equal(consumers[0]!['pending'], null);
+
+    const c = await env.client();
+    await c.sendCommand(['XGROUP', 'CREATE', 'fraiseql.order.created', 'other-group', '0', 'MKSTREAM']);
+    consumers = await status();
+    assert.match(
+      String(consumers[0]!['error']),
+      /^no consumer group test-service-fraiseql_order_created on stream "fraiseql\.order\.created" yet/,
+    );
+
+    // 5 entries; a reader took 2 (in progress); one of them was claimed by another reader (delivered twice)
+    await c.sendCommand(['XGROUP', 'CREATE', 'fraiseql.order.created', group, '0']);
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push(await c.sendCommand<string>(['XADD', 'fraiseql.order.created', '*', 'body', `{"n":${i}}`]));
+    await c.sendCommand(['XREADGROUP', 'GROUP', group, 'reader-1', 'COUNT', '2', 'STREAMS', 'fraiseql.order.created', '>']);
+    await c.sendCommand(['XCLAIM', 'fraiseql.order.created', group, 'reader-2', '0', ids[0]!]);
+    consumers = await status();
+    assert.deepEqual(consumers, [
+      {
+        consumer: group,
+        subject: 'fraiseql.order.created',
+        stream: 'fraiseql.order.created',
+        pending: 3,
+        ack_pending: 2,
+        redelivered: 1,
+        error: null,
+      },
+      {
+        consumer: 'shipping',
+        subject: 'fraiseql.order.shipped',
+        stream: 'fraiseql.order.shipped',
+        pending: null,
+        ack_pending: null,
+        redelivered: null,
+        error: 'stream "fraiseql.order.shipped" does not exist yet',
+      },
+    ]);
+    const text = await runCli(['status', '-c', env.configFile], env.env);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /^consumer test-service-fraiseql_order_created\s+3 pending, 2 in progress, 1 redelivered$/m);
+    assert.match(text.stdout, /^consumer shipping\s+error: stream "fraiseql\.order\.shipped" does not exist yet$/m);
+
+    // acknowledged: nothing in progress any more
+    await c.sendCommand(['XACK', 'fraiseql.order.created', group, ids[0]!, ids[1]!]);
+    consumers = await status();
+    assert.deepEqual([consumers[0]!['pending'], consumers[0]!['ack_pending'], consumers[0]!['redelivered']], [3, 0, 0]);
+
+    await env.redis.stop();
+    consumers = await status();
+    assert.equal(consumers.length, 2);
+    for (const x of consumers) {
+      assert.match(String(x['error']), /^cannot connect to Redis \(\[observers\] redis_url\)/);
+      assert.equal(x['pending'], null);
+    }
+  } finally {
+    await env.destroy();
+  }
+});

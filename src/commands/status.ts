@@ -8,6 +8,9 @@ import { readSlot } from '../schema/slot.js';
 import { needsSlot } from '../schema/plan.js';
 import { findStream } from '../sink/stream.js';
 import { BackfillStore } from '../backfill/store.js';
+import { closeRedis, connectRedis, type RedisLink } from '../sink/redis-client.js';
+import { streamKey } from '../sink/redis.js';
+import { createLogger } from '../util/log.js';
 
 /** A relay process: its own host name and pid (not a PostgreSQL backend's), and where it connects from. */
 interface RelayProcessInfo {
@@ -243,6 +246,8 @@ async function collectStatus(config: Config): Promise<StatusReport> {
         redelivered: null,
         error: null,
       });
+  } else if (config.observers.backend === 'redis') {
+    if (config.observers.subscribe.length > 0) report.consumers.push(...(await redisConsumers(config)));
   } else if (config.observers.subscribe.length > 0 && config.observers.nats_url) {
     const failed = (sub: { consumer: string; subject: string }, stream: string | null, error: string) => ({
       consumer: sub.consumer,
@@ -283,6 +288,84 @@ async function collectStatus(config: Config): Promise<StatusReport> {
     }
   }
   return report;
+}
+
+type Consumer = StatusReport['consumers'][number];
+
+/** Entries of a group's pending list examined for their delivery count (the relay's lists are far shorter). */
+const PENDING_SCAN = 10_000;
+
+/**
+ * backend = "redis": each subscription's consumer group (`XINFO GROUPS` of its stream), in the
+ * fields of a NATS consumer: `pending` is the group's `lag` (entries not yet delivered to it; null
+ * when Redis cannot tell, after entries were deleted out of order), `ack_pending` its pending list
+ * (delivered, not acknowledged), `redelivered` the entries of that list delivered more than once
+ * (`XPENDING`, the first 10,000). A missing stream or group, or Redis down, is the consumer's `error`.
+ */
+async function redisConsumers(config: Config): Promise<Consumer[]> {
+  const subs = config.observers.subscribe;
+  const failed = (sub: (typeof subs)[number], stream: string | null, error: string): Consumer => ({
+    consumer: sub.consumer,
+    subject: sub.subject,
+    stream,
+    pending: null,
+    ack_pending: null,
+    redelivered: null,
+    error,
+  });
+  let redis: RedisLink;
+  try {
+    redis = await connectRedis({
+      url: config.observers.redis_url ?? '',
+      log: createLogger('silent'),
+      name: 'fraiseql-relay-status',
+      once: true,
+    });
+  } catch (err) {
+    return subs.map((sub) => failed(sub, null, `cannot connect to Redis ([observers] redis_url): ${errorMessage(err)}`));
+  }
+  const out: Consumer[] = [];
+  try {
+    for (const sub of subs) {
+      const key = streamKey(config.relay.redis, sub.subject);
+      try {
+        const groups = await redis.sendCommand<(string | number | null)[][]>(['XINFO', 'GROUPS', key]).catch((err: unknown) => {
+          throw new Error(/no such key/i.test(errorMessage(err)) ? `stream ${JSON.stringify(key)} does not exist yet` : errorMessage(err));
+        });
+        let info: Map<string, string | number | null> | null = null;
+        for (const g of groups) {
+          const m = new Map<string, string | number | null>();
+          for (let i = 0; i + 1 < g.length; i += 2) m.set(String(g[i]), g[i + 1]!);
+          if (m.get('name') === sub.consumer) info = m;
+        }
+        if (!info)
+          throw new Error(`no consumer group ${sub.consumer} on stream ${JSON.stringify(key)} yet (the relay creates it when it starts)`);
+        const lag = info.get('lag');
+        const entries = await redis.sendCommand<[string, string, number, number][]>([
+          'XPENDING',
+          key,
+          sub.consumer,
+          '-',
+          '+',
+          String(PENDING_SCAN),
+        ]);
+        out.push({
+          consumer: sub.consumer,
+          subject: sub.subject,
+          stream: key,
+          pending: lag === undefined || lag === null ? null : Number(lag),
+          ack_pending: Number(info.get('pending') ?? 0),
+          redelivered: entries.filter((e) => Number(e[3]) > 1).length,
+          error: null,
+        });
+      } catch (err) {
+        out.push(failed(sub, key, errorMessage(err)));
+      }
+    }
+  } finally {
+    closeRedis(redis);
+  }
+  return out;
 }
 
 const bytes = (n: number) =>
@@ -355,9 +438,9 @@ function formatStatus(r: StatusReport, where: string): string {
       `consumer ${c.consumer}`,
       c.error !== null
         ? `error: ${c.error}`
-        : c.pending === null
+        : c.stream === null
           ? `${c.subject}: applied from the slot in commit order (backend = "postgres"; its backlog is the slot's lag)`
-          : `${c.pending} pending, ${c.ack_pending} in progress, ${c.redelivered} redelivered`,
+          : `${c.pending ?? '?'} pending, ${c.ack_pending} in progress, ${c.redelivered} redelivered`,
     ]);
   }
   const dl = Object.entries(r.dead_letters).filter(([, n]) => n > 0);
