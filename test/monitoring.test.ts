@@ -6,7 +6,7 @@
  *   case and stays silent in another);
  * - every metric the rules and the dashboard query, and every label value they match on, is in
  *   a real /metrics scrape of a running relay (PostgreSQL and NATS, one published and one
- *   handled event);
+ *   handled event), or of a relay with backend = "redis" for the label values only it exposes;
  * - the dashboard is a Grafana dashboard whose queries parse (promtool) and filter on the
  *   dashboard's namespace and job variables;
  * - the Helm chart's and the Kustomize component's copies are the same rules and dashboard;
@@ -20,6 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { ROOT, TestEnv, sleep } from './fixture.js';
+import { RedisEnv } from './redis-fixture.js';
 import { startDaemon, type Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/util/log.js';
 
@@ -264,6 +265,28 @@ test(
       30_000,
     );
     const scrape = parseScrape(await scrapeText());
+
+    // a relay with backend = "redis" exposes up{target="redis"} instead of "nats": its label values count too
+    const redisEnv = await RedisEnv.create();
+    let redisDaemon: Daemon | null = null;
+    t.after(async () => {
+      await redisDaemon?.stop();
+      await redisEnv.destroy();
+    });
+    await redisEnv.migrate();
+    redisDaemon = await startDaemon(redisEnv.config(), createLogger('silent'), { backoffMinMs: 100, backoffMaxMs: 1000 });
+    const rd = redisDaemon;
+    const redisScrape = async () => (await fetch(`http://127.0.0.1:${rd.port}/metrics`)).text();
+    await until('the redis relay is up', async () => /^fraiseql_relay_up\{target="redis"\} 1$/m.test(await redisScrape()), 30_000);
+    for (const [metric, byLabel] of parseScrape(await redisScrape()).labels) {
+      const into = scrape.labels.get(metric);
+      if (!into) continue; // metric names come from the NATS relay's scrape alone
+      for (const [label, values] of byLabel) {
+        const set = into.get(label) ?? new Set<string>();
+        for (const v of values) set.add(v);
+        into.set(label, set);
+      }
+    }
 
     const queries = [
       ...rules().map((r) => ({ where: `alerts.yaml ${r.alert ?? r.record}`, expr: r.expr })),
