@@ -11,7 +11,7 @@
  * - RESP2 replies (plain arrays), which every Redis with streams speaks;
  * - reconnection forever, with a growing pause of at most 2 s.
  */
-import { createClient } from '@redis/client';
+import type { createClient } from '@redis/client';
 import type { Logger } from '../util/log.js';
 import { errorMessage } from '../util/errors.js';
 
@@ -39,9 +39,15 @@ export interface RedisConnectOptions {
   once?: boolean;
 }
 
+/**
+ * node-redis, loaded on first use: it takes ~150 ms to import, which the start-up of a relay with
+ * any other backend, and every command (status, check, migrate), would otherwise pay.
+ */
+let redisLib: { createClient: typeof createClient } | null = null;
+
 /** A client not yet connected: call `connect()`; it reconnects by itself from then on. */
 function redisClient(opts: RedisConnectOptions): RedisLink {
-  const client = createClient({
+  const client = redisLib!.createClient({
     url: opts.url,
     RESP: 2,
     disableOfflineQueue: true,
@@ -84,6 +90,7 @@ function watch(client: RedisLink, opts: RedisConnectOptions): void {
 
 /** Connects a client made by {@link redisClient}, waiting (reconnecting) until Redis answers. */
 export async function connectRedis(opts: RedisConnectOptions): Promise<RedisLink> {
+  redisLib ??= await import('@redis/client');
   const client = redisClient(opts);
   await client.connect();
   return client;
