@@ -10,6 +10,7 @@ import type { Config } from '../config/load.js';
 import { quoteQualified, withClient } from '../util/db.js';
 import { UsageError } from '../util/errors.js';
 import { sleep } from '../util/sleep.js';
+import { formatTable } from '../util/table.js';
 import { resolveRuleTables } from '../schema/tables.js';
 import { describeTable, whereProblem } from '../backfill/chunk.js';
 import { BackfillStore, type Backfill } from '../backfill/store.js';
@@ -224,14 +225,7 @@ export async function backfillStatus(config: Config, opts: { json: boolean }): P
     b.requestedAt.toISOString(),
     (b.error ?? '').replace(/\s+/g, ' ').slice(0, 100),
   ]);
-  const widths = cols.map((h, i) => Math.max(h.length, ...data.map((d) => d[i]!.length)));
-  const line = (cells: string[]) =>
-    cells
-      .map((x, i) => (i === cells.length - 1 ? x : x.padEnd(widths[i]!)))
-      .join('  ')
-      .trimEnd() + '\n';
-  process.stdout.write(line(cols));
-  for (const d of data) process.stdout.write(line(d));
+  process.stdout.write(formatTable(cols, data));
   return 0;
 }
 

@@ -7,6 +7,7 @@ import type { Logger } from '../util/log.js';
 import { quoteIdent, withClient } from '../util/db.js';
 import { UsageError, errorMessage } from '../util/errors.js';
 import { InboxExecutor } from '../inbound/inbox.js';
+import { formatTable } from '../util/table.js';
 
 interface DeadLetterRow {
   id: string;
@@ -71,10 +72,7 @@ export async function dlqList(config: Config, opts: { json: boolean; limit: numb
     r.created_at.toISOString(),
     r.error.replace(/\s+/g, ' ').slice(0, 120),
   ]);
-  const widths = cols.map((c, i) => Math.max(c.length, ...data.map((d) => d[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ') + '\n';
-  process.stdout.write(line(cols));
-  for (const d of data) process.stdout.write(line(d));
+  process.stdout.write(formatTable(cols, data));
   return 0;
 }
 
