@@ -6,7 +6,8 @@
  */
 import type { SubscribeRule } from '../config/load.js';
 import type { Logger } from '../util/log.js';
-import type { OutboundMessage, Sink } from '../sink/sink.js';
+import type { OutboundMessage } from '../sink/sink.js';
+import { SerialSink } from '../sink/serial.js';
 import type { DeadLetterWriter } from '../sink/deadletter.js';
 import { subjectMatches } from '../sink/subjects.js';
 import { errorMessage } from '../util/errors.js';
@@ -50,44 +51,19 @@ const IN_PLACE_RETRIES = 5;
  * ends the session: it re-reads from the slot's confirmed position and what was already applied
  * finds its inbox row.
  */
-export class PostgresSink implements Sink {
-  private readonly queue: { msg: OutboundMessage; done: (err?: Error) => void }[] = [];
-  private queuedBytes = 0;
-  private running = false;
-  private waiters: (() => void)[] = [];
+export class PostgresSink extends SerialSink {
   private readonly abort = new AbortController();
   /** set once a message failed: the session is over and nothing after it may be applied */
   private broken: Error | null = null;
   /** subject ▶ the subscriptions it matches (subjects repeat: matched once each) */
   private readonly routes = new Map<string, SubscribeRule[]>();
 
-  constructor(private readonly opts: PostgresSinkOptions) {}
+  constructor(private readonly opts: PostgresSinkOptions) {
+    super(opts.maxQueued);
+  }
 
   check(): null {
     return null;
-  }
-
-  get hasCapacity(): boolean {
-    return this.queue.length < this.opts.maxQueued;
-  }
-
-  get messagesInFlight(): number {
-    return this.queue.length;
-  }
-
-  get bytesInFlight(): number {
-    return this.queuedBytes;
-  }
-
-  waitForCapacity(): Promise<void> {
-    if (this.hasCapacity) return Promise.resolve();
-    return new Promise((r) => this.waiters.push(r));
-  }
-
-  publish(msg: OutboundMessage, done: (err?: Error) => void): void {
-    this.queue.push({ msg, done });
-    this.queuedBytes += msg.body.length;
-    if (!this.running) void this.drain();
   }
 
   /** The session is over: stop retrying; what is queued is read again from the slot by the next one. */
@@ -107,25 +83,14 @@ export class PostgresSink implements Sink {
     return r;
   }
 
-  private async drain(): Promise<void> {
-    this.running = true;
-    while (this.queue.length > 0) {
-      const { msg, done } = this.queue[0]!;
-      const err = this.broken ?? (await this.handle(msg));
-      if (err) this.broken ??= err;
-      this.queue.shift();
-      this.queuedBytes -= msg.body.length;
-      done(err);
-      if (this.waiters.length > 0 && this.hasCapacity) {
-        const w = this.waiters;
-        this.waiters = [];
-        for (const r of w) r();
-      }
-    }
-    this.running = false;
+  /** Once a message failed, the session is over: nothing after it may be applied. */
+  protected async handle(msg: OutboundMessage): Promise<Error | undefined> {
+    const err = this.broken ?? (await this.applyAll(msg));
+    if (err) this.broken ??= err;
+    return err;
   }
 
-  private async handle(msg: OutboundMessage): Promise<Error | undefined> {
+  private async applyAll(msg: OutboundMessage): Promise<Error | undefined> {
     const webhooks = this.opts.webhooks;
     if (webhooks?.accepts(msg.subject)) return webhooks.deliver(msg);
     const rules = this.rulesFor(msg.subject);

@@ -1,5 +1,6 @@
 import type { Logger } from '../util/log.js';
-import type { OutboundMessage, Sink } from '../sink/sink.js';
+import type { OutboundMessage } from '../sink/sink.js';
+import { SerialSink } from '../sink/serial.js';
 import type { DeadLetterWriter } from '../sink/deadletter.js';
 import { deliverWithRetries, type WebhookOutcome, type WebhookTarget } from './deliver.js';
 import { errorMessage } from '../util/errors.js';
@@ -9,48 +10,23 @@ import { errorMessage } from '../util/errors.js';
  * delivery is done once the endpoint accepted it, or once it failed permanently (or ran out of
  * attempts) and the dead letter is recorded. Only then does the slot move past it.
  */
-export class WebhookSink implements Sink {
-  private readonly queue: { msg: OutboundMessage; done: (err?: Error) => void }[] = [];
-  private queuedBytes = 0;
-  private running = false;
-  private waiters: (() => void)[] = [];
+export class WebhookSink extends SerialSink {
   private readonly abort = new AbortController();
 
   constructor(
     private readonly targets: Map<string, WebhookTarget>,
     private readonly deadLetters: DeadLetterWriter,
-    private readonly maxQueued: number,
+    maxQueued: number,
     private readonly log: Logger,
     private readonly onOutcome: (outcome: WebhookOutcome) => void = () => {},
     /** each delivery's duration in seconds (its retries included) */
     private readonly onRequest: (seconds: number) => void = () => {},
-  ) {}
+  ) {
+    super(maxQueued);
+  }
 
   check(msg: OutboundMessage): string | null {
     return this.targets.has(msg.subject) ? null : `no webhook is configured for ${msg.subject}`;
-  }
-
-  get hasCapacity(): boolean {
-    return this.queue.length < this.maxQueued;
-  }
-
-  get messagesInFlight(): number {
-    return this.queue.length;
-  }
-
-  get bytesInFlight(): number {
-    return this.queuedBytes;
-  }
-
-  waitForCapacity(): Promise<void> {
-    if (this.hasCapacity) return Promise.resolve();
-    return new Promise((r) => this.waiters.push(r));
-  }
-
-  publish(msg: OutboundMessage, done: (err?: Error) => void): void {
-    this.queue.push({ msg, done });
-    this.queuedBytes += msg.body.length;
-    if (!this.running) void this.drain();
   }
 
   /** Abandons retries (the session is stopping or failed); queued work is re-read later. */
@@ -97,20 +73,7 @@ export class WebhookSink implements Sink {
     }
   }
 
-  private async drain(): Promise<void> {
-    this.running = true;
-    while (this.queue.length > 0) {
-      const { msg, done } = this.queue[0]!;
-      const err = await this.deliver(msg);
-      this.queue.shift();
-      this.queuedBytes -= msg.body.length;
-      done(err);
-      if (this.waiters.length > 0 && this.hasCapacity) {
-        const w = this.waiters;
-        this.waiters = [];
-        for (const r of w) r();
-      }
-    }
-    this.running = false;
+  protected handle(msg: OutboundMessage): Promise<Error | undefined> {
+    return this.deliver(msg);
   }
 }
