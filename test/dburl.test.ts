@@ -172,3 +172,31 @@ test('multi-host URLs against real servers: read-write skips a down server and a
     await Promise.all([ro.destroy(), rw.destroy()]);
   }
 });
+
+test('a pool client the server ends while it is checked out and idle: no crash, its next query rejects, the pool replaces it', async () => {
+  // what a PostgreSQL restart did to a relay in CI: FATAL 57P01 on a checked-out connection between
+  // statements was an 'error' event without a listener, and the process died
+  const pgs = await LocalPostgres.start();
+  const pool = new pg.Pool({ ...connectionConfig(pgs.url()), max: 1 });
+  pool.on('error', () => {});
+  const uncaught: Error[] = [];
+  const onUncaught = (err: Error) => uncaught.push(err);
+  process.on('uncaughtException', onUncaught);
+  try {
+    const held = await pool.connect();
+    const pid = (await held.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+    // no 'error' listener of the test's own: only DbClient's stands between the event and a crash
+    const ended = new Promise<void>((resolve) => held.once('end', resolve));
+    await pgs.query(`SELECT pg_terminate_backend(${pid})`);
+    await ended;
+    await assert.rejects(held.query('SELECT 1'), /not queryable|terminat|Connection terminated/);
+    held.release();
+    const r = await pool.query<{ one: number }>('SELECT 1 AS one');
+    assert.equal(r.rows[0]!.one, 1, 'the pool connects a new client');
+    assert.deepEqual(uncaught, []);
+  } finally {
+    process.off('uncaughtException', onUncaught);
+    await pool.end();
+    await pgs.stop();
+  }
+});

@@ -153,6 +153,8 @@ const PROBE_TIMEOUT_MS = 10_000;
  * the connection itself, so a server that changed in between is refused, never used. A URL with
  * one host and no `target_session_attrs` connects exactly as `pg.Client` does.
  */
+function ignoreSessionError(): void {}
+
 export class DbClient extends pg.Client {
   private readonly targets: DbTarget[];
   private readonly want: TargetSessionAttrs;
@@ -178,6 +180,13 @@ export class DbClient extends pg.Client {
       connectionTimeoutMillis: c.connectionTimeoutMillis || PROBE_TIMEOUT_MS,
     };
     this.serverState = watchServerState(this);
+    // The server may end a session at any time (a restart, pg_terminate_backend). node-postgres
+    // emits 'error' when that happens while no query runs, and an 'error' without a listener
+    // ends the process. A pool listens only while a client is idle, not while it is checked out
+    // (the backfill holds one across chunks, a transaction between its statements), so every
+    // connection listens from birth: the client is then not queryable, its next query rejects,
+    // and a pool drops it on release. Listeners added by the caller still see the error.
+    this.on('error', ignoreSessionError);
   }
 
   /** The server this client connected to (`host:port`), once connected. */
