@@ -4,54 +4,15 @@
  * the endpoint fails, the slot held until the 2xx or the dead letter, each delivery once.
  */
 import { test } from 'node:test';
+import { endpoint, signedWith, type Received } from './webhook-endpoint.js';
 import assert from 'node:assert/strict';
-import { createServer, type Server } from 'node:http';
-import { createHmac } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
 import { RedisEnv } from './redis-fixture.js';
 import { sleep, waitForRows } from './fixture.js';
 import type { Relay } from '../src/relay/relay.js';
 
 const SECRET = 'whsec_' + Buffer.from('redis-webhook-signing-key').toString('base64');
 
-interface Received {
-  path: string;
-  id: string;
-  timestamp: string;
-  signature: string;
-  status: number;
-  body: string;
-}
-
-/** A local endpoint on a free port: `answer(path)` decides each status; every request is recorded. */
-async function endpoint(answer: (path: string) => number): Promise<{ server: Server; url: string; all: Received[] }> {
-  const all: Received[] = [];
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      const path = req.url ?? '';
-      const status = answer(path);
-      all.push({
-        path,
-        id: String(req.headers['webhook-id']),
-        timestamp: String(req.headers['webhook-timestamp']),
-        signature: String(req.headers['webhook-signature']),
-        status,
-        body: Buffer.concat(chunks).toString('utf8'),
-      });
-      res.writeHead(status).end();
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, all };
-}
-
-function verifies(r: Received): boolean {
-  const key = Buffer.from(SECRET.slice('whsec_'.length), 'base64');
-  const expected = createHmac('sha256', key).update(`${r.id}.${r.timestamp}.${r.body}`).digest('base64');
-  return r.signature.split(' ').includes(`v1,${expected}`);
-}
+const verifies = (r: Received): boolean => signedWith(SECRET, r);
 
 async function until(what: string, fn: () => Promise<boolean> | boolean, timeoutMs = 30_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -1,8 +1,6 @@
 import { test } from 'node:test';
+import { endpoint, signedWith, type Received } from './webhook-endpoint.js';
 import assert from 'node:assert/strict';
-import { createServer, type IncomingMessage, type Server } from 'node:http';
-import { createHmac } from 'node:crypto';
-import type { AddressInfo } from 'node:net';
 import { TestEnv, sleep, waitForRows } from './fixture.js';
 import { migrate } from '../src/schema/migrate.js';
 import { createLogger } from '../src/util/log.js';
@@ -10,48 +8,7 @@ import { Relay } from '../src/relay/relay.js';
 
 const SECRET = 'whsec_' + Buffer.from('a-very-secret-signing-key').toString('base64');
 
-interface Received {
-  path: string;
-  id: string;
-  timestamp: string;
-  signature: string;
-  body: string;
-  custom: string | undefined;
-}
-
-/** A local endpoint: `mode(path)` decides each answer; every request is recorded. */
-async function endpoint(
-  mode: (path: string, req: IncomingMessage) => number,
-): Promise<{ server: Server; url: string; got: Received[]; all: Received[] }> {
-  const got: Received[] = [];
-  const all: Received[] = [];
-  const server = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      const r: Received = {
-        path: req.url ?? '',
-        id: String(req.headers['webhook-id']),
-        timestamp: String(req.headers['webhook-timestamp']),
-        signature: String(req.headers['webhook-signature']),
-        body: Buffer.concat(chunks).toString('utf8'),
-        custom: req.headers['x-custom'] as string | undefined,
-      };
-      all.push(r);
-      const status = mode(r.path, req);
-      if (status < 300) got.push(r);
-      res.writeHead(status, status === 429 ? { 'retry-after': '1' } : {}).end();
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, got, all };
-}
-
-function verifies(r: Received): boolean {
-  const key = Buffer.from(SECRET.slice('whsec_'.length), 'base64');
-  const expected = createHmac('sha256', key).update(`${r.id}.${r.timestamp}.${r.body}`).digest('base64');
-  return r.signature.split(' ').includes(`v1,${expected}`);
-}
+const verifies = (r: Received): boolean => signedWith(SECRET, r);
 
 const SCHEMA = `CREATE TABLE tb_order (id serial PRIMARY KEY, n int NOT NULL, note text)`;
 
