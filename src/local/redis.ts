@@ -4,7 +4,6 @@
  * 6379) with its append-only file on and fsynced on every write, so what it acknowledged survives
  * a SIGKILL: stop, kill, pause and restart it at will.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
@@ -12,8 +11,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { MissingBinaryError, registerExitCleanup } from './binaries.js';
+import { MissingBinaryError } from './binaries.js';
 import { getFreePort } from './ports.js';
+import { LocalServer, type Running } from './server.js';
 
 export interface LocalRedisOptions {
   /** default true: `appendonly yes`, `appendfsync always`; false: no persistence at all (what `check` warns about) */
@@ -21,12 +21,6 @@ export interface LocalRedisOptions {
 }
 
 const READY_TIMEOUT_MS = 15_000;
-
-interface Running {
-  child: ChildProcess;
-  pid: number;
-  exited: Promise<void>;
-}
 
 /**
  * Path of `redis-server`: `$REDIS_SERVER_BIN`, else PATH, else `/usr/bin/redis-server`.
@@ -57,24 +51,15 @@ function findRedisServer(): string {
 }
 
 /** A throwaway redis-server. Create with `LocalRedis.start()`; always `destroy()` it. */
-export class LocalRedis {
-  /** Temporary directory holding the append-only file and the log. */
-  readonly dir: string;
-  /** Server output (`<dir>/redis.log`), appended to by every start. */
-  readonly logFile: string;
+export class LocalRedis extends LocalServer {
   private portValue = 0;
-  private proc: Running | undefined;
-  private destroying: Promise<void> | undefined;
-  private readonly unregisterCleanup: () => void;
 
   private constructor(
     dir: string,
-    private readonly bin: string,
+    bin: string,
     private readonly persistence: boolean,
   ) {
-    this.dir = dir;
-    this.logFile = path.join(dir, 'redis.log');
-    this.unregisterCleanup = registerExitCleanup(() => this.destroySync());
+    super('redis-server', bin, dir, path.join(dir, 'redis.log'));
   }
 
   static async start(opts: LocalRedisOptions = {}): Promise<LocalRedis> {
@@ -99,23 +84,19 @@ export class LocalRedis {
     return `redis://127.0.0.1:${this.portValue}`;
   }
 
-  get isRunning(): boolean {
-    return this.proc !== undefined;
-  }
-
   /**
    * Starts the server (again): the first time on a free port, afterwards on the same port with the
    * same directory, so clients reconnect to the same URL and find what the append-only file kept.
    */
   async start(): Promise<void> {
-    if (this.destroying) throw new Error('LocalRedis was destroyed');
-    if (this.proc) return;
+    this.assertUsable();
+    if (this.isRunning) return;
     // the free port may be taken between the look-up and the bind: try another (first start only)
     for (let attempt = 0; ; attempt++) {
       const fresh = this.portValue === 0;
       if (fresh) this.portValue = await getFreePort();
       try {
-        await this.spawnOnce();
+        await this.launch(this.args(), (running) => this.waitForPong(running));
         return;
       } catch (err) {
         if (!fresh || attempt >= 4 || !/Address already in use/i.test(String(err))) throw err;
@@ -124,8 +105,8 @@ export class LocalRedis {
     }
   }
 
-  private async spawnOnce(): Promise<void> {
-    const args = [
+  private args(): string[] {
+    return [
       '--port',
       String(this.portValue),
       '--bind',
@@ -140,143 +121,17 @@ export class LocalRedis {
       'no',
       ...(this.persistence ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no']),
     ];
-    const logStart = await fsp.stat(this.logFile).then(
-      (s) => s.size,
-      () => 0,
-    );
-    const out = fs.openSync(this.logFile, 'a');
-    let child: ChildProcess;
-    try {
-      child = spawn(this.bin, args, { cwd: this.dir, stdio: ['ignore', out, out] });
-    } finally {
-      fs.closeSync(out);
-    }
-    const spawned = new Promise<number>((resolve, reject) => {
-      child.once('spawn', () => resolve(child.pid ?? 0));
-      child.once('error', reject);
-    });
-    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-    child.unref();
-    let pid: number;
-    try {
-      pid = await spawned;
-    } catch (err) {
-      throw new Error(`could not run ${this.bin}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
-    }
-    const running: Running = { child, pid, exited };
-    this.proc = running;
-    exited.then(
-      () => {
-        if (this.proc === running) this.proc = undefined;
-      },
-      () => undefined,
-    );
-    try {
-      await this.waitForPong(running);
-    } catch (err) {
-      kill(running, 'SIGKILL');
-      await waitExit(running, 10_000);
-      const log = await this.readLog(logStart);
-      throw new Error(
-        `redis-server failed to start: ${err instanceof Error ? err.message : String(err)}\n` +
-          `--- ${this.logFile} (tail) ---\n${log.trimEnd().split('\n').slice(-30).join('\n')}`,
-        { cause: err },
-      );
-    }
   }
 
   /** Until the server answers PING with PONG (not LOADING while it replays its append-only file). */
   private async waitForPong(running: Running): Promise<void> {
     const deadline = Date.now() + READY_TIMEOUT_MS;
     for (;;) {
-      const { exitCode, signalCode } = running.child;
-      if (exitCode !== null || signalCode !== null) {
-        throw new Error(`redis-server exited during startup (${exitCode !== null ? `code ${exitCode}` : signalCode})`);
-      }
+      this.assertAlive(running);
       if ((await ping(this.portValue)) === '+PONG') return;
       if (Date.now() > deadline) throw new Error(`no PONG within ${READY_TIMEOUT_MS} ms`);
       await sleep(25);
     }
-  }
-
-  /** Graceful shutdown (SIGTERM: Redis flushes its append-only file), SIGKILL after `timeoutMs`. */
-  async stop(timeoutMs = 10_000): Promise<void> {
-    const running = this.proc;
-    if (!running) return;
-    kill(running, 'SIGCONT');
-    kill(running, 'SIGTERM');
-    if (!(await waitExit(running, timeoutMs))) {
-      kill(running, 'SIGKILL');
-      await waitExit(running, 10_000);
-    }
-    this.proc = undefined;
-  }
-
-  /** Simulates a crash: SIGKILL, wait for the process to exit. */
-  async kill(): Promise<void> {
-    const running = this.proc;
-    if (!running) return;
-    kill(running, 'SIGKILL');
-    await waitExit(running, 10_000);
-    this.proc = undefined;
-  }
-
-  /** SIGSTOP: the server keeps its connections but answers nothing until {@link resume}. */
-  pause(): void {
-    if (this.proc) kill(this.proc, 'SIGSTOP');
-  }
-
-  resume(): void {
-    if (this.proc) kill(this.proc, 'SIGCONT');
-  }
-
-  /** Kills the server if running and removes the temporary directory. Safe to call twice. */
-  destroy(): Promise<void> {
-    this.destroying ??= (async () => {
-      try {
-        const running = this.proc;
-        if (running) {
-          kill(running, 'SIGKILL');
-          await waitExit(running, 10_000);
-          this.proc = undefined;
-        }
-      } finally {
-        await fsp.rm(this.dir, { recursive: true, force: true, maxRetries: 3 });
-        this.unregisterCleanup();
-      }
-    })();
-    return this.destroying;
-  }
-
-  /** Synchronous last-resort cleanup (for `process.on('exit')`): SIGKILL, remove the directory. */
-  destroySync(): void {
-    if (this.proc) kill(this.proc, 'SIGKILL');
-    this.proc = undefined;
-    this.destroying ??= Promise.resolve();
-    try {
-      fs.rmSync(this.dir, { recursive: true, force: true, maxRetries: 3 });
-    } catch {
-      // best effort
-    }
-    this.unregisterCleanup();
-  }
-
-  private async readLog(fromByte: number): Promise<string> {
-    try {
-      const buf = await fsp.readFile(this.logFile);
-      return buf.subarray(Math.min(fromByte, buf.length)).toString('utf8');
-    } catch {
-      return '(no log)';
-    }
-  }
-}
-
-function kill(running: Running, signal: NodeJS.Signals): void {
-  if (running.child.exitCode !== null || running.child.signalCode !== null) return;
-  try {
-    process.kill(running.pid, signal);
-  } catch {
-    // already gone
   }
 }
 
@@ -299,13 +154,4 @@ function ping(port: number): Promise<string> {
     });
     sock.once('error', () => done(''));
   });
-}
-
-async function waitExit(running: Running, timeoutMs: number): Promise<boolean> {
-  const ac = new AbortController();
-  try {
-    return await Promise.race([running.exited.then(() => true), sleep(timeoutMs, false, { signal: ac.signal })]);
-  } finally {
-    ac.abort();
-  }
 }
