@@ -1,7 +1,5 @@
-import type { NatsConnection } from '@nats-io/transport-node';
 import { Republisher } from '../outbound/republish.js';
 import type { Config } from '../config/load.js';
-import { connectOnce } from '../sink/nats.js';
 import { parseDuration } from '../config/load.js';
 import type { Logger } from '../util/log.js';
 import { quoteIdent, withClient } from '../util/db.js';
@@ -101,7 +99,6 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
   const missing = ids.filter((id) => !rows.some((r) => r.id === id));
   if (missing.length > 0) throw new UsageError(`dlq retry: no dead letter with id ${missing.join(', ')}`);
   const inbox = new InboxExecutor(config.database.url, config.relay.schema, 1);
-  let nc: NatsConnection | null = null;
   let publisher: Republisher | null = null;
   let ok = 0;
   let failed = 0;
@@ -131,9 +128,7 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
           );
           log.info({ id: r.id, handler, outcome }, 'dead letter re-driven');
         } else if (r.direction === 'outbound') {
-          if (!config.observers.nats_url) throw new Error('[observers] nats_url is needed to re-publish');
-          nc ??= await connectOnce(config, 'dlq');
-          publisher ??= new Republisher(config, nc, log);
+          publisher ??= await Republisher.open(config, log, 'dlq');
           const eventId = r.original_keys?.['event_id'] ?? r.event_id;
           if (!subject || !eventId) throw new Error('no subject or event id recorded for this dead letter');
           // the relay's own publisher: the same checks, signature and de-duplication as `run`
@@ -159,9 +154,8 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
       }
     }
   } finally {
-    publisher?.close();
+    await publisher?.close();
     await inbox.close();
-    await nc?.close();
   }
   process.stdout.write(`retried ${rows.length}: ${ok} succeeded, ${failed} still failing\n`);
   return failed > 0 ? 1 : 0;

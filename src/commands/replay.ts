@@ -1,10 +1,9 @@
 import type { Config } from '../config/load.js';
-import { connectOnce } from '../sink/nats.js';
 import { parseDuration } from '../config/load.js';
 import type { Logger } from '../util/log.js';
 import { quoteIdent, serverVersionNum, withClient } from '../util/db.js';
-import { UsageError } from '../util/errors.js';
-import { republishOutbox } from '../outbound/republish.js';
+import { errorMessage, UsageError } from '../util/errors.js';
+import { Republisher, republishOutbox } from '../outbound/republish.js';
 import { readSlot } from '../schema/slot.js';
 import { assertOwnership, hasOwnedTable, recordOwnedSql } from '../schema/ownership.js';
 import { createSlotSql, hasFailoverSlots } from '../schema/plan.js';
@@ -18,25 +17,32 @@ function parseSince(s: string, now = Date.now()): Date {
   return new Date(t);
 }
 
-async function nats(config: Config) {
-  if (!config.observers.nats_url) throw new UsageError('[observers] nats_url is needed to re-publish');
-  return connectOnce(config, 'replay');
+/** What a re-sent event that the backend already had is called in the summary. */
+function duplicatesAre(config: Config): string {
+  switch (config.observers.backend) {
+    case 'postgres':
+      return 'already applied (their inbox rows)';
+    case 'webhook':
+      return 'duplicates (webhooks are delivered again: receivers de-duplicate by webhook-id)';
+    default:
+      return 'already in the stream';
+  }
 }
 
 /** Re-publishes retained outbox rows since a time (same message ids). */
 export async function runReplay(config: Config, log: Logger, opts: { since: string }): Promise<number> {
   const since = parseSince(opts.since);
-  const nc = await nats(config);
+  const publisher = await Republisher.open(config, log, 'replay');
   try {
-    const r = await republishOutbox(config, nc, since, log);
+    const r = await republishOutbox(config, publisher, since, log);
     log.info({ since: since.toISOString(), ...r }, 'replay done');
     process.stdout.write(
-      `replayed ${r.rows} outbox rows since ${since.toISOString()}: ${r.published} published, ${r.duplicates} already in the stream, ` +
+      `replayed ${r.rows} outbox rows since ${since.toISOString()}: ${r.published} published, ${r.duplicates} ${duplicatesAre(config)}, ` +
         `${r.unrouted} unrouted, ${r.deadLettered} dead-lettered (can never be published: see \`fraiseql-relay dlq list\`)\n`,
     );
     return 0;
   } finally {
-    await nc.close();
+    await publisher.close();
   }
 }
 
@@ -82,21 +88,32 @@ export async function runReconcile(config: Config, log: Logger, opts: { yes: boo
         `${anchor ? since.toISOString() : 'the beginning (no relay state recorded)'}. Run again with --yes to proceed.`,
     );
   }
-  await withClient(config.database.url, async (c) => {
-    if (plan.stats.exists) await c.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
-    await c.query(createSlotSql(slot, config.relay.plugin, hasFailoverSlots(await serverVersionNum(c))));
-    if (await hasOwnedTable(c, config.relay.schema)) await c.query(recordOwnedSql(config.relay.schema, 'slot', slot, 'created'));
-  });
-  log.info({ slot }, 'recreated replication slot');
-  const nc = await nats(config);
+  // the broker first: one that cannot be reached must fail the command before the slot changes
+  const publisher = await Republisher.open(config, log, 'reconcile');
   try {
-    const r = await republishOutbox(config, nc, since, log);
+    await withClient(config.database.url, async (c) => {
+      if (plan.stats.exists) await c.query(`SELECT pg_drop_replication_slot($1)`, [slot]);
+      await c.query(createSlotSql(slot, config.relay.plugin, hasFailoverSlots(await serverVersionNum(c))));
+      if (await hasOwnedTable(c, config.relay.schema)) await c.query(recordOwnedSql(config.relay.schema, 'slot', slot, 'created'));
+    });
+    log.info({ slot }, 'recreated replication slot');
+    let r;
+    try {
+      r = await republishOutbox(config, publisher, since, log);
+    } catch (err) {
+      // the slot is new: a second reconcile would find it healthy; replay finishes the job
+      throw new Error(
+        `slot "${slot}" was recreated, but re-publishing failed: ${errorMessage(err)}. ` +
+          `Once that is fixed, run \`fraiseql-relay replay --since ${since.toISOString()}\` to re-publish the rest.`,
+        { cause: err },
+      );
+    }
     process.stdout.write(
       `reconciled: slot "${slot}" recreated; ${r.rows} retained outbox rows since ${since.toISOString()} re-published ` +
-        `(${r.published} new to the stream, ${r.duplicates} already there, ${r.unrouted} unrouted, ${r.deadLettered} dead-lettered)\n`,
+        `(${r.published} published, ${r.duplicates} ${duplicatesAre(config)}, ${r.unrouted} unrouted, ${r.deadLettered} dead-lettered)\n`,
     );
     return 0;
   } finally {
-    await nc.close();
+    await publisher.close();
   }
 }

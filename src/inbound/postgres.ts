@@ -84,13 +84,14 @@ export class PostgresSink extends SerialSink {
   }
 
   /** Once a message failed, the session is over: nothing after it may be applied. */
-  protected async handle(msg: OutboundMessage): Promise<Error | undefined> {
-    const err = this.broken ?? (await this.applyAll(msg));
-    if (err) this.broken ??= err;
-    return err;
+  protected async handle(msg: OutboundMessage): Promise<Error | undefined | 'duplicate'> {
+    const r = this.broken ?? (await this.applyAll(msg));
+    if (r instanceof Error) this.broken ??= r;
+    return r;
   }
 
-  private async applyAll(msg: OutboundMessage): Promise<Error | undefined> {
+  /** Every matching handler applied (or dead-lettered); 'duplicate' when each had been applied before. */
+  private async applyAll(msg: OutboundMessage): Promise<Error | undefined | 'duplicate'> {
     const webhooks = this.opts.webhooks;
     if (webhooks?.accepts(msg.subject)) return webhooks.deliver(msg);
     const rules = this.rulesFor(msg.subject);
@@ -98,15 +99,17 @@ export class PostgresSink extends SerialSink {
       this.opts.onIgnored(msg);
       return undefined;
     }
+    let duplicates = 0;
     for (const rule of rules) {
-      const err = await this.apply(rule, msg);
-      if (err) return err;
+      const r = await this.apply(rule, msg);
+      if (r instanceof Error) return r;
+      if (r === 'duplicate') duplicates++;
     }
-    return undefined;
+    return duplicates === rules.length ? 'duplicate' : undefined;
   }
 
-  /** Applies one subscription's handler to one message: applied (or already), or dead-lettered; else an error. */
-  private async apply(rule: SubscribeRule, msg: OutboundMessage): Promise<Error | undefined> {
+  /** Applies one subscription's handler to one message: applied ('duplicate': already), or dead-lettered; else an error. */
+  private async apply(rule: SubscribeRule, msg: OutboundMessage): Promise<Error | undefined | 'duplicate'> {
     const { inbox, log } = this.opts;
     const body = msg.body.toString('utf8');
     let failures = 0;
@@ -117,7 +120,7 @@ export class PostgresSink extends SerialSink {
       try {
         const outcome = await inbox.process(rule.consumer, msg.eventId, msg.subject, rule.handler, body);
         this.opts.onOutcome(rule.consumer, outcome, (performance.now() - started) / 1000);
-        return undefined;
+        return outcome === 'duplicate' ? 'duplicate' : undefined;
       } catch (err) {
         const seconds = (performance.now() - started) / 1000;
         if (isTransient(err)) {

@@ -2,34 +2,95 @@ import type pg from 'pg';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { Config } from '../config/load.js';
 import type { Logger } from '../util/log.js';
-import { errorMessage } from '../util/errors.js';
+import { errorMessage, UsageError } from '../util/errors.js';
 import { connectionConfig, DbClient, quoteIdent, rawTypes } from '../util/db.js';
 import { OUTBOX_COLUMNS, OutboxRouter, outboxRowChange } from '../route/outbox.js';
 import type { TupleValue } from '../source/types.js';
-import { JetStreamSink } from '../sink/jetstream.js';
+import { connectOnce } from '../sink/nats.js';
+import { loadAppendScript } from '../sink/redis.js';
+import { closeRedis, connectRedis, type RedisLink } from '../sink/redis-client.js';
 import { UndeliverableError } from '../sink/limits.js';
 import { DeadLetterWriter } from '../sink/deadletter.js';
-import type { OutboundMessage } from '../sink/sink.js';
+import type { OutboundMessage, Sink } from '../sink/sink.js';
 import { MessageKeys } from '../sink/signing.js';
+import { InboxExecutor } from '../inbound/inbox.js';
+import { resolveWebhookTarget } from '../webhook/deliver.js';
+import { webhookRoutes } from '../webhook/route.js';
+import { backendSink } from './sinks.js';
 
 /**
  * Publishes messages outside a replication session (replay, reconcile, `dlq retry`) through the
- * relay's own publisher: checked against the server's limits, signed, de-duplicated and
- * classified exactly as `run` does it.
+ * relay's own sink for the configured backend (outbound/sinks.ts): checked against the broker's
+ * limits, signed, de-duplicated and classified exactly as `run` does it. With `backend =
+ * "postgres"` that means applied through the inbox (an event applied before is a duplicate), with
+ * webhook actions delivered in line.
  */
 export class Republisher {
-  private readonly sink: JetStreamSink;
+  private constructor(
+    private readonly sink: Sink,
+    /** where a message that can never be published is recorded */
+    readonly deadLetters: DeadLetterWriter,
+    private readonly closers: (() => Promise<void> | void)[],
+  ) {}
 
-  constructor(config: Config, nc: NatsConnection, log: Logger, window = 256) {
+  /**
+   * Opens the connections the backend needs (one attempt each: a broker that is down fails here,
+   * before the caller changes anything) and the sink over them.
+   * @param purpose names the connections (`fraiseql-relay replay`)
+   */
+  static async open(config: Config, log: Logger, purpose: string, window = 256): Promise<Republisher> {
     const keys = config.relay.signing_key_env ? MessageKeys.fromEnv(config.relay.signing_key_env, process.env) : null;
-    this.sink = new JetStreamSink(nc, {
-      maxInFlight: window,
-      maxInFlightBytes: config.relay.max_in_flight_bytes,
-      timeoutMs: 10_000,
-      streamSubjects: [],
-      log,
-      keys,
-    });
+    const backend = config.observers.backend;
+    // JetStream queues webhook actions itself; every other backend delivers them in line
+    const webhooks =
+      backend === 'nats' ? new Map() : new Map(webhookRoutes(config).map((r) => [r.subject, resolveWebhookTarget(r.action, process.env)]));
+    const closers: (() => Promise<void> | void)[] = [];
+    const deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
+    closers.push(() => deadLetters.close());
+    const close = async () => {
+      for (const c of closers.reverse()) await Promise.resolve(c()).catch(() => {});
+    };
+    try {
+      let nc: NatsConnection | undefined;
+      let redis: RedisLink | undefined;
+      let inbox: InboxExecutor | undefined;
+      if (backend === 'nats') {
+        if (!config.observers.nats_url) throw new UsageError('[observers] nats_url is needed to re-publish');
+        const conn = await connectOnce(config, purpose);
+        nc = conn;
+        closers.push(() => conn.close());
+      } else if (backend === 'redis') {
+        const url = config.observers.redis_url;
+        if (!url) throw new UsageError('[observers] redis_url is needed to re-publish');
+        const link = await connectRedis({ url, log, name: `fraiseql-relay-${purpose}`, once: true }).catch((err: unknown) => {
+          throw new Error(`cannot connect to Redis ([observers] redis_url): ${errorMessage(err)}`, { cause: err });
+        });
+        redis = link;
+        closers.push(() => closeRedis(link));
+        await loadAppendScript(link);
+      } else if (backend === 'postgres') {
+        const ex = new InboxExecutor(config.database.url, config.relay.schema, 1);
+        inbox = ex;
+        closers.push(() => ex.close());
+      }
+      const sink = backendSink({
+        config,
+        log,
+        keys,
+        deadLetters,
+        webhooks,
+        maxInFlight: window,
+        timeoutMs: 10_000,
+        ...(nc ? { nc } : {}),
+        ...(redis ? { redis } : {}),
+        ...(inbox ? { inbox } : {}),
+      });
+      closers.push(() => sink.close());
+      return new Republisher(sink, deadLetters, closers);
+    } catch (err) {
+      await close();
+      throw err;
+    }
   }
 
   /** Why `msg` can never be published, or null. */
@@ -43,8 +104,8 @@ export class Republisher {
   }
 
   /**
-   * Publishes a checked message. Rejects with {@link UndeliverableError} when JetStream refuses
-   * it for good, with another error when NATS failed.
+   * Publishes a checked message. Rejects with {@link UndeliverableError} when the broker refuses
+   * it for good, with another error when the broker (or the handler's database) failed.
    */
   publish(msg: OutboundMessage): Promise<'published' | 'duplicate'> {
     return new Promise((resolve, reject) =>
@@ -52,8 +113,10 @@ export class Republisher {
     );
   }
 
-  close(): void {
-    this.sink.close();
+  /** Closes the sink and every connection it opened. */
+  async close(): Promise<void> {
+    for (const c of this.closers.reverse()) await Promise.resolve(c()).catch(() => {});
+    this.closers.length = 0;
   }
 }
 
@@ -74,18 +137,11 @@ export interface RepublishResult {
  * dead-lettered and the replay goes on; a failure of NATS itself (timeout, no connection) ends
  * it with that error once what is in flight has settled.
  */
-export async function republishOutbox(
-  config: Config,
-  nc: NatsConnection,
-  since: Date,
-  log: Logger,
-  window = 256,
-): Promise<RepublishResult> {
+export async function republishOutbox(config: Config, publisher: Republisher, since: Date, log: Logger): Promise<RepublishResult> {
   const client = new DbClient(connectionConfig(config.database.url, { types: rawTypes, application_name: 'fraiseql-relay replay' }));
   client.on('error', () => {});
   await client.connect();
-  const deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
-  const publisher = new Republisher(config, nc, log, window);
+  const deadLetters = publisher.deadLetters;
   const result: RepublishResult = { rows: 0, published: 0, duplicates: 0, unrouted: 0, deadLettered: 0 };
   let failure: Error | null = null;
   let pending = 0;
@@ -159,8 +215,6 @@ export async function republishOutbox(
     }
     if (pending > 0) await new Promise<void>((r) => (drained = r));
   } finally {
-    publisher.close();
-    await deadLetters.close();
     await client.end().catch(() => {});
   }
   if (failure !== null) throw failure as Error;

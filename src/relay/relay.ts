@@ -10,10 +10,8 @@ import { formatLsn } from '../source/lsn.js';
 import { connectNats } from '../sink/nats.js';
 import { natsAuthOptions } from '../sink/natsauth.js';
 import { ensureStream, findStream } from '../sink/stream.js';
-import { JetStreamSink } from '../sink/jetstream.js';
-import { loadAppendScript, RedisSink } from '../sink/redis.js';
+import { loadAppendScript } from '../sink/redis.js';
 import { closeRedis, connectRedis, type RedisLink } from '../sink/redis-client.js';
-import { SplitSink } from '../sink/split.js';
 import { DeadLetterWriter } from '../sink/deadletter.js';
 import { MessageKeys } from '../sink/signing.js';
 import type { Sink } from '../sink/sink.js';
@@ -34,13 +32,12 @@ import { ensureConsumer } from '../inbound/durable.js';
 import type { DurableUpkeep } from '../inbound/loop.js';
 import { InboundWorker, type HandlerOutcome } from '../inbound/worker.js';
 import { RedisInboundWorker, redisGroups } from '../inbound/redis.js';
-import { PostgresSink } from '../inbound/postgres.js';
 import { WebhookWorker } from '../webhook/worker.js';
-import { WebhookSink } from '../webhook/sink.js';
 import { resolveWebhookTarget, type WebhookOutcome, type WebhookTarget } from '../webhook/deliver.js';
 import { ruleWebhookSubject, webhookRoutes, type WebhookRoute } from '../webhook/route.js';
 import type { OutboundStats } from '../outbound/session.js';
 import { OutboundRunner } from '../outbound/runner.js';
+import { backendSink } from '../outbound/sinks.js';
 import { BackfillWindows } from '../backfill/windows.js';
 import { BackfillRunner } from '../backfill/runner.js';
 import type { Backfill } from '../backfill/store.js';
@@ -223,56 +220,34 @@ export class Relay extends EventEmitter<RelayEvents> {
       const routerFor = await this.routers(database, tablesPublication(config));
       const targets = new Map(webhooks.map((w) => [w.route.subject, w.target]));
       let first = true;
-      // webhook actions delivered in line, in commit order (every backend but "nats", which queues them in JetStream)
-      const webhookSink = (maxQueued: number) =>
-        new WebhookSink(
-          targets,
-          this.deadLetters!,
-          maxQueued,
-          log.child({ component: 'webhook' }),
-          (o) => this.onWebhook(o),
-          (seconds) => this.emit('webhookRequest', seconds),
-        );
       const makeSink = async (): Promise<Sink> => {
+        // each Redis session starts with the append script in the server's cache (a restarted Redis has none)
         if (redis) {
-          // each session starts with the append script in the server's cache (a restarted Redis has none)
           await loadAppendScript(this.redis!).catch((err: unknown) =>
             log.warn({ err: errorMessage(err) }, 'could not load the append script into Redis: the session will retry'),
           );
-          const appends = new RedisSink(this.redis!, {
-            maxInFlight: config.relay.max_in_flight,
-            maxInFlightBytes: config.relay.max_in_flight_bytes,
-            timeoutMs: this.opts.publishTimeoutMs ?? 10_000,
-            redis: config.relay.redis,
-            log: log.child({ component: 'publisher' }),
-            keys: this.keys,
-          });
-          // webhook actions are delivered in line from the slot, as with backend = "webhook"; the rest goes to Redis
-          return targets.size === 0 ? appends : new SplitSink(appends, webhookSink(config.relay.max_in_flight));
         }
-        if (direct) {
-          const hooks = targets.size === 0 ? null : webhookSink(1);
-          return new PostgresSink({
-            subscribe: config.observers.subscribe,
-            inbox: this.inbox!,
-            deadLetters: this.deadLetters!,
-            maxQueued: config.relay.max_in_flight,
-            webhooks: hooks,
-            onOutcome: (consumer, outcome, seconds) => this.onHandler(consumer, outcome, seconds),
-            onIgnored: () => this.emit('unrouted'),
-            log: log.child({ component: 'inbound' }),
-          });
+        let subjects: string[] = [];
+        if (nats) {
+          subjects = first ? streamSubjects : await this.streamSubjects();
+          first = false;
         }
-        if (!nats) return webhookSink(config.relay.max_in_flight);
-        const subjects = first ? streamSubjects : await this.streamSubjects();
-        first = false;
-        return new JetStreamSink(this.nc!, {
-          maxInFlight: config.relay.max_in_flight,
-          maxInFlightBytes: config.relay.max_in_flight_bytes,
-          timeoutMs: this.opts.publishTimeoutMs ?? 10_000,
-          streamSubjects: subjects,
-          log: log.child({ component: 'publisher' }),
+        return backendSink({
+          config,
+          log,
           keys: this.keys,
+          deadLetters: this.deadLetters!,
+          webhooks: targets,
+          maxInFlight: config.relay.max_in_flight,
+          timeoutMs: this.opts.publishTimeoutMs ?? 10_000,
+          ...(this.nc ? { nc: this.nc } : {}),
+          streamSubjects: subjects,
+          ...(this.redis ? { redis: this.redis } : {}),
+          ...(this.inbox ? { inbox: this.inbox } : {}),
+          onWebhook: (o) => this.onWebhook(o),
+          onWebhookRequest: (seconds) => this.emit('webhookRequest', seconds),
+          onHandler: (consumer, outcome, seconds) => this.onHandler(consumer, outcome, seconds),
+          onUnsubscribed: () => this.emit('unrouted'),
         });
       };
       const publications =

@@ -6,7 +6,7 @@ import type { OutboundMessage, Sink } from './sink.js';
  * `maxQueued` messages wait; the session reads on when there is room again.
  */
 export abstract class SerialSink implements Sink {
-  private readonly queue: { msg: OutboundMessage; done: (err?: Error) => void }[] = [];
+  private readonly queue: { msg: OutboundMessage; done: (err?: Error, duplicate?: boolean) => void }[] = [];
   private queuedBytes = 0;
   private running = false;
   private waiters: (() => void)[] = [];
@@ -15,8 +15,11 @@ export abstract class SerialSink implements Sink {
 
   abstract check(msg: OutboundMessage): string | null | Promise<string | null>;
   abstract close(): void;
-  /** Handles one message: resolves with no error once it is done, with an error when the slot must not move past it. */
-  protected abstract handle(msg: OutboundMessage): Promise<Error | undefined>;
+  /**
+   * Handles one message: resolves with no error once it is done ('duplicate' when it had been done
+   * before: a handler's inbox row was there), with an error when the slot must not move past it.
+   */
+  protected abstract handle(msg: OutboundMessage): Promise<Error | undefined | 'duplicate'>;
 
   get hasCapacity(): boolean {
     return this.queue.length < this.maxQueued;
@@ -35,7 +38,7 @@ export abstract class SerialSink implements Sink {
     return new Promise((r) => this.waiters.push(r));
   }
 
-  publish(msg: OutboundMessage, done: (err?: Error) => void): void {
+  publish(msg: OutboundMessage, done: (err?: Error, duplicate?: boolean) => void): void {
     this.queue.push({ msg, done });
     this.queuedBytes += msg.body.length;
     if (!this.running) void this.drain();
@@ -45,10 +48,11 @@ export abstract class SerialSink implements Sink {
     this.running = true;
     while (this.queue.length > 0) {
       const { msg, done } = this.queue[0]!;
-      const err = await this.handle(msg);
+      const r = await this.handle(msg);
       this.queue.shift();
       this.queuedBytes -= msg.body.length;
-      done(err);
+      if (r === 'duplicate') done(undefined, true);
+      else done(r);
       if (this.waiters.length > 0 && this.hasCapacity) {
         const w = this.waiters;
         this.waiters = [];
