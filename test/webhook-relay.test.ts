@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import { endpoint, signedWith, type Received } from './webhook-endpoint.js';
 import assert from 'node:assert/strict';
-import { TestEnv, sleep, waitForRows } from './fixture.js';
+import { TestEnv, runCli, sleep, waitForRows } from './fixture.js';
 import { migrate } from '../src/schema/migrate.js';
 import { createLogger } from '../src/util/log.js';
 import { Relay } from '../src/relay/relay.js';
@@ -14,7 +14,8 @@ const SCHEMA = `CREATE TABLE tb_order (id serial PRIMARY KEY, n int NOT NULL, no
 
 test('backend = "nats": a webhook down for 20 s gets every event once, in order, signed; the slot never waits', async () => {
   const t0 = Date.now();
-  const ep = await endpoint((path) => (path === '/gone' ? 410 : Date.now() - t0 < 20_000 ? 503 : 200));
+  let goneBack = false;
+  const ep = await endpoint((path) => (path === '/gone' ? (goneBack ? 200 : 410) : Date.now() - t0 < 20_000 ? 503 : 200));
   const env = await TestEnv.create({
     toml: `
 [project]
@@ -97,6 +98,19 @@ listen = "127.0.0.1:0"
       'configured headers are sent',
     );
     assert.equal(JSON.parse(orders[0]!.body).event_id, orders[0]!.id, 'webhook-id is the event id');
+
+    // the endpoint is back: dlq retry delivers the dead letter straight to it, with its event id, and removes it
+    goneBack = true;
+    const [letter] = await env.sql<{ event_id: string }>(`SELECT event_id FROM fraiseql_relay.dead_letter`);
+    const retry = await runCli(['dlq', 'retry', '--all', '-c', env.configFile], env.env);
+    assert.equal(retry.code, 0, retry.stdout + retry.stderr);
+    const redelivered = ep.got.filter((r) => r.path === '/gone');
+    assert.equal(redelivered.length, 1);
+    assert.equal(redelivered[0]!.id, letter!.event_id);
+    assert.equal((JSON.parse(redelivered[0]!.body) as { entity: { note: string } }).entity.note, 'x');
+    assert.equal(redelivered[0]!.id, ep.all.find((r) => r.path === '/gone')!.id, 'the webhook-id of the first attempt');
+    assert.equal(redelivered[0]!.signature, 'undefined', 'that action has no signing secret: unsigned, as run sent it');
+    assert.equal((await env.sql(`SELECT 1 FROM fraiseql_relay.dead_letter`)).length, 0);
   } finally {
     await relay?.stop();
     await env.destroy();

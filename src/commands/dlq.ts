@@ -1,4 +1,6 @@
 import { Republisher } from '../outbound/republish.js';
+import { deliverOnce, resolveWebhookTarget } from '../webhook/deliver.js';
+import { webhookRoutes } from '../webhook/route.js';
 import type { Config } from '../config/load.js';
 import { parseDuration } from '../config/load.js';
 import type { Logger } from '../util/log.js';
@@ -138,8 +140,22 @@ export async function dlqRetry(config: Config, log: Logger, opts: { ids: string[
           await publisher.publish(msg);
           await withClient(config.database.url, (c) => c.query(`DELETE FROM ${table(config)} WHERE id = $1`, [r.id]).then(() => undefined));
           log.info({ id: r.id, subject: r.subject }, 'dead letter re-published');
+        } else if (r.direction === 'webhook') {
+          // delivered again straight to the endpoint (re-queued in JetStream, the same Nats-Msg-Id would be dropped)
+          const route = webhookRoutes(config).find((w) => w.subject === subject);
+          if (!route) throw new Error(`no webhook action of the configuration delivers ${subject ?? '(no subject)'} now`);
+          const eventId = r.original_keys?.['event_id'] ?? r.event_id;
+          if (!eventId) throw new Error('no event id recorded for this dead letter');
+          const res = await deliverOnce(
+            resolveWebhookTarget(route.action, process.env),
+            eventId,
+            typeof body === 'string' ? Buffer.from(body, 'utf8') : body,
+          );
+          if (!res.ok) throw new Error(`the endpoint did not accept it: ${res.error}`);
+          await withClient(config.database.url, (c) => c.query(`DELETE FROM ${table(config)} WHERE id = $1`, [r.id]).then(() => undefined));
+          log.info({ id: r.id, webhook: subject, status: res.status }, 'dead letter delivered');
         } else {
-          throw new Error(`re-driving ${r.direction} dead letters is not supported yet`);
+          throw new Error(`re-driving ${String(r.direction)} dead letters is not supported`);
         }
         ok++;
       } catch (err) {
