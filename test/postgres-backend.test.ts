@@ -461,3 +461,85 @@ test('backend = "postgres" with webhook actions: each delivered once, in commit 
     ep.server.close();
   }
 });
+
+const BATCH_TOML = `
+[project]
+name = "pg-batches"
+
+[database]
+url = "\${DATABASE_URL}"
+
+[observers]
+backend = "postgres"
+
+[[observers.subscribe]]
+subject = "fraiseql.item.>"
+handler = "fn_apply"
+consumer = "items"
+max_deliver = 2
+backoff = ["50ms"]
+batch = 100
+
+[relay]
+listen = "127.0.0.1:0"
+`;
+
+test('backend = "postgres" applies a backlog in batches (one transaction each), in commit order, exactly once across a SIGKILL; a failing event dead-letters alone', async () => {
+  const env = await TestEnv.create({ toml: BATCH_TOML });
+  let relay: RelayProcess | null = null;
+  try {
+    await env.migrate();
+    await env.sql(`
+      CREATE TABLE applied (seq bigserial PRIMARY KEY, n int NOT NULL, tx xid8 NOT NULL DEFAULT pg_current_xact_id());
+      CREATE FUNCTION fn_apply(p_event jsonb) RETURNS void LANGUAGE plpgsql AS $$
+      BEGIN
+        IF (p_event->'entity'->>'n')::int = 777 THEN RAISE EXCEPTION 'item 777 is poison'; END IF;
+        INSERT INTO applied (n) VALUES ((p_event->'entity'->>'n')::int);
+      END $$;`);
+    // a backlog committed before the relay starts, 100 events per transaction
+    const TOTAL = 6000;
+    for (let from = 1; from <= TOTAL; from += 100) {
+      await env.sql(
+        `SELECT fraiseql_relay.emit('fraiseql.item.' || (g % 3), jsonb_build_object('n', g)) FROM generate_series($1::int, $1::int + 99) g`,
+        [from],
+      );
+    }
+    const applied = () => count(env, 'SELECT count(*)::text AS n FROM applied');
+
+    relay = env.spawnRelay('batches-1');
+    await until('a third applied', async () => (await applied()) >= TOTAL / 3, 60_000);
+    await relay.kill('SIGKILL');
+    const atKill = await applied();
+    assert.ok(atKill < TOTAL - 1, `killed with events still to apply (${atKill})`);
+    relay = env.spawnRelay('batches-2');
+    await until('every good event applied', async () => (await applied()) >= TOTAL - 1, 120_000);
+    await sleep(500); // nothing more comes: give a duplicate the time to show
+
+    // commit order (emit's order), each once, the poison event left out
+    const rows = await env.sql<{ n: number }>(`SELECT n FROM applied ORDER BY seq`);
+    assert.deepEqual(
+      rows.map((r) => r.n),
+      Array.from({ length: TOTAL }, (_, i) => i + 1).filter((n) => n !== 777),
+    );
+    // batched: far fewer transactions than events
+    const [{ txs }] = (await env.sql<{ txs: string }>(`SELECT count(DISTINCT tx)::text AS txs FROM applied`)) as [{ txs: string }];
+    assert.ok(Number(txs) <= TOTAL / 10, `${txs} transactions for ${TOTAL - 1} events`);
+    const dl = await env.sql<{ error: string; attempts: number; body: string }>(
+      `SELECT error, attempts, body FROM fraiseql_relay.dead_letter`,
+    );
+    assert.equal(dl.length, 1);
+    assert.match(dl[0]!.error, /item 777 is poison/);
+    assert.equal(dl[0]!.attempts, 2);
+    assert.equal((JSON.parse(dl[0]!.body) as { entity: { n: number } }).entity.n, 777);
+    const [{ inbox }] = (await env.sql<{ inbox: string }>(`SELECT count(*)::text AS inbox FROM fraiseql_relay.inbox`)) as [
+      { inbox: string },
+    ];
+    assert.equal(Number(inbox), TOTAL - 1);
+    const code = await relay.kill('SIGTERM');
+    relay = null;
+    assert.equal(code, 0);
+  } finally {
+    await relay?.kill('SIGKILL');
+    await env.destroy();
+  }
+});

@@ -86,6 +86,35 @@ export class InboxExecutor {
   }
 
   /**
+   * Applies a batch all or nothing: every event not applied before (no inbox row), in order, in
+   * ONE statement and one transaction (consume_batch_fast); an event applied before is a
+   * duplicate. Rejects, with nothing applied, when any handler call fails. The event ids must be
+   * distinct.
+   */
+  async processAll(
+    consumer: string,
+    handler: string,
+    events: readonly Omit<BatchEvent, 'key'>[],
+  ): Promise<{ outcome: Outcome; seconds: number }[]> {
+    const t0 = performance.now();
+    const r = await this.pool.query<{ applied: string[] }>(
+      `SELECT ${this.consumeBatchFast}($1, $2::regprocedure, $3, $4, $5::jsonb) AS applied`,
+      [
+        consumer,
+        `${quoteQualified(handler)}(jsonb)`,
+        events.map((e) => e.eventId),
+        events.map((e) => e.subject),
+        // the bodies are JSON texts: joined, they are a JSON array
+        `[${events.map((e) => e.body).join(',')}]`,
+      ],
+    );
+    const applied = new Set(r.rows[0]?.applied ?? []);
+    // one statement for all: each event is given its share of the time
+    const seconds = (performance.now() - t0) / 1000 / events.length;
+    return events.map((e) => ({ outcome: applied.has(e.eventId) ? ('applied' as const) : ('duplicate' as const), seconds }));
+  }
+
+  /**
    * Applies a batch: for each event, in order, its inbox row and its handler call commit together,
    * or neither does. First all in one statement and one transaction (consume_batch_fast); when
    * that fails, again with a subtransaction per event (consume_batch, in transactions of at most
@@ -97,23 +126,8 @@ export class InboxExecutor {
   async processBatch(consumer: string, handler: string, events: readonly BatchEvent[]): Promise<BatchResult[]> {
     // the usual case first: nothing fails, so no subtransaction per event is needed
     if (events.length > 1 && new Set(events.map((e) => e.eventId)).size === events.length) {
-      const t0 = performance.now();
       try {
-        const r = await this.pool.query<{ applied: string[] }>(
-          `SELECT ${this.consumeBatchFast}($1, $2::regprocedure, $3, $4, $5::jsonb) AS applied`,
-          [
-            consumer,
-            `${quoteQualified(handler)}(jsonb)`,
-            events.map((e) => e.eventId),
-            events.map((e) => e.subject),
-            // the bodies are JSON texts (the worker parsed each): joined, they are a JSON array
-            `[${events.map((e) => e.body).join(',')}]`,
-          ],
-        );
-        const applied = new Set(r.rows[0]?.applied ?? []);
-        // one statement for all: each event is given its share of the time
-        const seconds = (performance.now() - t0) / 1000 / events.length;
-        return events.map((e): BatchResult => ({ outcome: applied.has(e.eventId) ? 'applied' : 'duplicate', seconds }));
+        return await this.processAll(consumer, handler, events);
       } catch (err) {
         // a connection error rejects below too; an error of the SQL (a handler's) is isolated by consume_batch
         if (!(err as { code?: string }).code) throw err;

@@ -7,7 +7,7 @@
 import type { SubscribeRule } from '../config/load.js';
 import type { Logger } from '../util/log.js';
 import type { OutboundMessage } from '../sink/sink.js';
-import { SerialSink } from '../sink/serial.js';
+import { SerialSink, type SerialResult } from '../sink/serial.js';
 import type { DeadLetterWriter } from '../sink/deadletter.js';
 import { subjectMatches } from '../sink/subjects.js';
 import { errorMessage } from '../util/errors.js';
@@ -83,15 +83,61 @@ export class PostgresSink extends SerialSink {
     return r;
   }
 
+  /**
+   * A run applied in one transaction: consecutive messages that each match exactly one
+   * subscription, the same one, with distinct event ids, at most its `batch`. Its handler then
+   * sees them in commit order as it would one by one; a message that matches several
+   * subscriptions, none, or a webhook action is handled alone, as always.
+   */
+  protected override runLength(at: (i: number) => OutboundMessage | undefined): number {
+    const head = at(0);
+    if (head === undefined || this.broken !== null || this.opts.webhooks?.accepts(head.subject)) return 1;
+    const rules = this.rulesFor(head.subject);
+    if (rules.length !== 1) return 1;
+    const rule = rules[0]!;
+    const ids = new Set([head.eventId]);
+    let n = 1;
+    for (let m = at(n); m !== undefined && n < rule.batch; m = at(++n)) {
+      if (ids.has(m.eventId) || this.opts.webhooks?.accepts(m.subject)) break;
+      const r = this.rulesFor(m.subject);
+      if (r.length !== 1 || r[0] !== rule) break;
+      ids.add(m.eventId);
+    }
+    return n;
+  }
+
+  /**
+   * All of the run in one statement and one transaction (the inbox's consume_batch_fast). When a
+   * handler call fails nothing of it is applied, and the run is handled again one message at a
+   * time, with the retries, dead letters and session end that {@link handle} gives each.
+   */
+  protected override async handleRun(msgs: readonly OutboundMessage[]): Promise<SerialResult[]> {
+    const rule = this.rulesFor(msgs[0]!.subject)[0]!;
+    if (this.abort.signal.aborted) return msgs.map(() => new Error('handler call interrupted: the session is over'));
+    try {
+      const results = await this.opts.inbox.processAll(
+        rule.consumer,
+        rule.handler,
+        msgs.map((m) => ({ eventId: m.eventId, subject: m.subject, body: m.body.toString('utf8') })),
+      );
+      return results.map((r) => {
+        this.opts.onOutcome(rule.consumer, r.outcome, r.seconds);
+        return r.outcome === 'duplicate' ? 'duplicate' : undefined;
+      });
+    } catch {
+      return super.handleRun(msgs);
+    }
+  }
+
   /** Once a message failed, the session is over: nothing after it may be applied. */
-  protected async handle(msg: OutboundMessage): Promise<Error | undefined | 'duplicate'> {
+  protected async handle(msg: OutboundMessage): Promise<SerialResult> {
     const r = this.broken ?? (await this.applyAll(msg));
     if (r instanceof Error) this.broken ??= r;
     return r;
   }
 
   /** Every matching handler applied (or dead-lettered); 'duplicate' when each had been applied before. */
-  private async applyAll(msg: OutboundMessage): Promise<Error | undefined | 'duplicate'> {
+  private async applyAll(msg: OutboundMessage): Promise<SerialResult> {
     const webhooks = this.opts.webhooks;
     if (webhooks?.accepts(msg.subject)) return webhooks.deliver(msg);
     const rules = this.rulesFor(msg.subject);

@@ -1,9 +1,14 @@
 import type { OutboundMessage, Sink } from './sink.js';
 
+/** What became of one message: done (or done before: 'duplicate'), or an error that holds the slot. */
+export type SerialResult = Error | undefined | 'duplicate';
+
 /**
  * A sink that handles its messages one at a time, in the order it was given them, each done only
  * when `handle` resolves: webhooks straight from the slot, handlers straight from the slot. At most
- * `maxQueued` messages wait; the session reads on when there is room again.
+ * `maxQueued` messages wait; the session reads on when there is room again. A subclass may take
+ * a run of queued messages together ({@link runLength}, {@link handleRun}): what queued up while
+ * the previous run was handled, never waiting for more.
  */
 export abstract class SerialSink implements Sink {
   private readonly queue: { msg: OutboundMessage; done: (err?: Error, duplicate?: boolean) => void }[] = [];
@@ -19,7 +24,19 @@ export abstract class SerialSink implements Sink {
    * Handles one message: resolves with no error once it is done ('duplicate' when it had been done
    * before: a handler's inbox row was there), with an error when the slot must not move past it.
    */
-  protected abstract handle(msg: OutboundMessage): Promise<Error | undefined | 'duplicate'>;
+  protected abstract handle(msg: OutboundMessage): Promise<SerialResult>;
+
+  /** How many messages from the head of the queue (`at(0)` is the head) to handle together: 1 by default. */
+  protected runLength(_at: (i: number) => OutboundMessage | undefined): number {
+    return 1;
+  }
+
+  /** Handles a run of messages that {@link runLength} chose, in order: one result each. */
+  protected async handleRun(msgs: readonly OutboundMessage[]): Promise<SerialResult[]> {
+    const out: SerialResult[] = [];
+    for (const m of msgs) out.push(await this.handle(m));
+    return out;
+  }
 
   get hasCapacity(): boolean {
     return this.queue.length < this.maxQueued;
@@ -47,12 +64,22 @@ export abstract class SerialSink implements Sink {
   private async drain(): Promise<void> {
     this.running = true;
     while (this.queue.length > 0) {
-      const { msg, done } = this.queue[0]!;
-      const r = await this.handle(msg);
-      this.queue.shift();
-      this.queuedBytes -= msg.body.length;
-      if (r === 'duplicate') done(undefined, true);
-      else done(r);
+      const n = Math.min(
+        this.queue.length,
+        Math.max(
+          1,
+          this.runLength((i) => this.queue[i]?.msg),
+        ),
+      );
+      const run = this.queue.slice(0, n);
+      const results = n === 1 ? [await this.handle(run[0]!.msg)] : await this.handleRun(run.map((q) => q.msg));
+      this.queue.splice(0, n);
+      run.forEach(({ msg, done }, i) => {
+        this.queuedBytes -= msg.body.length;
+        const r = results[i];
+        if (r === 'duplicate') done(undefined, true);
+        else done(r);
+      });
       if (this.waiters.length > 0 && this.hasCapacity) {
         const w = this.waiters;
         this.waiters = [];
