@@ -33,6 +33,33 @@ describe('parsePgUrl', () => {
     assert.equal(p.forHost(p.hosts[2]!), 'postgresql://relay:s3cr%40t@[::1]:6543/orders?sslmode=require');
   });
 
+  test("libpq's query-parameter hosts: ?host=a,b with one port or one each, socket directories, and they win over the authority's", () => {
+    const p = parsePgUrl(
+      'postgresql://relay:s3cr%40t@/orders?host=db-a,%2Frun%2Fpg&port=5433,5434&sslmode=require&target_session_attrs=read-write',
+    )!;
+    assert.deepEqual(
+      p.hosts.map((h) => [h.host, h.port, h.label]),
+      [
+        ['db-a', 5433, 'db-a:5433'],
+        ['/run/pg', 5434, '/run/pg:5434'],
+      ],
+    );
+    assert.equal(p.targetSessionAttrs, 'read-write');
+    assert.equal(p.forHost(p.hosts[1]!), 'postgresql://relay:s3cr%40t@/orders?sslmode=require&host=%2Frun%2Fpg&port=5434');
+    const one = parsePgUrl('postgres://u@ignored:1/app?host=/var/run/postgresql')!;
+    assert.deepEqual(
+      one.hosts.map((h) => [h.host, h.port]),
+      [['/var/run/postgresql', undefined]],
+    );
+    assert.deepEqual(
+      parsePgUrl('postgres://u@db-a:5432,db-b/app?port=6000')!.hosts.map((h) => h.label),
+      ['db-a:6000', 'db-b:6000'],
+      'a port parameter alone applies to every host of the authority',
+    );
+    assert.throws(() => parsePgUrl('postgres://u@/app?host=a,b,c&port=1,2'), /3 host\(s\) but 2 ports/);
+    assert.throws(() => parsePgUrl('postgres://u@/app?host=a&port=http'), /port "http" is invalid/);
+  });
+
   test('one host and no target_session_attrs: any server, the URL unchanged', () => {
     const p = parsePgUrl('postgres://u@localhost:5433/app')!;
     assert.equal(p.targetSessionAttrs, 'any');
@@ -197,6 +224,39 @@ test('a pool client the server ends while it is checked out and idle: no crash, 
   } finally {
     process.off('uncaughtException', onUncaught);
     await pool.end();
-    await pgs.stop();
+    await pgs.destroy();
+  }
+});
+
+test('?host= lists against real servers: a down TCP host skipped for a socket directory, and read-write chosen among query hosts', async () => {
+  const [ro, rw] = await Promise.all([LocalPostgres.start({ settings: { default_transaction_read_only: 'on' } }), LocalPostgres.start()]);
+  const down = await getFreePort();
+  try {
+    const portOf = async (c: pg.ClientBase) => Number((await c.query<{ p: string }>(`SELECT current_setting('port') AS p`)).rows[0]!.p);
+    const viaSocket = await connect(
+      `postgres://postgres@/postgres?host=127.0.0.1,${encodeURIComponent(rw.dir)}&port=${down},${rw.port}&target_session_attrs=any`,
+    );
+    try {
+      assert.equal(await portOf(viaSocket), rw.port);
+      const [row] = (await viaSocket.query<{ addr: string | null }>('SELECT inet_client_addr()::text AS addr')).rows;
+      assert.equal(row!.addr, null, 'connected through the unix socket (no client address)');
+    } finally {
+      await viaSocket.end();
+    }
+    const url = `postgres://postgres@/postgres?host=127.0.0.1,127.0.0.1,127.0.0.1&port=${down},${ro.port},${rw.port}&target_session_attrs=read-write`;
+    const c = await connect(url);
+    try {
+      assert.equal(await portOf(c), rw.port);
+    } finally {
+      await c.end();
+    }
+    const pool = new pg.Pool({ ...connectionConfig(url), max: 1 });
+    try {
+      assert.equal(await portOf(pool as unknown as pg.ClientBase), rw.port, 'pool');
+    } finally {
+      await pool.end();
+    }
+  } finally {
+    await Promise.all([ro.destroy(), rw.destroy()]);
   }
 });

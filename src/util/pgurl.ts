@@ -3,6 +3,9 @@
  *
  *   postgresql://user:secret@db-a:5432,db-b:5433/orders?target_session_attrs=read-write
  *
+ * or with the hosts as query parameters (libpq's other spelling, also the one for socket
+ * directories: `postgresql://user@/orders?host=/run/pg-a,/run/pg-b&port=5432`).
+ *
  * The hosts are tried in order; one that cannot be reached, or is not the kind of server
  * `target_session_attrs` asks for, is skipped. node-postgres connects to one host only, so the
  * URL is split here into one single-host URL per host (util/db.ts picks among them).
@@ -63,9 +66,17 @@ export function parsePgUrl(url: string): ParsedPgUrl | null {
   const query = q >= 0 ? beforeHash.slice(q + 1) : '';
   let target: TargetSessionAttrs = 'any';
   const kept: string[] = [];
+  let hostParam: string | undefined;
+  let portParam: string | undefined;
   for (const pair of query === '' ? [] : query.split('&')) {
     const eq = pair.indexOf('=');
     const key = decode(eq >= 0 ? pair.slice(0, eq) : pair);
+    if (key === 'host' || key === 'port') {
+      // the last one counts, as libpq reads them
+      if (key === 'host') hostParam = decode(eq >= 0 ? pair.slice(eq + 1) : '');
+      else portParam = decode(eq >= 0 ? pair.slice(eq + 1) : '');
+      continue;
+    }
     if (key !== 'target_session_attrs') {
       kept.push(pair);
       continue;
@@ -78,8 +89,31 @@ export function parsePgUrl(url: string): ParsedPgUrl | null {
     }
     target = value as TargetSessionAttrs;
   }
-  const tail = `${path}${kept.length > 0 ? '?' + kept.join('&') : ''}`;
+  const withParams = (extra: string[]) => {
+    const all = [...kept, ...extra];
+    return `${path}${all.length > 0 ? '?' + all.join('&') : ''}`;
+  };
+  const tail = withParams([]);
 
+  if (hostParam !== undefined || portParam !== undefined) {
+    // ?host= (and ?port=) win over the authority's, as in libpq; each host's URL carries its own
+    const hosts =
+      hostParam !== undefined
+        ? queryHosts(hostParam, portParam)
+        : queryHosts((hostlist === '' ? [] : splitHosts(hostlist).map(parseHost)).map((h) => h.host).join(','), portParam);
+    const asWritten = [
+      ...(hostParam !== undefined ? [`host=${encodeURIComponent(hostParam)}`] : []),
+      ...(portParam !== undefined ? [`port=${encodeURIComponent(portParam)}`] : []),
+    ];
+    return {
+      hosts,
+      targetSessionAttrs: target,
+      path,
+      forHost: (h) =>
+        `${scheme}${userinfo}${withParams([`host=${encodeURIComponent(h.host)}`, ...(h.port !== undefined ? [`port=${h.port}`] : [])])}`,
+      withoutHostChoice: `${scheme}${authority}${withParams(asWritten)}`,
+    };
+  }
   const hosts = hostlist === '' ? [] : splitHosts(hostlist).map(parseHost);
   return {
     hosts,
@@ -88,6 +122,29 @@ export function parsePgUrl(url: string): ParsedPgUrl | null {
     forHost: (h) => `${scheme}${userinfo}${h.raw}${h.port !== undefined ? ':' + h.port : ''}${tail}`,
     withoutHostChoice: `${scheme}${authority}${tail}`,
   };
+}
+
+/**
+ * libpq's `host=a,b` with `port=p` (every host) or `port=p1,p2` (one each); a host starting with
+ * `/` is a socket directory.
+ */
+function queryHosts(hostList: string, portList: string | undefined): PgUrlHost[] {
+  const names = hostList === '' ? [''] : splitHosts(hostList);
+  const ports = portList === undefined || portList === '' ? [] : splitHosts(portList);
+  if (ports.length > 1 && ports.length !== names.length) {
+    throw new PgUrlError(`the database URL names ${names.length} host(s) but ${ports.length} ports: give one port, or one per host`);
+  }
+  return names.map((name, i) => {
+    const portText = ports.length === 0 ? undefined : ports.length === 1 ? ports[0] : ports[i];
+    let port: number | undefined;
+    if (portText !== undefined) {
+      port = /^\d+$/.test(portText) ? Number(portText) : NaN;
+      if (!(port >= 1 && port <= 65535)) throw new PgUrlError(`the database URL's port "${portText}" is invalid`);
+    }
+    const host = name.startsWith('[') && name.endsWith(']') ? name.slice(1, -1) : name;
+    const shown = host.includes(':') && !host.startsWith('/') ? `[${host}]` : host || 'localhost';
+    return { raw: encodeURIComponent(host), host, port, label: `${shown}:${port ?? 5432}` };
+  });
 }
 
 /** `h1:p1,h2:p2` (IPv6 in brackets may hold `:`, never `,`). */
