@@ -8,6 +8,7 @@ import { RedisEnv, REDIS_TOML } from './redis-fixture.js';
 import { runCli, sleep } from './fixture.js';
 import { startDaemon } from '../src/daemon.js';
 import { createLogger } from '../src/util/log.js';
+import { redisGroups } from '../src/inbound/redis.js';
 
 async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -159,6 +160,10 @@ consumer = "shipping"
     assert.equal(text.code, 0, text.stderr);
     assert.match(text.stdout, /^consumer test-service-fraiseql_order_created\s+3 pending, 2 in progress, 1 redelivered$/m);
     assert.match(text.stdout, /^consumer shipping\s+error: stream "fraiseql\.order\.shipped" does not exist yet$/m);
+    // what /metrics samples (consumer_pending_messages, consumer_redelivered_messages): the same group, not delivered + in progress
+    assert.deepEqual(await redisGroups(c, env.config()), [
+      { consumer: group, stream: 'fraiseql.order.created', pending: 5, redelivered: 1 },
+    ]);
 
     // acknowledged: nothing in progress any more
     await c.sendCommand(['XACK', 'fraiseql.order.created', group, ids[0]!, ids[1]!]);

@@ -10,6 +10,7 @@ import { findStream } from '../sink/stream.js';
 import { BackfillStore } from '../backfill/store.js';
 import { closeRedis, connectRedis, type RedisLink } from '../sink/redis-client.js';
 import { streamKey } from '../sink/redis.js';
+import { redisGroupState } from '../inbound/redis.js';
 import { createLogger } from '../util/log.js';
 
 /** A relay process: its own host name and pid (not a PostgreSQL backend's), and where it connects from. */
@@ -293,8 +294,6 @@ async function collectStatus(config: Config): Promise<StatusReport> {
 type Consumer = StatusReport['consumers'][number];
 
 /** Entries of a group's pending list examined for their delivery count (the relay's lists are far shorter). */
-const PENDING_SCAN = 10_000;
-
 /**
  * backend = "redis": each subscription's consumer group (`XINFO GROUPS` of its stream), in the
  * fields of a NATS consumer: `pending` is the group's `lag` (entries not yet delivered to it; null
@@ -329,33 +328,14 @@ async function redisConsumers(config: Config): Promise<Consumer[]> {
     for (const sub of subs) {
       const key = streamKey(config.relay.redis, sub.subject);
       try {
-        const groups = await redis.sendCommand<(string | number | null)[][]>(['XINFO', 'GROUPS', key]).catch((err: unknown) => {
-          throw new Error(/no such key/i.test(errorMessage(err)) ? `stream ${JSON.stringify(key)} does not exist yet` : errorMessage(err));
-        });
-        let info: Map<string, string | number | null> | null = null;
-        for (const g of groups) {
-          const m = new Map<string, string | number | null>();
-          for (let i = 0; i + 1 < g.length; i += 2) m.set(String(g[i]), g[i + 1]!);
-          if (m.get('name') === sub.consumer) info = m;
-        }
-        if (!info)
-          throw new Error(`no consumer group ${sub.consumer} on stream ${JSON.stringify(key)} yet (the relay creates it when it starts)`);
-        const lag = info.get('lag');
-        const entries = await redis.sendCommand<[string, string, number, number][]>([
-          'XPENDING',
-          key,
-          sub.consumer,
-          '-',
-          '+',
-          String(PENDING_SCAN),
-        ]);
+        const g = await redisGroupState(redis, key, sub.consumer);
         out.push({
           consumer: sub.consumer,
           subject: sub.subject,
           stream: key,
-          pending: lag === undefined || lag === null ? null : Number(lag),
-          ack_pending: Number(info.get('pending') ?? 0),
-          redelivered: entries.filter((e) => Number(e[3]) > 1).length,
+          pending: g.lag,
+          ack_pending: g.ackPending,
+          redelivered: g.redelivered,
           error: null,
         });
       } catch (err) {

@@ -37,7 +37,48 @@ interface Entry {
   deliveries: number;
 }
 
-/** The subscriptions' consumer groups as Redis reports them (XINFO GROUPS; `lag` needs Redis 7). */
+/** Pending entries looked at for the redelivered count (XPENDING's first this many). */
+const PENDING_SCAN = 10_000;
+
+/** A consumer group in the fields of a NATS consumer. */
+export interface RedisGroupState {
+  /** entries not yet delivered to the group (`lag`, Redis 7); null when Redis cannot tell (entries deleted out of order) */
+  lag: number | null;
+  /** its pending-entries list: delivered, not acknowledged */
+  ackPending: number;
+  /** entries of that list delivered more than once (the first 10,000 looked at) */
+  redelivered: number;
+}
+
+/**
+ * One consumer group of one stream (XINFO GROUPS, XPENDING). Rejects naming the stream or the
+ * group when either does not exist yet.
+ */
+export async function redisGroupState(redis: RedisLink, key: string, group: string): Promise<RedisGroupState> {
+  const groups = await redis.sendCommand<(string | number | null)[][]>(['XINFO', 'GROUPS', key]).catch((err: unknown) => {
+    throw new Error(/no such key/i.test(errorMessage(err)) ? `stream ${JSON.stringify(key)} does not exist yet` : errorMessage(err));
+  });
+  let info: Map<string, string | number | null> | null = null;
+  for (const g of groups) {
+    const m = new Map<string, string | number | null>();
+    for (let i = 0; i + 1 < g.length; i += 2) m.set(String(g[i]), g[i + 1]!);
+    if (m.get('name') === group) info = m;
+  }
+  if (!info) throw new Error(`no consumer group ${group} on stream ${JSON.stringify(key)} yet (the relay creates it when it starts)`);
+  const lag = info.get('lag');
+  const ackPending = Number(info.get('pending') ?? 0);
+  const entries =
+    ackPending === 0
+      ? []
+      : await redis.sendCommand<[string, string, number, number][]>(['XPENDING', key, group, '-', '+', String(PENDING_SCAN)]);
+  return {
+    lag: lag === undefined || lag === null ? null : Number(lag),
+    ackPending,
+    redelivered: entries.filter((e) => Number(e[3]) > 1).length,
+  };
+}
+
+/** The subscriptions' consumer groups that exist, for the metrics: pending = lag + pending list. */
 export async function redisGroups(
   redis: RedisLink,
   config: Config,
@@ -45,19 +86,13 @@ export async function redisGroups(
   const out: { consumer: string; stream: string; pending: number; redelivered: number }[] = [];
   for (const sub of config.observers.subscribe) {
     const key = streamKey(config.relay.redis, sub.subject);
-    let groups: (string | number | null)[][];
+    let g: RedisGroupState;
     try {
-      groups = await redis.sendCommand<(string | number | null)[][]>(['XINFO', 'GROUPS', key]);
+      g = await redisGroupState(redis, key, sub.consumer);
     } catch {
-      continue; // no stream yet
+      continue; // no stream or group yet
     }
-    for (const g of groups) {
-      const info = new Map<string, string | number | null>();
-      for (let i = 0; i + 1 < g.length; i += 2) info.set(String(g[i]), g[i + 1]!);
-      if (info.get('name') !== sub.consumer) continue;
-      const pending = Number(info.get('pending') ?? 0) + Number(info.get('lag') ?? 0);
-      out.push({ consumer: sub.consumer, stream: key, pending, redelivered: 0 });
-    }
+    out.push({ consumer: sub.consumer, stream: key, pending: (g.lag ?? 0) + g.ackPending, redelivered: g.redelivered });
   }
   return out;
 }

@@ -537,7 +537,7 @@ export class Relay extends EventEmitter<RelayEvents> {
   /**
    * Pending and redelivered counts of the subscriptions' durable consumers (asks NATS). With
    * backend = "redis", of their consumer groups: pending = entries not yet delivered to the group
-   * (its lag) plus those delivered and not acknowledged; redelivered = 0 (Redis does not count it per group).
+   * (its lag) plus those delivered and not acknowledged; redelivered = entries of that pending list delivered more than once.
    */
   async consumers(): Promise<ConsumerState[]> {
     if (this.redis) return redisGroups(this.redis, this.config);
