@@ -61,39 +61,67 @@ export interface EnvOptions {
 /** The database each test environment creates for the service. */
 const APP_DB = 'app';
 
-export class TestEnv {
-  private constructor(
+/**
+ * What every test environment has, whatever its broker: a real PostgreSQL with the service's
+ * database, a temporary folder with the service's fraiseql.toml, and the relay in this process
+ * or as a child process.
+ */
+export abstract class ServiceEnv {
+  protected constructor(
     readonly pg: LocalPostgres,
-    readonly nats: LocalNats,
     readonly dir: string,
     readonly dbUrl: string,
     readonly configFile: string,
   ) {}
 
-  static async create(opts: EnvOptions = {}): Promise<TestEnv> {
-    const [pgs, nats] = await Promise.all([LocalPostgres.start(opts.pg), LocalNats.start(opts.nats)]);
-    const dbUrl = await pgs.createDatabase(APP_DB);
-    // `npm run test:matrix` says which major it meant to start: a wrong PG_BIN must not pass silently
-    // (not when the test chose the binaries itself)
-    const expected = opts.pg?.binDir === undefined ? process.env['TEST_PG_MAJOR'] : undefined;
-    if (expected) {
-      const v = (await pgs.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`, [], APP_DB)).rows[0]!.v;
-      if (Math.floor(Number(v) / 10000) !== Number(expected)) {
-        await Promise.all([pgs.destroy(), nats.destroy()]);
-        throw new Error(`TEST_PG_MAJOR=${expected}, but the server started is ${v}`);
-      }
+  /**
+   * Starts PostgreSQL (beside the broker the subclass starts with `startBroker`), creates the
+   * service's database and writes its configuration. Whatever started is stopped again when
+   * something fails.
+   */
+  protected static async prepare<B extends { destroy(): Promise<void> }>(
+    toml: string,
+    pgOptions: LocalPostgresOptions | undefined,
+    startBroker: () => Promise<B>,
+  ): Promise<{ pgs: LocalPostgres; broker: B; dir: string; dbUrl: string; configFile: string }> {
+    const [pgr, br] = await Promise.allSettled([LocalPostgres.start(pgOptions), startBroker()]);
+    if (pgr.status === 'rejected' || br.status === 'rejected') {
+      await Promise.all([pgr.status === 'fulfilled' && pgr.value.destroy(), br.status === 'fulfilled' && br.value.destroy()]);
+      throw pgr.status === 'rejected' ? pgr.reason : (br as PromiseRejectedResult).reason;
     }
-    const dir = await mkdtemp(join(tmpdir(), 'fraiseql-relay-test-'));
-    const configFile = join(dir, 'fraiseql.toml');
-    await writeFile(configFile, opts.toml ?? BASE_TOML);
-    return new TestEnv(pgs, nats, dir, dbUrl, configFile);
+    const pgs = pgr.value;
+    const broker = br.value;
+    try {
+      const dbUrl = await pgs.createDatabase(APP_DB);
+      // `npm run test:matrix` says which major it meant to start: a wrong PG_BIN must not pass silently
+      // (not when the test chose the binaries itself)
+      const expected = pgOptions?.binDir === undefined ? process.env['TEST_PG_MAJOR'] : undefined;
+      if (expected) {
+        const v = (await pgs.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`, [], APP_DB)).rows[0]!.v;
+        if (Math.floor(Number(v) / 10000) !== Number(expected))
+          throw new Error(`TEST_PG_MAJOR=${expected}, but the server started is ${v}`);
+      }
+      const dir = await mkdtemp(join(tmpdir(), 'fraiseql-relay-test-'));
+      const configFile = join(dir, 'fraiseql.toml');
+      await writeFile(configFile, toml);
+      return { pgs, broker, dir, dbUrl, configFile };
+    } catch (err) {
+      await Promise.all([pgs.destroy(), broker.destroy()]);
+      throw err;
+    }
   }
 
   /** DATABASE_URL as the relay is given it: `dbUrl` unless a test points the relay elsewhere (several hosts) */
   databaseUrl: string | undefined;
 
+  /** The broker's variables for the configuration (NATS_URL, REDIS_URL). */
+  protected abstract brokerEnv(): Record<string, string>;
+
+  /** Stops the broker and drops what the subclass holds of it. */
+  protected abstract destroyBroker(): Promise<void>;
+
   get env(): NodeJS.ProcessEnv {
-    return { ...process.env, DATABASE_URL: this.databaseUrl ?? this.dbUrl, NATS_URL: this.nats.url };
+    return { ...process.env, DATABASE_URL: this.databaseUrl ?? this.dbUrl, ...this.brokerEnv() };
   }
 
   config(): Config {
@@ -122,6 +150,37 @@ export class TestEnv {
 
   async sql<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<R[]> {
     return (await this.pg.query<R>(text, params, APP_DB)).rows;
+  }
+
+  async destroy(): Promise<void> {
+    await Promise.all([this.pg.destroy(), this.destroyBroker()]);
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** PostgreSQL and a nats-server with JetStream. */
+export class TestEnv extends ServiceEnv {
+  private constructor(
+    pg: LocalPostgres,
+    readonly nats: LocalNats,
+    dir: string,
+    dbUrl: string,
+    configFile: string,
+  ) {
+    super(pg, dir, dbUrl, configFile);
+  }
+
+  static async create(opts: EnvOptions = {}): Promise<TestEnv> {
+    const p = await ServiceEnv.prepare(opts.toml ?? BASE_TOML, opts.pg, () => LocalNats.start(opts.nats));
+    return new TestEnv(p.pgs, p.broker, p.dir, p.dbUrl, p.configFile);
+  }
+
+  protected brokerEnv(): Record<string, string> {
+    return { NATS_URL: this.nats.url };
+  }
+
+  protected destroyBroker(): Promise<void> {
+    return this.nats.destroy();
   }
 
   async natsClient(): Promise<NatsConnection> {
@@ -172,11 +231,6 @@ export class TestEnv {
     } finally {
       await nc.close();
     }
-  }
-
-  async destroy(): Promise<void> {
-    await Promise.all([this.pg.destroy(), this.nats.destroy()]);
-    await rm(this.dir, { recursive: true, force: true });
   }
 }
 

@@ -3,19 +3,13 @@
  * free port, append-only file fsynced always), a database migrated for the relay, and the relay
  * in-process or as a child process that can be SIGKILLed.
  */
-import { mkdtemp, writeFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import pg from 'pg';
 import assert from 'node:assert/strict';
-import { LocalPostgres } from '../src/local/postgres.js';
+import type { LocalPostgres } from '../src/local/postgres.js';
 import { LocalRedis, type LocalRedisOptions } from '../src/local/redis.js';
-import { loadConfig, type Config } from '../src/config/load.js';
-import { migrate } from '../src/schema/migrate.js';
-import { Relay, type RelayOptions } from '../src/relay/relay.js';
 import { createLogger } from '../src/util/log.js';
 import { connectRedis, type RedisLink } from '../src/sink/redis-client.js';
-import { RelayProcess, sleep } from './fixture.js';
+import { ServiceEnv, sleep } from './fixture.js';
 
 export const REDIS_TOML = `
 [project]
@@ -43,56 +37,32 @@ export interface RedisEntry {
   body: Record<string, unknown>;
 }
 
-const APP_DB = 'app';
-
-export class RedisEnv {
+/** PostgreSQL and a redis-server (append-only file fsynced always, unless `persistence: false`). */
+export class RedisEnv extends ServiceEnv {
   private clients: RedisLink[] = [];
 
   private constructor(
-    readonly pg: LocalPostgres,
+    pg: LocalPostgres,
     readonly redis: LocalRedis,
-    readonly dir: string,
-    readonly dbUrl: string,
-    readonly configFile: string,
-  ) {}
+    dir: string,
+    dbUrl: string,
+    configFile: string,
+  ) {
+    super(pg, dir, dbUrl, configFile);
+  }
 
   static async create(opts: { toml?: string; redis?: LocalRedisOptions } = {}): Promise<RedisEnv> {
-    const [pgs, redis] = await Promise.all([LocalPostgres.start(), LocalRedis.start(opts.redis)]);
-    const dbUrl = await pgs.createDatabase(APP_DB);
-    const dir = await mkdtemp(join(tmpdir(), 'fraiseql-relay-redis-test-'));
-    const configFile = join(dir, 'fraiseql.toml');
-    await writeFile(configFile, opts.toml ?? REDIS_TOML);
-    return new RedisEnv(pgs, redis, dir, dbUrl, configFile);
+    const p = await ServiceEnv.prepare(opts.toml ?? REDIS_TOML, undefined, () => LocalRedis.start(opts.redis));
+    return new RedisEnv(p.pgs, p.broker, p.dir, p.dbUrl, p.configFile);
   }
 
-  get env(): NodeJS.ProcessEnv {
-    return { ...process.env, DATABASE_URL: this.dbUrl, REDIS_URL: this.redis.url };
+  protected brokerEnv(): Record<string, string> {
+    return { REDIS_URL: this.redis.url };
   }
 
-  config(): Config {
-    return loadConfig(this.configFile, this.env);
-  }
-
-  async writeConfig(toml: string): Promise<void> {
-    await writeFile(this.configFile, toml);
-  }
-
-  async migrate(): Promise<void> {
-    await migrate(this.config(), createLogger('silent'));
-  }
-
-  async startRelay(opts: RelayOptions = {}, level = process.env['TEST_LOG_LEVEL'] ?? 'silent'): Promise<Relay> {
-    const relay = new Relay(this.config(), createLogger(level), { backoffMinMs: 100, backoffMaxMs: 1000, publishTimeoutMs: 2000, ...opts });
-    await relay.start();
-    return relay;
-  }
-
-  spawnRelay(name = 'relay'): RelayProcess {
-    return new RelayProcess(join(this.dir, `${name}.log`), ['run', '-c', this.configFile], this.env);
-  }
-
-  async sql<R extends pg.QueryResultRow = pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<R[]> {
-    return (await this.pg.query<R>(text, params, APP_DB)).rows;
+  protected async destroyBroker(): Promise<void> {
+    for (const c of this.clients) c.destroy();
+    await this.redis.destroy();
   }
 
   /** A connected client (closed by destroy()). */
@@ -138,12 +108,6 @@ export class RedisEnv {
       if (page.length < 5000) return out;
       from = '(' + page.at(-1)![0];
     }
-  }
-
-  async destroy(): Promise<void> {
-    for (const c of this.clients) c.destroy();
-    await Promise.all([this.pg.destroy(), this.redis.destroy()]);
-    await rm(this.dir, { recursive: true, force: true });
   }
 }
 
