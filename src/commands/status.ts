@@ -8,7 +8,7 @@ import { readSlot } from '../schema/slot.js';
 import { needsSlot } from '../schema/plan.js';
 import { findStream } from '../sink/stream.js';
 import { BackfillStore } from '../backfill/store.js';
-import { closeRedis, connectRedis, type RedisLink } from '../sink/redis-client.js';
+import { closeRedis, connectRedisOnce, type RedisLink } from '../sink/redis-client.js';
 import { streamKey } from '../sink/redis.js';
 import { redisGroupState } from '../inbound/redis.js';
 import { createLogger } from '../util/log.js';
@@ -237,28 +237,10 @@ async function collectStatus(config: Config): Promise<StatusReport> {
   });
   if (config.observers.backend === 'postgres') {
     // no broker: the subscriptions are applied from the slot, in commit order; their backlog is the slot's lag
-    for (const sub of config.observers.subscribe)
-      report.consumers.push({
-        consumer: sub.consumer,
-        subject: sub.subject,
-        stream: null,
-        pending: null,
-        ack_pending: null,
-        redelivered: null,
-        error: null,
-      });
+    for (const sub of config.observers.subscribe) report.consumers.push(withoutCounts(sub, null, null));
   } else if (config.observers.backend === 'redis') {
     if (config.observers.subscribe.length > 0) report.consumers.push(...(await redisConsumers(config)));
   } else if (config.observers.subscribe.length > 0 && config.observers.nats_url) {
-    const failed = (sub: { consumer: string; subject: string }, stream: string | null, error: string) => ({
-      consumer: sub.consumer,
-      subject: sub.subject,
-      stream,
-      pending: null,
-      ack_pending: null,
-      redelivered: null,
-      error,
-    });
     try {
       const nc = await connectOnce(config, 'status');
       try {
@@ -278,14 +260,14 @@ async function collectStatus(config: Config): Promise<StatusReport> {
               error: null,
             });
           } catch (err) {
-            report.consumers.push(failed(sub, stream, errorMessage(err)));
+            report.consumers.push(withoutCounts(sub, stream, errorMessage(err)));
           }
         }
       } finally {
         await nc.close();
       }
     } catch (err) {
-      for (const sub of config.observers.subscribe) report.consumers.push(failed(sub, null, errorMessage(err)));
+      for (const sub of config.observers.subscribe) report.consumers.push(withoutCounts(sub, null, errorMessage(err)));
     }
   }
   return report;
@@ -293,7 +275,11 @@ async function collectStatus(config: Config): Promise<StatusReport> {
 
 type Consumer = StatusReport['consumers'][number];
 
-/** Entries of a group's pending list examined for their delivery count (the relay's lists are far shorter). */
+/** A subscription whose counts are not known: why (`error`), or null when it has none to know (`backend = "postgres"`). */
+function withoutCounts(sub: { consumer: string; subject: string }, stream: string | null, error: string | null): Consumer {
+  return { consumer: sub.consumer, subject: sub.subject, stream, pending: null, ack_pending: null, redelivered: null, error };
+}
+
 /**
  * backend = "redis": each subscription's consumer group (`XINFO GROUPS` of its stream), in the
  * fields of a NATS consumer: `pending` is the group's `lag` (entries not yet delivered to it; null
@@ -303,25 +289,11 @@ type Consumer = StatusReport['consumers'][number];
  */
 async function redisConsumers(config: Config): Promise<Consumer[]> {
   const subs = config.observers.subscribe;
-  const failed = (sub: (typeof subs)[number], stream: string | null, error: string): Consumer => ({
-    consumer: sub.consumer,
-    subject: sub.subject,
-    stream,
-    pending: null,
-    ack_pending: null,
-    redelivered: null,
-    error,
-  });
   let redis: RedisLink;
   try {
-    redis = await connectRedis({
-      url: config.observers.redis_url ?? '',
-      log: createLogger('silent'),
-      name: 'fraiseql-relay-status',
-      once: true,
-    });
+    redis = await connectRedisOnce(config.observers.redis_url ?? '', 'fraiseql-relay-status', createLogger('silent'));
   } catch (err) {
-    return subs.map((sub) => failed(sub, null, `cannot connect to Redis ([observers] redis_url): ${errorMessage(err)}`));
+    return subs.map((sub) => withoutCounts(sub, null, errorMessage(err)));
   }
   const out: Consumer[] = [];
   try {
@@ -339,7 +311,7 @@ async function redisConsumers(config: Config): Promise<Consumer[]> {
           error: null,
         });
       } catch (err) {
-        out.push(failed(sub, key, errorMessage(err)));
+        out.push(withoutCounts(sub, key, errorMessage(err)));
       }
     }
   } finally {

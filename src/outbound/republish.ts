@@ -8,7 +8,7 @@ import { OUTBOX_COLUMNS, OutboxRouter, outboxRowChange } from '../route/outbox.j
 import type { TupleValue } from '../source/types.js';
 import { connectOnce } from '../sink/nats.js';
 import { loadAppendScript } from '../sink/redis.js';
-import { closeRedis, connectRedis, type RedisLink } from '../sink/redis-client.js';
+import { closeRedis, connectRedisOnce, type RedisLink } from '../sink/redis-client.js';
 import { UndeliverableError } from '../sink/limits.js';
 import { DeadLetterWriter } from '../sink/deadletter.js';
 import type { OutboundMessage, Sink } from '../sink/sink.js';
@@ -47,9 +47,6 @@ export class Republisher {
     const closers: (() => Promise<void> | void)[] = [];
     const deadLetters = new DeadLetterWriter(config.database.url, config.relay.schema);
     closers.push(() => deadLetters.close());
-    const close = async () => {
-      for (const c of closers.reverse()) await Promise.resolve(c()).catch(() => {});
-    };
     try {
       let nc: NatsConnection | undefined;
       let redis: RedisLink | undefined;
@@ -62,9 +59,7 @@ export class Republisher {
       } else if (backend === 'redis') {
         const url = config.observers.redis_url;
         if (!url) throw new UsageError('[observers] redis_url is needed to re-publish');
-        const link = await connectRedis({ url, log, name: `fraiseql-relay-${purpose}`, once: true }).catch((err: unknown) => {
-          throw new Error(`cannot connect to Redis ([observers] redis_url): ${errorMessage(err)}`, { cause: err });
-        });
+        const link = await connectRedisOnce(url, `fraiseql-relay-${purpose}`, log);
         redis = link;
         closers.push(() => closeRedis(link));
         await loadAppendScript(link);
@@ -88,7 +83,7 @@ export class Republisher {
       closers.push(() => sink.close());
       return new Republisher(sink, deadLetters, closers);
     } catch (err) {
-      await close();
+      await closeAll(closers);
       throw err;
     }
   }
@@ -115,9 +110,13 @@ export class Republisher {
 
   /** Closes the sink and every connection it opened. */
   async close(): Promise<void> {
-    for (const c of this.closers.reverse()) await Promise.resolve(c()).catch(() => {});
-    this.closers.length = 0;
+    await closeAll(this.closers);
   }
+}
+
+/** Runs the closers, the last opened first, each once; a failing one does not stop the others. */
+async function closeAll(closers: (() => Promise<void> | void)[]): Promise<void> {
+  for (const c of closers.splice(0).reverse()) await Promise.resolve(c()).catch(() => {});
 }
 
 export interface RepublishResult {

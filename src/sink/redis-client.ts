@@ -96,6 +96,16 @@ export async function connectRedis(opts: RedisConnectOptions): Promise<RedisLink
   return client;
 }
 
+/**
+ * For a command (status, replay, reconcile, dlq retry): one attempt, no reconnection, so a Redis
+ * that is down fails at once, with an error that names the setting to look at.
+ */
+export async function connectRedisOnce(url: string, name: string, log: Logger): Promise<RedisLink> {
+  return connectRedis({ url, log, name, once: true }).catch((err: unknown) => {
+    throw new Error(`cannot connect to Redis ([observers] redis_url): ${errorMessage(err)}`, { cause: err });
+  });
+}
+
 /** Closes a client at once (pending commands fail); never throws. */
 export function closeRedis(client: RedisLink | null): void {
   if (!client) return;
