@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { TestEnv, sleep } from './fixture.js';
+import { TestEnv, until } from './fixture.js';
 import { startDaemon, type Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/util/log.js';
 
@@ -43,15 +43,6 @@ create = ${publish ? 'true' : 'false'}
 async function readyz(d: Daemon): Promise<{ status: number; body: { reasons?: Record<string, string> } }> {
   const r = await fetch(`http://127.0.0.1:${d.port}/readyz`);
   return { status: r.status, body: (await r.json()) as { reasons?: Record<string, string> } };
-}
-
-async function until(what: string, fn: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await fn()) return;
-    await sleep(100);
-  }
-  assert.fail(`${what} within ${timeoutMs} ms`);
 }
 
 const applied = async (env: TestEnv, n: string) => (await env.sql(`SELECT 1 FROM app.applied WHERE n = $1`, [n])).length === 1;

@@ -152,6 +152,20 @@ export abstract class ServiceEnv {
     return (await this.pg.query<R>(text, params, APP_DB)).rows;
   }
 
+  /** Where the service database's WAL ends now (what has committed so far lies before it). */
+  async walInsertLsn(): Promise<string> {
+    return (await this.sql<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`))[0]!.lsn;
+  }
+
+  /** Whether the relay's slot is confirmed short of `lsn`: something committed before it is not done. */
+  async slotConfirmedBefore(lsn: string): Promise<boolean> {
+    const [r] = await this.sql<{ before: boolean }>(
+      `SELECT confirmed_flush_lsn < $1::pg_lsn AS before FROM pg_replication_slots WHERE slot_name = $2`,
+      [lsn, this.config().relay.slot],
+    );
+    return r!.before;
+  }
+
   async destroy(): Promise<void> {
     await Promise.all([this.pg.destroy(), this.destroyBroker()]);
     await rm(this.dir, { recursive: true, force: true });
@@ -303,6 +317,25 @@ export function runCli(
     child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
     child.on('exit', (code) => resolvePromise({ code, stdout, stderr }));
   });
+}
+
+/**
+ * Polls `check` every 50 ms until it holds. After `timeoutMs` it fails naming `what`, with what
+ * `detail()` says about the state then, when given.
+ */
+export async function until(
+  what: string,
+  check: () => Promise<boolean> | boolean,
+  timeoutMs = 30_000,
+  detail?: () => unknown,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${detail ? `: ${JSON.stringify(await detail())}` : ''}`);
+    }
+    await sleep(50);
+  }
 }
 
 export function sleep(ms: number): Promise<void> {

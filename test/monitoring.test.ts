@@ -19,7 +19,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { ROOT, TestEnv, sleep } from './fixture.js';
+import { ROOT, TestEnv, until } from './fixture.js';
 import { RedisEnv } from './redis-fixture.js';
 import { startDaemon, type Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/util/log.js';
@@ -225,15 +225,6 @@ function parseScrape(text: string): Scrape {
     }
   }
   return { families, names, labels };
-}
-
-async function until(what: string, fn: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await fn()) return;
-    await sleep(200);
-  }
-  assert.fail(`${what} within ${timeoutMs} ms`);
 }
 
 test(

@@ -7,8 +7,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import { TestEnv, runCli, sleep, waitForRows, type RelayProcess } from './fixture.js';
-import { endpoint, signedWith } from './webhook-endpoint.js';
+import { TestEnv, runCli, sleep, type RelayProcess, until } from './fixture.js';
+import { endpoint, orderHookRules, signedWith, webhookDeadLetter } from './webhook-endpoint.js';
 import { ORDER_SERVICE_SQL, INVENTORY_SERVICE_SQL } from '../src/commands/demo.js';
 import { startDaemon, type Daemon } from '../src/daemon.js';
 import { createLogger } from '../src/util/log.js';
@@ -97,14 +97,6 @@ async function count(env: TestEnv, sql: string): Promise<number> {
     } catch {
       await sleep(100); // PostgreSQL restarting
     }
-  }
-}
-
-async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
   }
 }
 
@@ -333,25 +325,7 @@ url = "\${DATABASE_URL}"
 [observers]
 backend = "postgres"
 
-[[observers.rules]]
-table = "tb_order"
-event = "INSERT"
-subject = "fraiseql.order.created"
-[[observers.rules.actions]]
-type = "webhook"
-url_env = "PG_HOOK_URL"
-signing_secret_env = "PG_HOOK_SECRET"
-max_attempts = 50
-
-[[observers.rules]]
-table = "tb_order"
-event = "DELETE"
-subject = "fraiseql.order.deleted"
-[[observers.rules.actions]]
-type = "webhook"
-url_env = "PG_BROKEN_HOOK_URL"
-max_attempts = 2
-
+${orderHookRules('PG')}
 [[observers.subscribe]]
 subject = "fraiseql.order.created"
 handler = "fn_count_order"
@@ -377,24 +351,15 @@ test('backend = "postgres" with webhook actions: each delivered once, in commit 
       CREATE FUNCTION fn_count_order(p_event jsonb) RETURNS void LANGUAGE sql AS
         $$ INSERT INTO counted (n) VALUES ((p_event->'entity'->>'n')::int) $$;`);
     await env.migrate();
-    const slot = env.config().relay.slot;
-    const lsnNow = async () => (await env.sql<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`))[0]!.lsn;
-    const confirmedBefore = async (lsn: string) =>
-      (
-        await env.sql<{ before: boolean }>(
-          `SELECT confirmed_flush_lsn < $1::pg_lsn AS before FROM pg_replication_slots WHERE slot_name = $2`,
-          [lsn, slot],
-        )
-      )[0]!.before;
     const counted = async () => (await env.sql<{ n: number }>(`SELECT n FROM counted ORDER BY n`)).map((r) => r.n);
 
     daemon = await startDaemon(env.config(), log);
     await env.sql(`INSERT INTO tb_order (n) VALUES (0)`);
-    const afterFirst = await lsnNow();
+    const afterFirst = await env.walInsertLsn();
     for (let i = 1; i < 10; i++) await env.sql(`INSERT INTO tb_order (n) VALUES ($1)`, [i]);
 
     await until('two failed attempts of the first webhook', () => ep.all.filter((r) => r.path === '/orders').length >= 2, 30_000);
-    assert.ok(await confirmedBefore(afterFirst), 'the slot is not confirmed past an undelivered webhook');
+    assert.ok(await env.slotConfirmedBefore(afterFirst), 'the slot is not confirmed past an undelivered webhook');
     assert.ok(
       ep.all.every((r) => JSON.parse(r.body).entity.n === 0),
       'the webhooks behind the failing one wait for it',
@@ -412,28 +377,20 @@ test('backend = "postgres" with webhook actions: each delivered once, in commit 
     failing = false;
     daemon = await startDaemon(env.config(), log);
     await until('ten webhooks delivered', () => daemon!.relay.webhookStats.delivered === 10, 30_000);
-    const afterAll = await lsnNow();
-    await until('the slot confirmed past the last insert', async () => !(await confirmedBefore(afterAll)), 30_000);
+    const afterAll = await env.walInsertLsn();
+    await until('the slot confirmed past the last insert', async () => !(await env.slotConfirmedBefore(afterAll)), 30_000);
     assert.deepEqual(await counted(), [...Array(10).keys()], 'each handler applied once, across the restart (the inbox)');
     assert.ok(ep.all.length > attemptsBefore);
 
     // max_attempts spent: dead-lettered, and the stream moves on
     await env.sql(`DELETE FROM tb_order WHERE n = 9`);
     await env.sql(`INSERT INTO tb_order (n) VALUES (10)`);
-    const dl = await waitForRows(
-      () =>
-        env.sql<{ direction: string; attempts: number; error: string }>(
-          `SELECT direction, attempts, error FROM fraiseql_relay.dead_letter`,
-        ),
-      20_000,
-    );
-    assert.equal(dl.length, 1);
-    assert.equal(dl[0]!.direction, 'webhook');
-    assert.equal(dl[0]!.attempts, 2);
-    assert.match(dl[0]!.error, /500/);
+    const dl = await webhookDeadLetter(env, 20_000);
+    assert.equal(dl.attempts, 2);
+    assert.match(dl.error, /500/);
     await until('the insert after the dead letter delivered', () => daemon!.relay.webhookStats.delivered === 11, 30_000);
-    const afterDelete = await lsnNow();
-    await until('the slot confirmed past the dead-lettered webhook', async () => !(await confirmedBefore(afterDelete)), 30_000);
+    const afterDelete = await env.walInsertLsn();
+    await until('the slot confirmed past the dead-lettered webhook', async () => !(await env.slotConfirmedBefore(afterDelete)), 30_000);
     await daemon.stop();
     daemon = null;
 

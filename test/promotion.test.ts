@@ -24,7 +24,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import assert from 'node:assert/strict';
 import type pg from 'pg';
-import { TestEnv, embeddedPostgresBin, runCli, sleep, type StoredMessage } from './fixture.js';
+import { TestEnv, embeddedPostgresBin, runCli, sleep, type StoredMessage, until } from './fixture.js';
 import { LocalPostgres } from '../src/local/postgres.js';
 import { findPostgresBin } from '../src/local/binaries.js';
 import { connect } from '../src/util/db.js';
@@ -102,14 +102,6 @@ class Writer {
       n++;
     }
     await client?.end().catch(() => {});
-  }
-}
-
-async function until(what: string, check: () => Promise<boolean> | boolean, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(50);
   }
 }
 
@@ -211,7 +203,7 @@ test('failover slot (PostgreSQL 17+): the primary SIGKILLed under load, the stan
     await env.pg.kill(); // SIGKILL, the writer still committing
     await standby.promote();
     writer.promoted = true;
-    await until(`${AFTER_PROMOTION} commits on the promoted server`, () => writer.ackedAfterPromotion >= AFTER_PROMOTION);
+    await until(`${AFTER_PROMOTION} commits on the promoted server`, () => writer.ackedAfterPromotion >= AFTER_PROMOTION, 60_000);
     await writer.stop();
 
     // done when the slot on the promoted server is confirmed past the last transaction: everything
@@ -278,7 +270,7 @@ test('no failover slot (PostgreSQL 16 and older): after the promotion the relay 
     await env.pg.kill();
     await standby.promote();
     writer.promoted = true;
-    await until(`${AFTER_PROMOTION} commits on the promoted server`, () => writer.ackedAfterPromotion >= AFTER_PROMOTION);
+    await until(`${AFTER_PROMOTION} commits on the promoted server`, () => writer.ackedAfterPromotion >= AFTER_PROMOTION, 60_000);
     await writer.stop();
     await until('the relay to report the lost slot', () => /reconcile/.test(relay.outbound?.lastError ?? ''), 30_000);
     const said = relay.outbound!.lastError!;

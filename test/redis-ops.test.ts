@@ -5,19 +5,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { RedisEnv, REDIS_TOML } from './redis-fixture.js';
-import { runCli, sleep } from './fixture.js';
+import { runCli, until } from './fixture.js';
 import { startDaemon } from '../src/daemon.js';
 import { createLogger } from '../src/util/log.js';
 import { redisGroups } from '../src/inbound/redis.js';
-
-async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await fn()) return;
-    await sleep(100);
-  }
-  assert.fail(`timed out waiting for ${what}`);
-}
 
 test('check warns when Redis persistence is off, and says what an acknowledged append means when it is on', async () => {
   const off = await RedisEnv.create({ redis: { persistence: false } });
@@ -64,13 +55,13 @@ handler = "fn_seen"
     const base = `http://127.0.0.1:${daemon.port}`;
     try {
       const metric = async () => /^fraiseql_relay_up\{target="redis"\} (\d)/m.exec(await (await fetch(`${base}/metrics`)).text())?.[1];
-      await until('up{target="redis"} 1', async () => (await metric()) === '1');
+      await until('up{target="redis"} 1', async () => (await metric()) === '1', 20_000);
       const text = await (await fetch(`${base}/metrics`)).text();
       assert.doesNotMatch(text, /fraiseql_relay_up\{target="nats"\}/, 'no NATS series with backend = "redis"');
-      await until('ready', async () => (await fetch(`${base}/readyz`)).status === 200);
+      await until('ready', async () => (await fetch(`${base}/readyz`)).status === 200, 20_000);
       // an event goes through the stream and the consumer group to the handler
       await env.sql(`SELECT fraiseql_relay.emit('fraiseql.order.created', '{"a":1}')`);
-      await until('the handler to run', async () => (await env.sql(`SELECT 1 FROM seen`)).length === 1);
+      await until('the handler to run', async () => (await env.sql(`SELECT 1 FROM seen`)).length === 1, 20_000);
       const status = await runCli(['status', '--json', '-c', env.configFile], env.env);
       assert.equal(status.code, 0, status.stderr);
       assert.equal(daemon.relay.inboundStats.applied, 1);
@@ -80,13 +71,13 @@ handler = "fn_seen"
       ]);
 
       await env.redis.stop();
-      await until('up{target="redis"} 0', async () => (await metric()) === '0');
+      await until('up{target="redis"} 0', async () => (await metric()) === '0', 20_000);
       const r = await fetch(`${base}/readyz`);
       assert.equal(r.status, 503);
       assert.match(JSON.stringify(await r.json()), /Redis is unreachable/);
       assert.match(await (await fetch(`${base}/metrics`)).text(), /^fraiseql_relay_reconnects_total\{target="redis"\} [1-9]/m);
       await env.redis.start();
-      await until('up again', async () => (await metric()) === '1' && (await fetch(`${base}/readyz`)).status === 200);
+      await until('up again', async () => (await metric()) === '1' && (await fetch(`${base}/readyz`)).status === 200, 20_000);
     } finally {
       await daemon.stop();
     }

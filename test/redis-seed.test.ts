@@ -10,7 +10,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { RelayProcess, runCli, sleep } from './fixture.js';
+import { RelayProcess, runCli, until } from './fixture.js';
 import { LocalPostgres } from '../src/local/postgres.js';
 import { LocalRedis } from '../src/local/redis.js';
 import { loadConfig } from '../src/config/load.js';
@@ -125,20 +125,6 @@ let dir: string;
 let client: RedisLink;
 let svc: Record<Name, Service>;
 
-async function until(
-  what: string,
-  fn: () => Promise<boolean>,
-  detail: () => Promise<unknown> = () => Promise.resolve(''),
-  timeoutMs = 45_000,
-) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await fn()) return;
-    await sleep(50);
-  }
-  assert.fail(`timed out waiting for ${what}: ${JSON.stringify(await detail())}`);
-}
-
 async function createOrders(n: number, customer: (i: number) => string, parallel = 4): Promise<string[]> {
   const ids: string[] = new Array(n);
   let next = 0;
@@ -187,6 +173,7 @@ async function waitForAll(excluded = 0): Promise<void> {
       const n = await counts();
       return n.inventory >= n.created - excluded && n.notification >= n.created;
     },
+    45_000,
     counts,
   );
 }
@@ -237,6 +224,7 @@ test('fan-out through consumer groups: each service applies every event once', a
   await until(
     'every entry to be acknowledged',
     async () => (await pending(INVENTORY_GROUP)) === 0 && (await pending(NOTIFICATION_GROUP)) === 0,
+    45_000,
   );
 });
 
@@ -246,6 +234,7 @@ test('the inventory relay SIGKILLed while 200 orders flow; entries a dead reader
   await until(
     'the inventory service to apply some of them',
     async () => (await svc.inventory.count(`SELECT count(*) FROM handler_calls`)) >= before + 40,
+    45_000,
   );
   assert.equal(await svc.inventory.relay!.kill('SIGKILL'), null, 'killed, not exited');
   await load;
@@ -265,7 +254,7 @@ test('the inventory relay SIGKILLed while 200 orders flow; entries a dead reader
   await svc.inventory.start();
   await waitForAll();
   await assertExact();
-  await until('every entry to be acknowledged', async () => (await pending(INVENTORY_GROUP)) === 0);
+  await until('every entry to be acknowledged', async () => (await pending(INVENTORY_GROUP)) === 0, 45_000);
   assert.match(svc.inventory.relay!.output(), /claimed entries pending longer than ack_wait/);
 });
 
@@ -274,12 +263,16 @@ test('a handler that raises for one order dead-letters it after max_deliver; the
   const poisonId = ids[10]!;
   type Row = { id: string; direction: string; consumer: string; attempts: number; error: string; body: string; event_id: string };
   let dl: Row[] = [];
-  await until('the poison order to be dead-lettered', async () => {
-    dl = await svc.inventory.sql<Row>(
-      `SELECT id::text, direction, consumer, attempts, error, body, event_id FROM fraiseql_relay.dead_letter`,
-    );
-    return dl.length > 0;
-  });
+  await until(
+    'the poison order to be dead-lettered',
+    async () => {
+      dl = await svc.inventory.sql<Row>(
+        `SELECT id::text, direction, consumer, attempts, error, body, event_id FROM fraiseql_relay.dead_letter`,
+      );
+      return dl.length > 0;
+    },
+    45_000,
+  );
   assert.equal(dl.length, 1);
   assert.equal(dl[0]!.direction, 'inbound');
   assert.equal(dl[0]!.consumer, INVENTORY_GROUP);
@@ -287,7 +280,7 @@ test('a handler that raises for one order dead-letters it after max_deliver; the
   assert.match(dl[0]!.error, new RegExp(`cannot reserve order ${poisonId}: customer is blocked`));
   assert.equal(JSON.parse(dl[0]!.body).id, poisonId);
   await waitForAll(1);
-  await until('the inventory group to settle', async () => (await pending(INVENTORY_GROUP)) === 0);
+  await until('the inventory group to settle', async () => (await pending(INVENTORY_GROUP)) === 0, 45_000);
   assert.equal(await svc.inventory.count(`SELECT count(*) FROM fraiseql_relay.dead_letter`), 1);
   assert.equal(
     await svc.inventory.count(`SELECT count(*) FROM handler_calls WHERE order_id = $1`, [poisonId]),

@@ -4,24 +4,15 @@
  * the endpoint fails, the slot held until the 2xx or the dead letter, each delivery once.
  */
 import { test } from 'node:test';
-import { endpoint, signedWith, type Received } from './webhook-endpoint.js';
+import { type Received, endpoint, orderHookRules, signedWith, webhookDeadLetter } from './webhook-endpoint.js';
 import assert from 'node:assert/strict';
 import { RedisEnv } from './redis-fixture.js';
-import { sleep, waitForRows } from './fixture.js';
+import { until } from './fixture.js';
 import type { Relay } from '../src/relay/relay.js';
 
 const SECRET = 'whsec_' + Buffer.from('redis-webhook-signing-key').toString('base64');
 
 const verifies = (r: Received): boolean => signedWith(SECRET, r);
-
-async function until(what: string, fn: () => Promise<boolean> | boolean, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await fn()) return;
-    await sleep(50);
-  }
-  assert.fail(`timed out waiting for ${what}`);
-}
 
 const TOML = `
 [project]
@@ -34,25 +25,7 @@ url = "\${DATABASE_URL}"
 backend = "redis"
 redis_url = "\${REDIS_URL}"
 
-[[observers.rules]]
-table = "tb_order"
-event = "INSERT"
-subject = "fraiseql.order.created"
-[[observers.rules.actions]]
-type = "webhook"
-url_env = "REDIS_HOOK_URL"
-signing_secret_env = "REDIS_HOOK_SECRET"
-max_attempts = 50
-
-[[observers.rules]]
-table = "tb_order"
-event = "DELETE"
-subject = "fraiseql.order.deleted"
-[[observers.rules.actions]]
-type = "webhook"
-url_env = "REDIS_BROKEN_HOOK_URL"
-max_attempts = 2
-
+${orderHookRules('REDIS')}
 [relay]
 listen = "127.0.0.1:0"
 `;
@@ -69,22 +42,15 @@ test('backend = "redis": rule events land in the stream and each webhook is deli
     await env.sql(`CREATE TABLE tb_order (id serial PRIMARY KEY, n int NOT NULL)`);
     await env.migrate();
     relay = await env.startRelay();
-    const confirmedBefore = async (lsn: string) => {
-      const [r] = await env.sql<{ before: boolean }>(
-        `SELECT confirmed_flush_lsn < $1::pg_lsn AS before FROM pg_replication_slots WHERE slot_name = $2`,
-        [lsn, env.config().relay.slot],
-      );
-      return r!.before;
-    };
 
     await env.sql(`INSERT INTO tb_order (n) VALUES (0)`);
-    const [{ lsn: afterFirst }] = (await env.sql<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`)) as [{ lsn: string }];
+    const afterFirst = await env.walInsertLsn();
     for (let i = 1; i < 10; i++) await env.sql(`INSERT INTO tb_order (n) VALUES ($1)`, [i]);
 
     // the appends do not wait for the endpoint; the slot does
     await env.waitForLength('fraiseql.order.created', 10, 20_000);
     await until('two failed attempts of the first webhook', () => ep.all.filter((r) => r.path === '/orders').length >= 2);
-    assert.ok(await confirmedBefore(afterFirst), 'the slot is not confirmed past an undelivered webhook');
+    assert.ok(await env.slotConfirmedBefore(afterFirst), 'the slot is not confirmed past an undelivered webhook');
     assert.ok(
       ep.all.every((r) => r.path !== '/orders' || JSON.parse(r.body).entity.n === 0),
       'the webhooks behind the failing one wait for it',
@@ -93,25 +59,17 @@ test('backend = "redis": rule events land in the stream and each webhook is deli
 
     failing = false;
     await until('ten webhooks delivered', () => relay!.webhookStats.delivered === 10);
-    const [{ lsn: afterAll }] = (await env.sql<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`)) as [{ lsn: string }];
-    await until('the slot confirmed past the last insert', async () => !(await confirmedBefore(afterAll)));
+    const afterAll = await env.walInsertLsn();
+    await until('the slot confirmed past the last insert', async () => !(await env.slotConfirmedBefore(afterAll)));
 
     // max_attempts spent: dead-lettered, and the slot moves on
     await env.sql(`DELETE FROM tb_order WHERE n = 9`);
-    const dl = await waitForRows(
-      () =>
-        env.sql<{ direction: string; attempts: number; error: string }>(
-          `SELECT direction, attempts, error FROM fraiseql_relay.dead_letter`,
-        ),
-      20_000,
-    );
-    assert.equal(dl.length, 1);
-    assert.equal(dl[0]!.direction, 'webhook');
-    assert.equal(dl[0]!.attempts, 2);
-    assert.match(dl[0]!.error, /500/);
+    const dl = await webhookDeadLetter(env, 20_000);
+    assert.equal(dl.attempts, 2);
+    assert.match(dl.error, /500/);
     await env.waitForLength('fraiseql.order.deleted', 1, 20_000);
-    const [{ lsn: afterDelete }] = (await env.sql<{ lsn: string }>(`SELECT pg_current_wal_insert_lsn()::text AS lsn`)) as [{ lsn: string }];
-    await until('the slot confirmed past the dead-lettered webhook', async () => !(await confirmedBefore(afterDelete)));
+    const afterDelete = await env.walInsertLsn();
+    await until('the slot confirmed past the dead-lettered webhook', async () => !(await env.slotConfirmedBefore(afterDelete)));
 
     // a clean stop: nothing more can arrive, so what the endpoint got is final
     await relay.stop();

@@ -10,7 +10,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { TestEnv, RelayProcess, runCli, sleep } from './fixture.js';
+import { TestEnv, RelayProcess, runCli, until } from './fixture.js';
 import { loadConfig } from '../src/config/load.js';
 import { migrate } from '../src/schema/migrate.js';
 import { createLogger } from '../src/util/log.js';
@@ -157,19 +157,6 @@ let env: TestEnv;
 let svc: Record<'order' | 'inventory' | 'notification' | 'analytics', Service>;
 
 /** Polls until `fn` returns true; fails with `what` and the last `detail()` when it does not. */
-async function until(
-  what: string,
-  fn: () => Promise<boolean>,
-  detail: () => Promise<unknown> = () => Promise.resolve(''),
-  timeoutMs = 30_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await fn()) return;
-    await sleep(50);
-  }
-  assert.fail(`timed out waiting for ${what}: ${JSON.stringify(await detail())}`);
-}
 
 /** Creates orders concurrently (up to `parallel` at once); returns their ids in creation order. */
 async function createOrders(orders: { customer: string; items: string[] }[], parallel = 8): Promise<string[]> {
@@ -301,8 +288,8 @@ async function waitForAll(excluded: Set<string> = new Set()): Promise<Awaited<Re
       const n = await counts();
       return n.inventory >= n.want.inventory && n.notification >= n.want.notification && n.analytics >= n.want.analytics;
     },
-    counts,
     45_000,
+    counts,
   );
   return c;
 }
@@ -447,6 +434,7 @@ test('a handler that raises for one order dead-letters it after max_deliver; the
       const info = await consumerInfo(INVENTORY_CONSUMER);
       return info.num_pending === 0 && info.num_ack_pending === 0 && info.num_redelivered === 0;
     },
+    30_000,
     async () => consumerInfo(INVENTORY_CONSUMER).then((i) => [i.num_pending, i.num_ack_pending, i.num_redelivered]),
   );
   assert.equal(await svc.inventory.count(`SELECT count(*) FROM fraiseql_relay.dead_letter`), 1);

@@ -6,6 +6,8 @@
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import { createHmac } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
+import assert from 'node:assert/strict';
+import { waitForRows, type ServiceEnv } from './fixture.js';
 
 export interface Received {
   path: string;
@@ -60,4 +62,45 @@ export function signedWith(secret: string, r: Received): boolean {
   const key = Buffer.from(secret.slice('whsec_'.length), 'base64');
   const expected = createHmac('sha256', key).update(`${r.id}.${r.timestamp}.${r.body}`).digest('base64');
   return r.signature.split(' ').includes(`v1,${expected}`);
+}
+
+/**
+ * The webhook scenario's rules of table tb_order, for any backend: INSERT to
+ * fraiseql.order.created with a signed webhook (`<prefix>_HOOK_URL`, `<prefix>_HOOK_SECRET`, 50
+ * attempts), DELETE to fraiseql.order.deleted with one that gives up after 2
+ * (`<prefix>_BROKEN_HOOK_URL`).
+ */
+export function orderHookRules(prefix: string): string {
+  return `
+[[observers.rules]]
+table = "tb_order"
+event = "INSERT"
+subject = "fraiseql.order.created"
+[[observers.rules.actions]]
+type = "webhook"
+url_env = "${prefix}_HOOK_URL"
+signing_secret_env = "${prefix}_HOOK_SECRET"
+max_attempts = 50
+
+[[observers.rules]]
+table = "tb_order"
+event = "DELETE"
+subject = "fraiseql.order.deleted"
+[[observers.rules.actions]]
+type = "webhook"
+url_env = "${prefix}_BROKEN_HOOK_URL"
+max_attempts = 2
+`;
+}
+
+/** The one dead letter once it is recorded, which must be a webhook's. */
+export async function webhookDeadLetter(env: ServiceEnv, timeoutMs: number): Promise<{ attempts: number; error: string }> {
+  const dl = await waitForRows(
+    () =>
+      env.sql<{ direction: string; attempts: number; error: string }>(`SELECT direction, attempts, error FROM fraiseql_relay.dead_letter`),
+    timeoutMs,
+  );
+  assert.equal(dl.length, 1);
+  assert.equal(dl[0]!.direction, 'webhook');
+  return dl[0]!;
 }

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
-import { endpoint, signedWith, type Received } from './webhook-endpoint.js';
+import { endpoint, signedWith, webhookDeadLetter, type Received } from './webhook-endpoint.js';
 import assert from 'node:assert/strict';
-import { TestEnv, runCli, sleep, waitForRows } from './fixture.js';
+import { TestEnv, runCli, sleep } from './fixture.js';
 import { migrate } from '../src/schema/migrate.js';
 import { createLogger } from '../src/util/log.js';
 import { Relay } from '../src/relay/relay.js';
@@ -68,18 +68,10 @@ listen = "127.0.0.1:0"
 
     // 410: dead-lettered at once, one attempt
     await env.sql(`UPDATE tb_order SET note = 'x' WHERE n = 0`);
-    const dl = await waitForRows(
-      () =>
-        env.sql<{ direction: string; attempts: number; error: string }>(
-          `SELECT direction, attempts, error FROM fraiseql_relay.dead_letter`,
-        ),
-      15_000,
-    );
-    assert.equal(dl.length, 1);
-    assert.equal(dl[0]!.direction, 'webhook');
-    assert.equal(dl[0]!.attempts, 1);
-    assert.match(dl[0]!.error, /410/);
-    assert.ok(!dl[0]!.error.includes('GONE'), 'no URL secret in the error');
+    const dl = await webhookDeadLetter(env, 15_000);
+    assert.equal(dl.attempts, 1);
+    assert.match(dl.error, /410/);
+    assert.ok(!dl.error.includes('GONE'), 'no URL secret in the error');
     assert.equal(ep.all.filter((r) => r.path === '/gone').length, 1);
 
     for (const until = Date.now() + 60_000; ep.got.length < 20 && Date.now() < until;) await sleep(100);
@@ -172,12 +164,8 @@ listen = "127.0.0.1:0"
     );
     assert.ok(ep.got.every(verifies));
     assert.equal(ep.all.filter((r) => r.path === '/hook').length, 12, 'two 500s retried');
-    const dl = await waitForRows(
-      () => env.sql<{ direction: string; error: string }>(`SELECT direction, error FROM fraiseql_relay.dead_letter`),
-      10_000,
-    );
-    assert.equal(dl.length, 1);
-    assert.match(dl[0]!.error, /404/);
+    const dl = await webhookDeadLetter(env, 10_000);
+    assert.match(dl.error, /404/);
     let lag = Infinity;
     for (const until = Date.now() + 10_000; Date.now() < until && lag > 4096; await sleep(100)) {
       const [r] = await env.sql<{ lag: string }>(
